@@ -1,0 +1,100 @@
+//! The engine's error type: every failure says what failed and where (which
+//! container, which file, which system call), so the CLI can print it as one
+//! sentence.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::container::cgroups::CgroupError;
+use crate::container::network::NetworkError;
+use crate::image::ImageError;
+use crate::size::SizeError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cr must run as root (it creates namespaces, cgroups and network devices); run it with sudo")]
+    NotRoot,
+    #[error("invalid {kind} name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit")]
+    InvalidName { kind: &'static str, name: String },
+    #[error("no container named {0:?} (see `cr list`)")]
+    NoSuchContainer(String),
+    #[error("a container named {0:?} already exists")]
+    ContainerExists(String),
+    #[error("container {name:?} is {state}; {action} needs it {needed}")]
+    WrongState {
+        name: String,
+        state: String,
+        action: &'static str,
+        needed: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("container {name:?} failed to start: {message}")]
+    Start { name: String, message: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Size(#[from] SizeError),
+}
+
+impl Error {
+    /// An I/O error on `path` while doing `what` ("reading", "creating directory", ...).
+    pub fn io(what: impl Into<String>, path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A failed system call, described by what it was for.
+    pub fn sys(what: impl Into<String>, source: nix::Error) -> Self {
+        Error::Sys {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Attaches "what, where" to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, what: &str, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: &str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(what, path, e))
+    }
+}
+
+/// Attaches "what" to a `nix::Result`.
+pub trait SysContext<T> {
+    fn sys(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> SysContext<T> for nix::Result<T> {
+    fn sys(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::sys(what(), e))
+    }
+}
