@@ -1,19 +1,102 @@
-//! The command line: one file per verb.
+//! The command line: one file per verb (or family of verbs). `main.rs` only
+//! parses and calls [`dispatch`].
 
-use clap::Parser;
+mod exec;
+mod freeze;
+mod image;
+mod list;
+mod logs;
+mod run;
+mod stop;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+use crate::host::{Host, DEFAULT_ROOT};
 
 #[derive(Debug, Parser)]
-#[command(name = "cr", version, about = "Checkpoint/restore and live migration of system containers")]
+#[command(
+    name = "cr",
+    version,
+    about = "Run OpenVZ-style system containers, checkpoint them and move them between hosts"
+)]
 pub struct Cli {
-    /// State root of this host.
-    #[arg(long, global = true, env = "CR_ROOT", default_value = crate::host::DEFAULT_ROOT)]
-    pub root: std::path::PathBuf,
+    /// State root of this host: images, containers, checkpoints.
+    #[arg(long, global = true, env = "CR_ROOT", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-pub fn dispatch(_cli: Cli) -> anyhow::Result<i32> {
-    Ok(0)
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage images (root filesystems containers start from).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Create and start a container in the background.
+    Run(run::RunArgs),
+    /// Create a container without starting it.
+    Create(run::RunArgs),
+    /// Start a created or stopped container.
+    Start(run::NameArg),
+    /// Run a command inside a running container.
+    Exec(exec::ExecArgs),
+    /// Open an interactive shell inside a running container.
+    Enter(run::NameArg),
+    /// List containers.
+    List(list::ListArgs),
+    /// Show one container.
+    Status(list::StatusArgs),
+    /// Stop every task of a container at once (cgroup freezer).
+    Freeze(run::NameArg),
+    /// Resume a frozen container.
+    Thaw(run::NameArg),
+    /// Stop a container: SIGTERM to its PID 1, SIGKILL after the grace time.
+    Stop(stop::StopArgs),
+    /// Stop a container if needed and remove it with everything cr created for it.
+    Destroy(stop::DestroyArgs),
+    /// Show what a container's PID 1 wrote to its console.
+    Logs(logs::LogsArgs),
+    /// Internal: the per-container supervisor started by `cr start`.
+    #[command(name = "__supervise", hide = true)]
+    Supervise(run::NameArg),
 }
 
+/// Runs one command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot.into());
+    }
+    let host = Host::open(&cli.root)?;
+    match cli.command {
+        Command::Image(cmd) => image::run(&host, cmd),
+        Command::Run(args) => run::run(&host, args),
+        Command::Create(args) => run::create(&host, args),
+        Command::Start(args) => run::start(&host, args),
+        Command::Exec(args) => exec::exec(&host, args),
+        Command::Enter(args) => exec::enter(&host, args),
+        Command::List(args) => list::list(&host, args),
+        Command::Status(args) => list::status(&host, args),
+        Command::Freeze(args) => freeze::freeze(&host, args),
+        Command::Thaw(args) => freeze::thaw(&host, args),
+        Command::Stop(args) => stop::stop(&host, args),
+        Command::Destroy(args) => stop::destroy(&host, args),
+        Command::Logs(args) => logs::logs(&host, args),
+        Command::Supervise(args) => Ok(crate::container::supervisor::run(&host, &args.name)?),
+    }
+}
+
+/// One sentence for the user: the error and its causes.
 pub fn describe(err: &anyhow::Error) -> String {
-    format!("{err:#}")
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -26,3 +26,7 @@ pub fn setup(_net: &NetConfig, _init_pid: Pid) -> Result<(), NetworkError> {
 pub fn teardown(_net: &NetConfig) -> Result<(), NetworkError> {
     todo!()
 }
+
+pub fn veth_name(root: &str, container: &str) -> String {
+    format!("crv{:08x}", crate::host::short_hash(format!("{root}/{container}").as_bytes()))
+}

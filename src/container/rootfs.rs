@@ -1,1 +1,246 @@
-//! (in progress)
+//! A container's root filesystem and mount tree, built by its PID 1 inside
+//! its new mount namespace, before it execs the container's command.
+//!
+//! ```text
+//! /            overlayfs: lower = image rootfs (read-only, shared),
+//!                         upper = containers/NAME/upper (the container's changes)
+//! /proc        proc of the container's PID namespace; sensitive files masked,
+//!              /proc/sys read-only except /proc/sys/net (its own netns)
+//! /sys         sysfs, read-only
+//! /dev         tmpfs with null zero full random urandom tty, console (the pty
+//!              its supervisor logs), fd/stdin/stdout/stderr links
+//! /dev/pts     a private devpts instance; /dev/ptmx points into it
+//! /dev/shm     tmpfs           /dev/mqueue  mqueue of its IPC namespace
+//! /tmp         tmpfs
+//! ```
+//!
+//! Everything is mounted after `/` was made recursively private, so no mount
+//! propagates to the host, and the whole tree dies with the namespace.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, pivot_root};
+
+use crate::error::{Error, IoContext, Result, SysContext};
+
+/// Where the pieces of a container's root come from.
+pub struct RootfsSpec<'a> {
+    /// The image's root filesystem (overlay lower layer, never written).
+    pub lower: &'a Path,
+    /// The container's own changes (overlay upper layer).
+    pub upper: &'a Path,
+    /// Overlayfs work directory, on the same filesystem as `upper`.
+    pub work: &'a Path,
+    /// The mount point the root is assembled on before `pivot_root`.
+    pub target: &'a Path,
+    /// Host path of the console pty's slave, bound onto `/dev/console`.
+    pub console: Option<&'a Path>,
+}
+
+/// Files under /proc hidden behind /dev/null.
+const MASKED_FILES: &[&str] = &[
+    "proc/kcore",
+    "proc/keys",
+    "proc/key-users",
+    "proc/sysrq-trigger",
+    "proc/timer_list",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/kallsyms",
+    "proc/kmsg",
+    "proc/kpagecount",
+    "proc/kpageflags",
+    "proc/kpagecgroup",
+    "proc/config.gz",
+];
+
+/// Directories hidden behind an empty read-only tmpfs.
+const MASKED_DIRS: &[&str] = &["proc/acpi", "proc/scsi", "proc/driver", "sys/firmware"];
+
+/// Directories made read-only.
+const READONLY_DIRS: &[&str] = &["proc/sys", "proc/irq", "proc/bus", "proc/fs"];
+
+/// Character devices in the container's /dev: name, major, minor.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Checks that a path can be named in overlayfs mount options.
+pub fn check_overlay_path(path: &Path) -> Result<()> {
+    let text = path.to_string_lossy();
+    if text.contains([',', ':', '\\']) || text.contains(char::is_whitespace) {
+        return Err(Error::Invalid(format!(
+            "path {} cannot be used for an overlay layer: it contains ',', ':', '\\' or white space",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the mount tree on `spec.target` and pivots into it. Runs in the
+/// container's PID 1, in its new mount namespace.
+pub fn setup(spec: &RootfsSpec) -> Result<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .sys(|| "making / recursively private".into())?;
+    mount_overlay(spec)?;
+    let t = spec.target;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount("proc", &t.join("proc"), "proc", nosuid, None)?;
+    do_mount("sysfs", &t.join("sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
+    build_dev(t, spec.console)?;
+    do_mount("tmpfs", &t.join("tmp"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mask_proc(t)?;
+    pivot(t)
+}
+
+fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
+    for p in [spec.lower, spec.upper, spec.work] {
+        check_overlay_path(p)?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.lower.display(),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    mount(Some("overlay"), spec.target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .sys(|| format!("mounting the overlay root on {}", spec.target.display()))
+}
+
+/// Mounts `fstype` on `target`, creating the directory if needed.
+fn do_mount(source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    ensure_dir(target)?;
+    mount(Some(source), target, Some(fstype), flags, data)
+        .sys(|| format!("mounting {fstype} on {}", target.display()))
+}
+
+fn ensure_dir(path: &Path) -> Result<()> {
+    if !path.is_dir() {
+        fs::create_dir_all(path).ctx("creating mount point", path)?;
+    }
+    Ok(())
+}
+
+fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
+        .sys(|| format!("bind-mounting {} on {}", source.display(), target.display()))
+}
+
+fn remount_readonly(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .sys(|| format!("making {} read-only", target.display()))
+}
+
+fn build_dev(t: &Path, console: Option<&Path>) -> Result<()> {
+    let dev = t.join("dev");
+    do_mount("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))?;
+    let mode = Mode::from_bits_truncate(0o666);
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor))
+            .sys(|| format!("creating device node {}", path.display()))?;
+        // mknod applies the umask; the nodes must be usable by everyone.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).ctx("setting mode of", &path)?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        let path = dev.join(link);
+        symlink(to, &path).ctx("creating link", &path)?;
+    }
+    do_mount(
+        "devpts",
+        &dev.join("pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    do_mount("shm", &dev.join("shm"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k"))?;
+    do_mount("mqueue", &dev.join("mqueue"), "mqueue", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    if let Some(console) = console {
+        let path = dev.join("console");
+        fs::File::create(&path).ctx("creating", &path)?;
+        bind(console, &path, MsFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn mask_proc(t: &Path) -> Result<()> {
+    let null = t.join("dev/null");
+    for file in MASKED_FILES {
+        let path = t.join(file);
+        if path.exists() {
+            bind(&null, &path, MsFlags::empty())?;
+        }
+    }
+    for dir in MASKED_DIRS {
+        let path = t.join(dir);
+        if path.is_dir() {
+            mount(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+                .sys(|| format!("masking {}", path.display()))?;
+        }
+    }
+    for dir in READONLY_DIRS {
+        let path = t.join(dir);
+        if path.is_dir() {
+            bind(&path, &path, MsFlags::MS_REC)?;
+            remount_readonly(&path)?;
+        }
+    }
+    // The container's own network namespace stays tunable.
+    let net = t.join("proc/sys/net");
+    if net.is_dir() {
+        bind(&net, &net, MsFlags::MS_REC)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(None::<&str>, &net, None::<&str>, flags, None::<&str>)
+            .sys(|| format!("making {} writable", net.display()))?;
+    }
+    Ok(())
+}
+
+fn pivot(t: &Path) -> Result<()> {
+    chdir(t).sys(|| format!("entering {}", t.display()))?;
+    pivot_root(".", ".").sys(|| format!("pivot_root into {}", t.display()))?;
+    // The old root is now stacked under the new one at "/": detach it.
+    umount2(".", MntFlags::MNT_DETACH).sys(|| "detaching the old root".into())?;
+    chdir("/").sys(|| "entering the new root".into())
+}
+
+/// The directories of a container's root under its state directory.
+pub struct RootfsDirs {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub target: PathBuf,
+}
+
+impl RootfsDirs {
+    pub fn new(container_dir: &Path) -> Self {
+        RootfsDirs {
+            upper: container_dir.join("upper"),
+            work: container_dir.join("work"),
+            target: container_dir.join("rootfs"),
+        }
+    }
+
+    pub fn create(&self) -> Result<()> {
+        for dir in [&self.upper, &self.work, &self.target] {
+            fs::create_dir_all(dir).ctx("creating", dir)?;
+        }
+        Ok(())
+    }
+}

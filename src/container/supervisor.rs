@@ -1,1 +1,453 @@
-//! (in progress)
+//! The supervisor: one small process per running container, the parent of
+//! its PID 1, so the container does not depend on the shell that started it.
+//!
+//! `cr start` re-executes `cr` as `cr __supervise NAME` in a new session and
+//! waits on a status pipe (fd 3). The supervisor:
+//!
+//! ```text
+//! supervisor                                   PID 1 (forked, new PID namespace)
+//! create cgroups with limits
+//! open the console pty, console.log
+//! unshare(PID); fork ───────────────────────▶ join cgroups
+//!                                             unshare(mnt uts ipc net cgroup)
+//!            ◀───────────── 'R' (namespaces ready)
+//! network: veth into PID 1's netns
+//!            ───────────── 'G' ─────────────▶ setsid, console as ctty
+//!                                             rootfs, pivot_root, hostname
+//!                                             drop capabilities, exec CMD
+//!            ◀── EOF (exec worked) or an error message
+//! write state.json, report "ok PID" on fd 3
+//! loop: copy console to console.log, until PID 1 exits
+//! record the exit in state.json, remove cgroups and veth
+//! ```
+//!
+//! Any failure before the exec is reported on fd 3 as "error MESSAGE" and
+//! everything created so far is removed.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::pty::{openpty, Winsize};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, read, sethostname, setsid, ForkResult, Pid};
+
+use crate::container::capabilities::drop_host_capabilities;
+use crate::container::cgroups::{CgroupLayout, ContainerCgroup};
+use crate::container::config::ContainerConfig;
+use crate::container::network;
+use crate::container::rootfs::{self, RootfsDirs, RootfsSpec};
+use crate::container::state::{process_start_time, unix_now, ExitRecord, RuntimeState};
+use crate::error::{Error, IoContext, Result, SysContext};
+use crate::host::Host;
+use crate::image::ImageStore;
+
+/// The fd on which the supervisor reports to `cr start`.
+pub const STATUS_FD: RawFd = 3;
+
+/// Namespaces PID 1 creates for itself (the PID namespace comes from the
+/// supervisor's `unshare`, which applies to its children).
+pub const CONTAINER_NAMESPACES: [CloneFlags; 5] = [
+    CloneFlags::CLONE_NEWNS,
+    CloneFlags::CLONE_NEWUTS,
+    CloneFlags::CLONE_NEWIPC,
+    CloneFlags::CLONE_NEWNET,
+    CloneFlags::CLONE_NEWCGROUP,
+];
+
+/// The environment a container's command starts with.
+pub const CONTAINER_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "TERM=linux",
+    "container=cr",
+];
+
+/// Everything the supervisor needs after PID 1 runs.
+struct Launched {
+    init: Pid,
+    console: OwnedFd,
+    cgroup: ContainerCgroup,
+}
+
+/// Entry point of `cr __supervise NAME`. Never returns on success paths that
+/// matter: it exits when PID 1 exits.
+pub fn run(host: &Host, name: &str) -> Result<i32> {
+    // SAFETY: fd 3 was set up by `cr start` (dup2 in pre_exec) as the write
+    // end of the status pipe, and nothing else in this process owns it.
+    let mut status = File::from(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
+    let dir = host.container_dir(name);
+    let config = ContainerConfig::load(&dir.join("config.toml"))?;
+    // The supervisor must outlive the terminal and the cr that started it.
+    for sig in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGPIPE] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(sig, SigHandler::SigIgn) }.sys(|| format!("ignoring {sig}"))?;
+    }
+    match launch(host, &config) {
+        Ok(launched) => {
+            let _ = writeln!(status, "ok {}", launched.init);
+            drop(status);
+            monitor(host, &config, launched)
+        }
+        Err(err) => {
+            let _ = writeln!(status, "error {}", one_line(&err.to_string()));
+            Ok(1)
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.replace('\n', " ")
+}
+
+fn launch(host: &Host, config: &ContainerConfig) -> Result<Launched> {
+    let dir = host.container_dir(&config.name);
+    let image = ImageStore::new(host.images_dir()).get(&config.image)?;
+    let command = if config.command.is_empty() {
+        image.default_command()?
+    } else {
+        config.command.clone()
+    };
+    image.resolve_command(&command[0])?;
+    let dirs = RootfsDirs::new(&dir);
+    dirs.create()?;
+
+    let layout = CgroupLayout::detect()?;
+    let cgroup = ContainerCgroup::new(&layout, &host.cgroup_parent(), &config.name);
+    if !cgroup.pids()?.is_empty() {
+        return Err(Error::Invalid(format!(
+            "container {:?} still has processes in its cgroup; stop it first",
+            config.name
+        )));
+    }
+    cgroup.create(&config.limits)?;
+    let launched = spawn_init(config, &image.rootfs, &dirs, &command, &cgroup, &dir).inspect_err(|_| {
+        let _ = cgroup.kill_all();
+        let _ = cgroup.remove();
+        if let Some(net) = &config.network {
+            let _ = network::teardown(net);
+        }
+    })?;
+    Ok(launched)
+}
+
+fn spawn_init(
+    config: &ContainerConfig,
+    lower: &Path,
+    dirs: &RootfsDirs,
+    command: &[String],
+    cgroup: &ContainerCgroup,
+    dir: &Path,
+) -> Result<Launched> {
+    let pty = openpty(
+        Some(&Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .sys(|| "opening the console pty".into())?;
+    // The console is a log, not an interactive terminal: no CR before LF.
+    let mut termios = tcgetattr(&pty.slave).sys(|| "reading console settings".into())?;
+    termios.output_flags.remove(OutputFlags::ONLCR);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &termios).sys(|| "setting console mode".into())?;
+    let console_path = nix::unistd::ttyname(&pty.slave).sys(|| "naming the console pty".into())?;
+
+    let (to_child_r, to_child_w) = pipe2(OFlag::O_CLOEXEC).sys(|| "creating a pipe".into())?;
+    let (from_child_r, from_child_w) = pipe2(OFlag::O_CLOEXEC).sys(|| "creating a pipe".into())?;
+
+    let argv = cstrings(command)?;
+    let envp = cstrings(CONTAINER_ENV)?;
+    let spec_paths = (lower.to_path_buf(), dirs.upper.clone(), dirs.work.clone(), dirs.target.clone());
+
+    unshare(CloneFlags::CLONE_NEWPID).sys(|| "creating the PID namespace".into())?;
+    // SAFETY: the supervisor is single-threaded here (no runtime or thread was
+    // started yet), so the child may allocate and run ordinary code.
+    let child = match unsafe { fork() }.sys(|| "forking PID 1".into())? {
+        ForkResult::Child => {
+            drop(to_child_w);
+            drop(from_child_r);
+            drop(pty.master);
+            let init = InitArgs {
+                cgroup,
+                hostname: &config.hostname,
+                lower: &spec_paths.0,
+                upper: &spec_paths.1,
+                work: &spec_paths.2,
+                target: &spec_paths.3,
+                console: &console_path,
+                console_fd: pty.slave,
+                argv: &argv,
+                envp: &envp,
+            };
+            let err = match init_main(init, to_child_r, &from_child_w) {
+                Err(e) => e,
+            };
+            let mut report = File::from(from_child_w);
+            let _ = report.write_all(one_line(&err.to_string()).as_bytes());
+            // SAFETY: _exit ends this forked child without running the
+            // parent's atexit handlers or destructors a second time.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(to_child_r);
+    drop(from_child_w);
+    drop(pty.slave);
+    let mut from_child = File::from(from_child_r);
+    let mut to_child = File::from(to_child_w);
+
+    let fail = |message: String| -> Error {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        Error::Invalid(message)
+    };
+
+    let mut ready = [0u8; 1];
+    match from_child.read(&mut ready) {
+        Ok(1) if ready[0] == b'R' => {}
+        _ => {
+            let mut message = String::new();
+            let _ = from_child.read_to_string(&mut message);
+            return Err(fail(if message.is_empty() {
+                "PID 1 exited while setting up its namespaces".into()
+            } else {
+                message
+            }));
+        }
+    }
+    if let Some(net) = &config.network {
+        if let Err(e) = network::setup(net, child) {
+            return Err(fail(e.to_string()));
+        }
+    }
+    if to_child.write_all(b"G").is_err() {
+        return Err(fail("PID 1 exited before it was told to start".into()));
+    }
+    drop(to_child);
+    let mut message = String::new();
+    let _ = from_child.read_to_string(&mut message);
+    if !message.is_empty() {
+        return Err(fail(message));
+    }
+
+    let init_start_time = process_start_time(child.as_raw())
+        .ok_or_else(|| Error::Invalid(format!("PID 1 ({}) exited right after exec", command.join(" "))))?;
+    let state = RuntimeState {
+        supervisor_pid: std::process::id() as i32,
+        init_pid: child.as_raw(),
+        init_start_time,
+        started_at: unix_now(),
+        exit: None,
+    };
+    state.save(&dir.join("state.json"))?;
+    Ok(Launched {
+        init: child,
+        console: pty.master,
+        cgroup: cgroup.clone(),
+    })
+}
+
+fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>> {
+    items
+        .iter()
+        .map(|s| {
+            CString::new(s.as_ref())
+                .map_err(|_| Error::Invalid(format!("argument {:?} contains a NUL byte", s.as_ref())))
+        })
+        .collect()
+}
+
+struct InitArgs<'a> {
+    cgroup: &'a ContainerCgroup,
+    hostname: &'a str,
+    lower: &'a Path,
+    upper: &'a Path,
+    work: &'a Path,
+    target: &'a Path,
+    console: &'a Path,
+    console_fd: OwnedFd,
+    argv: &'a [CString],
+    envp: &'a [CString],
+}
+
+/// PID 1 before its exec. Only returns on error.
+fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible> {
+    args.cgroup.add_pid(Pid::from_raw(0))?;
+    let mut flags = CloneFlags::empty();
+    for ns in CONTAINER_NAMESPACES {
+        flags |= ns;
+    }
+    unshare(flags).sys(|| "creating the container's namespaces".into())?;
+    nix::unistd::write(ready, b"R").sys(|| "reporting readiness".into())?;
+    let mut byte = [0u8; 1];
+    match read(go.as_fd(), &mut byte) {
+        Ok(1) => {}
+        _ => return Err(Error::Invalid("the supervisor went away".into())),
+    }
+    drop(go);
+
+    setsid().sys(|| "starting a session".into())?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); the fd is
+    // the open console pty slave.
+    let rc = unsafe { libc::ioctl(args.console_fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(rc).sys(|| "making the console the controlling terminal".into())?;
+    attach_stdio(&args.console_fd)?;
+    if args.console_fd.as_raw_fd() > 2 {
+        drop(args.console_fd);
+    }
+    rootfs::setup(&RootfsSpec {
+        lower: args.lower,
+        upper: args.upper,
+        work: args.work,
+        target: args.target,
+        console: Some(args.console),
+    })?;
+    sethostname(args.hostname).sys(|| format!("setting hostname {:?}", args.hostname))?;
+    drop_host_capabilities()?;
+    close_extra_fds();
+    execve(&args.argv[0], args.argv, args.envp).sys(|| format!("executing {:?}", args.argv[0]))
+}
+
+/// Makes `fd` the calling process's stdin, stdout and stderr.
+pub fn attach_stdio(fd: &OwnedFd) -> Result<()> {
+    dup2_stdin(fd).sys(|| "attaching stdin".into())?;
+    dup2_stdout(fd).sys(|| "attaching stdout".into())?;
+    dup2_stderr(fd).sys(|| "attaching stderr".into())
+}
+
+/// Marks every fd above stderr close-on-exec so PID 1 starts with 0, 1, 2 and
+/// the error pipe (already close-on-exec) only.
+fn close_extra_fds() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on fds.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+}
+
+/// Copies the console to console.log until PID 1 exits, then records the exit
+/// and removes the container's cgroups and veth.
+fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<i32> {
+    let dir = host.container_dir(&config.name);
+    let log_path = dir.join("console.log");
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .ctx("opening console log", &log_path)?;
+    let pidfd = pidfd_open(launched.init)?;
+    let mut console_open = true;
+    let mut buf = vec![0u8; 65536];
+    let status = loop {
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if console_open {
+            fds.push(PollFd::new(launched.console.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("waiting for PID 1", e)),
+            Ok(_) => {}
+        }
+        let init_done = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let console_ready = console_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        if console_ready {
+            console_open = copy_console(&launched.console, &mut log, &mut buf);
+        }
+        if init_done {
+            while console_open && copy_console_nonblocking(&launched.console, &mut log, &mut buf) {}
+            break waitpid(launched.init, None).sys(|| "reaping PID 1".into())?;
+        }
+    };
+    let exit = match status {
+        WaitStatus::Exited(_, code) => ExitRecord {
+            code: Some(code),
+            signal: None,
+            at: unix_now(),
+        },
+        WaitStatus::Signaled(_, sig, _) => ExitRecord {
+            code: None,
+            signal: Some(sig as i32),
+            at: unix_now(),
+        },
+        _ => ExitRecord {
+            code: None,
+            signal: None,
+            at: unix_now(),
+        },
+    };
+    record_exit(&dir, exit)?;
+    cleanup_runtime(config, &launched.cgroup);
+    Ok(0)
+}
+
+/// Writes PID 1's exit into state.json (keeping the rest).
+pub fn record_exit(dir: &Path, exit: ExitRecord) -> Result<()> {
+    let path = dir.join("state.json");
+    if let Some(mut state) = RuntimeState::load(&path)? {
+        if state.exit.is_none() {
+            state.exit = Some(exit);
+            state.save(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a running container holds on the host: processes left in its
+/// cgroups, the cgroups, and the host side of its veth.
+pub fn cleanup_runtime(config: &ContainerConfig, cgroup: &ContainerCgroup) {
+    let _ = cgroup.kill_all();
+    let _ = cgroup.remove();
+    if let Some(net) = &config.network {
+        let _ = network::teardown(net);
+    }
+}
+
+/// Copies what the console has; false once the pty is closed for good.
+fn copy_console(console: &OwnedFd, log: &mut File, buf: &mut [u8]) -> bool {
+    match read(console.as_fd(), buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            let _ = log.write_all(&buf[..n]);
+            true
+        }
+        Err(Errno::EINTR) | Err(Errno::EAGAIN) => true,
+        // EIO: every slave fd is closed (PID 1 and its children are gone).
+        Err(_) => false,
+    }
+}
+
+/// Drains the console after PID 1 exited; false when nothing is left.
+fn copy_console_nonblocking(console: &OwnedFd, log: &mut File, buf: &mut [u8]) -> bool {
+    let mut fds = [PollFd::new(console.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) && copy_console(console, log, buf),
+        _ => false,
+    }
+}
+
+/// A pidfd for `pid`: readable once the process exits.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(fd).sys(|| format!("pidfd_open({pid})"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Paths of a container's files on the host.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}

@@ -39,3 +39,12 @@ impl ImageStore {
         }
     }
 }
+
+impl Image {
+    pub fn default_command(&self) -> Result<Vec<String>, ImageError> {
+        Ok(vec!["/bin/sh".into()])
+    }
+    pub fn resolve_command(&self, _cmd: &str) -> Result<PathBuf, ImageError> {
+        Ok(PathBuf::new())
+    }
+}

@@ -1,0 +1,26 @@
+//! `cr destroy`: stop the container if it runs and remove everything cr
+//! created for it: processes, cgroups, the veth, and its state directory.
+//! Checkpoint images are kept.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::container::state::Status;
+use crate::container::stop::stop;
+use crate::container::supervisor::cleanup_runtime;
+use crate::container::Container;
+use crate::error::{IoContext, Result};
+
+pub fn destroy(container: &Container, grace: Duration) -> Result<()> {
+    let (status, _) = container.status()?;
+    if status != Status::Stopped {
+        stop(container, grace)?;
+    }
+    cleanup_runtime(&container.config, &container.cgroup()?);
+    let cgroup = container.cgroup()?;
+    if cgroup.exists() {
+        cgroup.remove()?;
+    }
+    let _lock = container.host.lock()?;
+    fs::remove_dir_all(&container.dir).ctx("removing container directory", &container.dir)
+}
