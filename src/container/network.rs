@@ -60,6 +60,7 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use nix::errno::Errno;
@@ -160,35 +161,8 @@ pub fn setup(net: &NetConfig, init_pid: Pid) -> Result<(), NetworkError> {
             .await
             .map_err(nl_error("creating veth pair", &net.veth))?;
 
-        let configured = async {
-            let veth = require_link(&host, &net.veth, "looking up new veth").await?;
-            host.link()
-                .set(LinkUnspec::new_with_index(veth).controller(bridge).build())
-                .execute()
-                .await
-                .map_err(nl_error("attaching veth to bridge", &net.veth))?;
-            host.link()
-                .set(LinkUnspec::new_with_index(veth).up().build())
-                .execute()
-                .await
-                .map_err(nl_error("bringing up veth", &net.veth))?;
-            let peer_index = require_link(&host, &peer, "looking up veth peer").await?;
-            host.link()
-                .set(
-                    LinkUnspec::new_with_index(peer_index)
-                        .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&container_ns))
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl_error(
-                    "moving veth peer into the container's namespace",
-                    &peer,
-                ))?;
-            let inside = connect_in(&container_ns, init_pid).await?;
-            configure_container_side(&inside, net, &peer, gateway).await
-        }
-        .await;
+        let configured =
+            wire_veth(&host, net, &peer, bridge, &container_ns, init_pid, gateway).await;
 
         if let Err(err) = configured {
             // Best effort: the error that matters is the one being returned.
@@ -197,6 +171,45 @@ pub fn setup(net: &NetConfig, init_pid: Pid) -> Result<(), NetworkError> {
         }
         Ok(())
     })
+}
+
+/// Steps after the veth pair exists: host side onto the bridge and up, peer
+/// into the container's namespace and configured there.
+async fn wire_veth(
+    host: &Handle,
+    net: &NetConfig,
+    peer: &str,
+    bridge: u32,
+    container_ns: &File,
+    init_pid: Pid,
+    gateway: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    let veth = require_link(host, &net.veth, "looking up new veth").await?;
+    host.link()
+        .set(LinkUnspec::new_with_index(veth).controller(bridge).build())
+        .execute()
+        .await
+        .map_err(nl_error("attaching veth to bridge", &net.veth))?;
+    host.link()
+        .set(LinkUnspec::new_with_index(veth).up().build())
+        .execute()
+        .await
+        .map_err(nl_error("bringing up veth", &net.veth))?;
+    let peer_index = require_link(host, peer, "looking up veth peer").await?;
+    host.link()
+        .set(
+            LinkUnspec::new_with_index(peer_index)
+                .setns_by_fd(container_ns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl_error(
+            "moving veth peer into the container's namespace",
+            peer,
+        ))?;
+    let inside = connect_in(container_ns, init_pid).await?;
+    configure_container_side(&inside, net, peer, gateway).await
 }
 
 /// Removes the host side of the veth pair if it still exists (which removes
@@ -363,29 +376,27 @@ async fn ensure_gateway(
     container: Ipv4Cidr,
 ) -> Result<Ipv4Addr, NetworkError> {
     let existing = ipv4_addresses(host, name, index).await?;
-    let gateway = match existing.iter().find(|a| container.contains(a.addr)) {
-        Some(a) => a.addr,
-        None => {
-            let gateway = container.first_host();
-            let added = host
-                .address()
-                .add(index, IpAddr::V4(gateway), container.prefix)
-                .execute()
-                .await;
-            match added {
-                Ok(()) => {}
-                // Another cr added it between our lookup and our add.
-                Err(e) if errno_of(&e) == Some(Errno::EEXIST) => {}
-                Err(e) => return Err(nl_error("adding gateway address to bridge", name)(e)),
-            }
-            gateway
-        }
-    };
+    let found = existing.iter().find(|a| container.contains(a.addr));
+    let gateway = found.map_or_else(|| container.first_host(), |a| a.addr);
+    // Refuse before touching the bridge: the container cannot be its gateway.
     if gateway == container.addr {
         return Err(NetworkError::AddressIsGateway {
             address: container,
             bridge: name.to_string(),
         });
+    }
+    if found.is_none() {
+        let added = host
+            .address()
+            .add(index, IpAddr::V4(gateway), container.prefix)
+            .execute()
+            .await;
+        match added {
+            Ok(()) => {}
+            // Another cr added it between our lookup and our add.
+            Err(e) if errno_of(&e) == Some(Errno::EEXIST) => {}
+            Err(e) => return Err(nl_error("adding gateway address to bridge", name)(e)),
+        }
     }
     Ok(gateway)
 }
