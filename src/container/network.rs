@@ -669,7 +669,3 @@ mod tests {
         assert_eq!(m[0] & 0x03, 0x02);
     }
 }
-
-pub fn veth_name(root: &str, container: &str) -> String {
-    format!("crv{:08x}", crate::host::short_hash(format!("{root}/{container}").as_bytes()))
-}
