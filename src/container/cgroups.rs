@@ -653,6 +653,13 @@ impl ContainerCgroup {
             .map(|h| h.dir.as_path())
     }
 
+    /// The directory whose freezer [`Self::freeze`] uses and whose
+    /// `cgroup.procs` (with its child cgroups) [`Self::pids`] reads: the v1
+    /// freezer hierarchy, or the cgroup2 directory on pure cgroup2.
+    pub fn freezer_path(&self) -> Option<&Path> {
+        self.freezer().ok().map(|h| h.dir.as_path())
+    }
+
     /// The directory that holds `controller` (cgroup2 on pure cgroup2).
     fn controller(&self, controller: &str) -> Result<&Hierarchy> {
         let found = match self.kind {
