@@ -327,7 +327,7 @@ impl CgroupLayout {
         }
         Err(CgroupError::Unsupported(format!(
             "cgroup v1 is in use but the {} controller{} {} not mounted (v1 controllers found: {}); cr needs {}",
-            missing.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", "),
+            quoted_list(&missing),
             if missing.len() == 1 { "" } else { "s" },
             if missing.len() == 1 { "is" } else { "are" },
             found(),
@@ -340,34 +340,7 @@ impl CgroupLayout {
     pub fn check_controllers(&self) -> Result<()> {
         if let CgroupLayout::V2 { root } = self {
             let path = root.join("cgroup.controllers");
-            let available = read_string(&path)?;
-            let available: HashSet<&str> = available.split_whitespace().collect();
-            let missing: Vec<&str> = V2_REQUIRED
-                .iter()
-                .copied()
-                .filter(|c| !available.contains(c))
-                .collect();
-            if !missing.is_empty() {
-                return Err(CgroupError::Unsupported(format!(
-                    "the cgroup2 controller{} {} not available in {} (it lists: {}); cr needs {}",
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                        + if missing.len() == 1 { " is" } else { " are" },
-                    path.display(),
-                    if available.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        let mut a: Vec<&str> = available.into_iter().collect();
-                        a.sort_unstable();
-                        a.join(" ")
-                    },
-                    V2_REQUIRED.join(", "),
-                )));
-            }
+            check_v2_controllers(&path, &read_string(&path)?)?;
         }
         Ok(())
     }
@@ -397,6 +370,42 @@ impl CgroupLayout {
             CgroupLayout::V1 { .. } => None,
         }
     }
+}
+
+/// `'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`.
+fn quoted_list(names: &[&str]) -> String {
+    let q: Vec<String> = names.iter().map(|c| format!("'{c}'")).collect();
+    match q.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => q.join(""),
+    }
+}
+
+/// Checks that `text` (a `cgroup.controllers` read from `path`) lists every
+/// controller of [`V2_REQUIRED`].
+fn check_v2_controllers(path: &Path, text: &str) -> Result<()> {
+    let available: Vec<&str> = text.split_whitespace().collect();
+    let missing: Vec<&str> = V2_REQUIRED
+        .iter()
+        .copied()
+        .filter(|c| !available.contains(c))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CgroupError::Unsupported(format!(
+        "the cgroup2 controller{} {} {} not available in {} (it lists: {}); cr needs {}",
+        if missing.len() == 1 { "" } else { "s" },
+        quoted_list(&missing),
+        if missing.len() == 1 { "is" } else { "are" },
+        path.display(),
+        if available.is_empty() {
+            "nothing".to_string()
+        } else {
+            available.join(" ")
+        },
+        V2_REQUIRED.join(", "),
+    )))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -1595,6 +1604,26 @@ mod tests {
             matches!(err, CgroupError::Mountinfo { line: 1, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn v2_controllers_checked() {
+        let p = Path::new("/sys/fs/cgroup/cgroup.controllers");
+        assert!(check_v2_controllers(p, "cpuset cpu io memory hugetlb pids rdma misc\n").is_ok());
+        let err = check_v2_controllers(p, "hugetlb\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'memory', 'cpu' and 'pids' are not available"),
+            "{err}"
+        );
+        assert!(err.contains("/sys/fs/cgroup/cgroup.controllers"), "{err}");
+        let err = check_v2_controllers(p, "cpu memory")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("controller 'pids' is not available"), "{err}");
+        let err = check_v2_controllers(p, "").unwrap_err().to_string();
+        assert!(err.contains("it lists: nothing"), "{err}");
     }
 
     #[test]
