@@ -25,19 +25,47 @@ const RUNS: usize = 30;
 const TARGET_MS: f64 = 50.0;
 
 fn main() {
-    assert!(nix::unistd::geteuid().is_root(), "the benchmark runs as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark runs as root"
+    );
     let cr = cr_binary();
     let root = PathBuf::from(format!("/var/tmp/cr-bench-{}", std::process::id()));
-    let _cleanup = Cleanup { cr: cr.clone(), root: root.clone() };
+    let _cleanup = Cleanup {
+        cr: cr.clone(),
+        root: root.clone(),
+    };
     let cr_at = |args: &[&str]| {
-        let out = Command::new(&cr).arg("--root").arg(&root).args(args).output().expect("running cr");
-        assert!(out.status.success(), "cr {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&cr)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("running cr");
+        assert!(
+            out.status.success(),
+            "cr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     cr_at(&["image", "build-minimal", "bench"]);
     let rootfs = root.join("images/bench/rootfs");
 
     // Warm up caches once.
-    cr_at(&["run", "warm", "--image", "bench", "--ip", "10.231.0.9/24", "--bridge", "crbench0", "--", "/bin/sleep", "1000"]);
+    cr_at(&[
+        "run",
+        "warm",
+        "--image",
+        "bench",
+        "--ip",
+        "10.231.0.9/24",
+        "--bridge",
+        "crbench0",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
     cr_at(&["destroy", "warm"]);
 
     let mut run_ms = Vec::new();
@@ -51,7 +79,19 @@ fn main() {
 
         let ip = format!("10.231.0.{}/24", 10 + i);
         let t = Instant::now();
-        cr_at(&["run", &name, "--image", "bench", "--ip", &ip, "--bridge", "crbench0", "--", "/bin/sleep", "1000"]);
+        cr_at(&[
+            "run",
+            &name,
+            "--image",
+            "bench",
+            "--ip",
+            &ip,
+            "--bridge",
+            "crbench0",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ]);
         run_net_ms.push(ms(t.elapsed()));
         if i + 1 < RUNS {
             cr_at(&["destroy", &name]);
@@ -78,7 +118,10 @@ fn main() {
     println!("  bare unshare+pivot_root+exec (limit)    {bare:8.2} ms");
     println!("  cr run, no network                      {run:8.2} ms  ({:.1}x bare; target {TARGET_MS} ms: {})", run / bare, verdict(run));
     println!("  cr run, veth + bridge + IP              {run_net:8.2} ms  ({:.1}x bare; target {TARGET_MS} ms: {})", run_net / bare, verdict(run_net));
-    println!("  cr exec -- /bin/true                    {:8.2} ms", median(&mut exec_ms));
+    println!(
+        "  cr exec -- /bin/true                    {:8.2} ms",
+        median(&mut exec_ms)
+    );
 }
 
 fn verdict(v: f64) -> &'static str {
@@ -107,7 +150,12 @@ fn bare_start(rootfs: &Path) -> f64 {
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             drop(r);
-            let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWCGROUP;
+            let flags = CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWCGROUP;
             let ok = unshare(flags).is_ok()
                 // SAFETY: still single-threaded in the child.
                 && match unsafe { fork() } {
@@ -150,7 +198,10 @@ fn cr_binary() -> PathBuf {
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let cr = dir.join("cr");
     if !cr.exists() {
-        let status = Command::new("cargo").args(["build", "--release", "--bin", "cr"]).status().expect("cargo build");
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--bin", "cr"])
+            .status()
+            .expect("cargo build");
         assert!(status.success());
     }
     cr
@@ -163,16 +214,27 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new(&self.cr).arg("--root").arg(&self.root).args(["list", "--json"]).output() {
+        if let Ok(out) = Command::new(&self.cr)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["list", "--json"])
+            .output()
+        {
             if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
                 for c in list {
                     if let Some(name) = c["name"].as_str() {
-                        let _ = Command::new(&self.cr).arg("--root").arg(&self.root).args(["destroy", name]).output();
+                        let _ = Command::new(&self.cr)
+                            .arg("--root")
+                            .arg(&self.root)
+                            .args(["destroy", name])
+                            .output();
                     }
                 }
             }
         }
-        let _ = Command::new("ip").args(["link", "del", "crbench0"]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "crbench0"])
+            .output();
         if let Ok(host) = cr::host::Host::open(&self.root) {
             let parent = host.cgroup_parent();
             if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {

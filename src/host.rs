@@ -38,7 +38,11 @@ impl Host {
     /// Opens (creating if needed) the state root.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
-        for dir in [root.to_path_buf(), root.join("images"), root.join("containers")] {
+        for dir in [
+            root.to_path_buf(),
+            root.join("images"),
+            root.join("containers"),
+        ] {
             fs::create_dir_all(&dir).ctx("creating state directory", &dir)?;
         }
         let root = fs::canonicalize(root).ctx("resolving state root", root)?;
@@ -66,7 +70,10 @@ impl Host {
         if self.root == Path::new(DEFAULT_ROOT) {
             "cr".to_string()
         } else {
-            format!("cr-{:08x}", short_hash(self.root.as_os_str().as_encoded_bytes()))
+            format!(
+                "cr-{:08x}",
+                short_hash(self.root.as_os_str().as_encoded_bytes())
+            )
         }
     }
 
@@ -118,7 +125,10 @@ pub fn short_hash(bytes: &[u8]) -> u32 {
 pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -10,12 +10,22 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const SLEEP: &[&str] = &["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
+const SLEEP: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 1; done",
+];
 
 #[test]
 fn pid1_hostname_and_isolation() {
     let h = TestHost::new();
-    h.run("iso", TestImage::Busybox, Some(10), &["--hostname", "isohost"], SLEEP);
+    h.run(
+        "iso",
+        TestImage::Busybox,
+        Some(10),
+        &["--hostname", "isohost"],
+        SLEEP,
+    );
     assert_eq!(h.state("iso"), "running");
 
     // Its command is PID 1 and host processes are invisible.
@@ -27,7 +37,10 @@ fn pid1_hostname_and_isolation() {
         .filter(|s| s.chars().all(|c| c.is_ascii_digit()))
         .map(String::from)
         .collect();
-    assert!(pids.len() <= 4, "container sees too many processes: {pids:?}");
+    assert!(
+        pids.len() <= 4,
+        "container sees too many processes: {pids:?}"
+    );
     assert_eq!(h.exec("iso", &["hostname"]).trim(), "isohost");
 
     // Only its own interfaces.
@@ -38,30 +51,69 @@ fn pid1_hostname_and_isolation() {
 
     // Host mounts are invisible; / is the overlay.
     let mounts = h.exec("iso", &["cat", "/proc/mounts"]);
-    assert!(!mounts.contains("/var/tmp/cr-test"), "host paths visible in mounts:\n{mounts}");
-    assert!(mounts.lines().any(|l| l.starts_with("overlay / overlay")), "{mounts}");
+    assert!(
+        !mounts.contains("/var/tmp/cr-test"),
+        "host paths visible in mounts:\n{mounts}"
+    );
+    assert!(
+        mounts.lines().any(|l| l.starts_with("overlay / overlay")),
+        "{mounts}"
+    );
 
     // Masked and read-only paths.
-    assert_eq!(h.exec("iso", &["sh", "-c", "cat /proc/kcore | wc -c"]).trim(), "0");
-    assert_eq!(h.exec("iso", &["sh", "-c", "cat /proc/keys | wc -c"]).trim(), "0");
-    let out = h.cr(&["exec", "iso", "--", "sh", "-c", "echo 1 > /proc/sys/kernel/sysrq"]);
+    assert_eq!(
+        h.exec("iso", &["sh", "-c", "cat /proc/kcore | wc -c"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        h.exec("iso", &["sh", "-c", "cat /proc/keys | wc -c"])
+            .trim(),
+        "0"
+    );
+    let out = h.cr(&[
+        "exec",
+        "iso",
+        "--",
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/kernel/sysrq",
+    ]);
     assert!(!out.status.success(), "/proc/sys writable");
     let out = h.cr(&["exec", "iso", "--", "touch", "/sys/kernel/x"]);
     assert!(!out.status.success(), "/sys writable");
     // /proc/sys/net belongs to the container's own network namespace.
-    h.exec("iso", &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    h.exec(
+        "iso",
+        &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+    );
 
     // Standard devices, private devpts, tmpfs /tmp and /dev/shm.
-    h.exec("iso", &["sh", "-c", "echo x > /dev/null && head -c 4 /dev/urandom | wc -c"]);
+    h.exec(
+        "iso",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && head -c 4 /dev/urandom | wc -c",
+        ],
+    );
     assert!(mounts.contains("devpts /dev/pts devpts"), "{mounts}");
     assert!(mounts.contains(" /dev/shm tmpfs"), "{mounts}");
     assert!(mounts.contains(" /tmp tmpfs"), "{mounts}");
 
     // Reduced capability set: no module loading, raw I/O, host time or reboot.
     let status = h.exec("iso", &["cat", "/proc/self/status"]);
-    let bnd = status.lines().find(|l| l.starts_with("CapBnd:")).expect("CapBnd line");
+    let bnd = status
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .expect("CapBnd line");
     let bits = u64::from_str_radix(bnd.split_whitespace().nth(1).expect("hex"), 16).expect("hex");
-    for (cap, name) in [(16, "SYS_MODULE"), (17, "SYS_RAWIO"), (25, "SYS_TIME"), (22, "SYS_BOOT")] {
+    for (cap, name) in [
+        (16, "SYS_MODULE"),
+        (17, "SYS_RAWIO"),
+        (25, "SYS_TIME"),
+        (22, "SYS_BOOT"),
+    ] {
         assert_eq!(bits & (1 << cap), 0, "{name} still in the bounding set");
     }
     assert_ne!(bits & (1 << 21), 0, "SYS_ADMIN should be kept");
@@ -75,13 +127,28 @@ fn exec_joins_every_namespace_and_passes_status() {
     for ns in ["mnt", "uts", "ipc", "net", "pid", "cgroup"] {
         let inside = h.exec("ex", &["readlink", &format!("/proc/self/ns/{ns}")]);
         let init = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("reading ns link");
-        assert_eq!(inside.trim(), init.to_string_lossy(), "{ns} namespace differs");
+        assert_eq!(
+            inside.trim(),
+            init.to_string_lossy(),
+            "{ns} namespace differs"
+        );
     }
     // cgroup: the exec'd process sits in the container's cgroups.
     let cg = h.exec("ex", &["cat", "/proc/self/cgroup"]);
-    assert!(cg.lines().any(|l| l.contains(":memory:/") || l.starts_with("0::/")), "{cg}");
+    assert!(
+        cg.lines()
+            .any(|l| l.contains(":memory:/") || l.starts_with("0::/")),
+        "{cg}"
+    );
 
-    let out = h.cr(&["exec", "ex", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let out = h.cr(&[
+        "exec",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
@@ -92,7 +159,12 @@ fn exec_joins_every_namespace_and_passes_status() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawning cr exec");
-    child.stdin.take().expect("stdin").write_all(b"hello\n").expect("writing stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("writing stdin");
     let out = child.wait_with_output().expect("waiting");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
 
@@ -105,7 +177,13 @@ fn exec_joins_every_namespace_and_passes_status() {
 #[test]
 fn enter_gives_a_shell_on_a_pty() {
     let h = TestHost::new();
-    h.run("ent", TestImage::Busybox, None, &["--hostname", "enterme"], SLEEP);
+    h.run(
+        "ent",
+        TestImage::Busybox,
+        None,
+        &["--hostname", "enterme"],
+        SLEEP,
+    );
     let mut child = h
         .cr_cmd(&["enter", "ent"])
         .stdin(Stdio::piped())
@@ -132,9 +210,26 @@ fn memory_limit_kills_only_inside() {
     let json = h.status_json("mem");
     assert_eq!(json["limits"]["memory"].as_u64(), Some(32 << 20));
     // dd allocates its block size: 200M cannot fit in 32M.
-    let out = h.cr(&["exec", "mem", "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
-    assert_eq!(out.status.code(), Some(137), "hog was not OOM-killed: {out:?}");
-    assert_eq!(h.state("mem"), "running", "the container itself must survive");
+    let out = h.cr(&[
+        "exec",
+        "mem",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "hog was not OOM-killed: {out:?}"
+    );
+    assert_eq!(
+        h.state("mem"),
+        "running",
+        "the container itself must survive"
+    );
     let cg = h.container_cgroups("mem");
     let oom = cg
         .iter()
@@ -143,23 +238,43 @@ fn memory_limit_kills_only_inside() {
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .next()
         .expect("memory cgroup file");
-    assert!(oom.lines().any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0")), "{oom}");
+    assert!(
+        oom.lines()
+            .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0")),
+        "{oom}"
+    );
 }
 
 #[test]
 fn pids_limit_stops_fork() {
     let h = TestHost::new();
     h.run("pids", TestImage::Busybox, None, &["--pids", "8"], SLEEP);
-    let out = h.cr(&["exec", "pids", "--", "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 & done; wait"]);
+    let out = h.cr(&[
+        "exec",
+        "pids",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 & done; wait",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fork") || err.contains("resource"), "forking past the limit did not fail: {err}");
+    assert!(
+        err.contains("fork") || err.contains("resource"),
+        "forking past the limit did not fail: {err}"
+    );
     assert_eq!(h.state("pids"), "running");
 }
 
 #[test]
 fn cpu_limit_caps_usage() {
     let h = TestHost::new();
-    h.run("cpu", TestImage::Busybox, None, &["--cpus", "0.25"], &["/bin/sh", "-c", "while :; do :; done"]);
+    h.run(
+        "cpu",
+        TestImage::Busybox,
+        None,
+        &["--cpus", "0.25"],
+        &["/bin/sh", "-c", "while :; do :; done"],
+    );
     let usage = || -> u64 {
         for d in h.container_cgroups("cpu") {
             if let Ok(s) = std::fs::read_to_string(d.join("cpuacct.usage")) {
@@ -178,7 +293,10 @@ fn cpu_limit_caps_usage() {
     let (u0, t0) = (usage(), Instant::now());
     std::thread::sleep(Duration::from_millis(1500));
     let used = (usage() - u0) as f64 / t0.elapsed().as_nanos() as f64;
-    assert!(used < 0.40, "container used {used:.2} CPUs with a 0.25 limit");
+    assert!(
+        used < 0.40,
+        "container used {used:.2} CPUs with a 0.25 limit"
+    );
     assert!(used > 0.10, "container barely ran ({used:.2} CPUs)");
 }
 
@@ -193,7 +311,13 @@ fn cpu_ticks(pid: i64) -> u64 {
 #[test]
 fn freeze_stops_every_task_and_thaw_resumes() {
     let h = TestHost::new();
-    h.run("frz", TestImage::Busybox, None, &[], &["/bin/sh", "-c", "while :; do :; done"]);
+    h.run(
+        "frz",
+        TestImage::Busybox,
+        None,
+        &[],
+        &["/bin/sh", "-c", "while :; do :; done"],
+    );
     let pid = h.status_json("frz")["pid"].as_i64().expect("pid");
     std::thread::sleep(Duration::from_millis(100));
     h.ok(&["freeze", "frz"]);
@@ -205,7 +329,10 @@ fn freeze_stops_every_task_and_thaw_resumes() {
     assert!(err.contains("frozen"), "{err}");
     h.ok(&["thaw", "frz"]);
     assert_eq!(h.state("frz"), "running");
-    assert!(wait_until(Duration::from_secs(3), || cpu_ticks(pid) > before), "did not resume");
+    assert!(
+        wait_until(Duration::from_secs(3), || cpu_ticks(pid) > before),
+        "did not resume"
+    );
     let err = h.fails(&["thaw", "frz"]);
     assert!(err.contains("running"), "{err}");
 }
@@ -213,8 +340,24 @@ fn freeze_stops_every_task_and_thaw_resumes() {
 #[test]
 fn network_between_containers_and_host() {
     let h = TestHost::new();
-    h.run("n1", TestImage::Busybox, Some(10), &["--mac", "02:00:00:aa:bb:01"], SLEEP);
-    h.run("n2", TestImage::Busybox, Some(11), &[], &["/bin/sh", "-c", "while :; do echo pong | nc -l -p 8080; done"]);
+    h.run(
+        "n1",
+        TestImage::Busybox,
+        Some(10),
+        &["--mac", "02:00:00:aa:bb:01"],
+        SLEEP,
+    );
+    h.run(
+        "n2",
+        TestImage::Busybox,
+        Some(11),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "while :; do echo pong | nc -l -p 8080; done",
+        ],
+    );
     let json = h.status_json("n1");
     assert_eq!(json["ip"], h.net.ip(10));
     assert_eq!(json["mac"], "02:00:00:aa:bb:01");
@@ -222,25 +365,31 @@ fn network_between_containers_and_host() {
     assert_eq!(mac.trim(), "02:00:00:aa:bb:01");
     // The bridge got the prefix's first address: the containers' gateway.
     let route = h.exec("n1", &["ip", "route"]);
-    assert!(route.contains(&format!("default via {}", h.net.addr(1))), "{route}");
+    assert!(
+        route.contains(&format!("default via {}", h.net.addr(1))),
+        "{route}"
+    );
     // Container to container.
     h.exec("n1", &["ping", "-c", "1", "-W", "2", &h.net.addr(11)]);
     // Host to container.
     let mut reply = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        match TcpStream::connect_timeout(&format!("{}:8080", h.net.addr(11)).parse().expect("addr"), Duration::from_secs(1)) {
-            Ok(mut s) => {
-                reply.clear();
-                s.read_to_string(&mut reply).is_ok() && reply.contains("pong")
-            }
-            Err(_) => false,
+    let ok = wait_until(Duration::from_secs(5), || match TcpStream::connect_timeout(
+        &format!("{}:8080", h.net.addr(11)).parse().expect("addr"),
+        Duration::from_secs(1),
+    ) {
+        Ok(mut s) => {
+            reply.clear();
+            s.read_to_string(&mut reply).is_ok() && reply.contains("pong")
         }
+        Err(_) => false,
     });
     assert!(ok, "host could not reach the container: {reply:?}");
     // An address another container has is refused.
     h.with_image(TestImage::Busybox);
     let ip = h.net.ip(10);
-    let err = h.fails(&["run", "n3", "--image", "busybox", "--bridge", &h.bridge, "--ip", &ip, "--", "true"]);
+    let err = h.fails(&[
+        "run", "n3", "--image", "busybox", "--bridge", &h.bridge, "--ip", &ip, "--", "true",
+    ]);
     assert!(err.contains("already used by container \"n1\""), "{err}");
     assert!(!h.root.join("containers/n3").exists());
 }
@@ -249,17 +398,42 @@ fn network_between_containers_and_host() {
 fn stop_destroy_and_logs() {
     let h = TestHost::new();
     // PID 1 ignores SIGTERM (a shell without a trap): stop kills after the grace time.
-    h.run("st", TestImage::Busybox, Some(20), &[], &["/bin/sh", "-c", "echo hello from pid1; echo data > /root/kept; while :; do sleep 1; done"]);
-    assert!(wait_until(Duration::from_secs(3), || h.ok(&["logs", "st"]).contains("hello from pid1")));
+    h.run(
+        "st",
+        TestImage::Busybox,
+        Some(20),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello from pid1; echo data > /root/kept; while :; do sleep 1; done",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || h
+        .ok(&["logs", "st"])
+        .contains("hello from pid1")));
     let json = h.status_json("st");
     let veth = std::fs::read_to_string(h.root.join("containers/st/config.toml")).expect("config");
-    let veth = veth.lines().find(|l| l.starts_with("veth")).expect("veth line").split('"').nth(1).expect("name").to_string();
+    let veth = veth
+        .lines()
+        .find(|l| l.starts_with("veth"))
+        .expect("veth line")
+        .split('"')
+        .nth(1)
+        .expect("name")
+        .to_string();
     assert!(link_exists(&veth));
     let t0 = Instant::now();
     h.ok(&["stop", "st", "--time", "1"]);
-    assert!(t0.elapsed() >= Duration::from_millis(900), "did not wait for the grace time");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "did not wait for the grace time"
+    );
     assert_eq!(h.state("st"), "stopped");
-    assert!(h.container_cgroups("st").is_empty(), "cgroups left after stop");
+    assert!(
+        h.container_cgroups("st").is_empty(),
+        "cgroups left after stop"
+    );
     assert!(!link_exists(&veth), "veth left after stop");
     let pid = json["pid"].as_i64().expect("pid");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -276,7 +450,10 @@ fn stop_destroy_and_logs() {
     assert!(h.container_cgroups("st").is_empty());
     assert!(!link_exists(&veth));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains(h.root.to_str().expect("utf-8")), "mounts left: {mounts}");
+    assert!(
+        !mounts.contains(h.root.to_str().expect("utf-8")),
+        "mounts left: {mounts}"
+    );
     let err = h.fails(&["status", "st"]);
     assert!(err.contains("no container named"), "{err}");
 }
@@ -284,14 +461,29 @@ fn stop_destroy_and_logs() {
 #[test]
 fn init_exiting_by_itself_is_recorded() {
     let h = TestHost::new();
-    h.run("ex3", TestImage::Busybox, None, &[], &["/bin/sh", "-c", "echo bye; exit 3"]);
+    h.run(
+        "ex3",
+        TestImage::Busybox,
+        None,
+        &[],
+        &["/bin/sh", "-c", "echo bye; exit 3"],
+    );
     assert!(wait_until(Duration::from_secs(5), || h.state("ex3") == "stopped"));
     let json = h.status_json("ex3");
     assert_eq!(json["exit_code"].as_i64(), Some(3));
     assert!(h.ok(&["logs", "ex3"]).contains("bye"));
-    assert!(wait_until(Duration::from_secs(5), || h.container_cgroups("ex3").is_empty()), "cgroups left after exit");
+    assert!(
+        wait_until(Duration::from_secs(5), || h
+            .container_cgroups("ex3")
+            .is_empty()),
+        "cgroups left after exit"
+    );
     let list = h.ok(&["list"]);
-    assert!(list.lines().any(|l| l.starts_with("ex3") && l.contains("stopped")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ex3") && l.contains("stopped")),
+        "{list}"
+    );
 }
 
 #[test]
@@ -302,18 +494,35 @@ fn ten_containers_in_parallel() {
         .map(|i| {
             let ip = h.net.ip(50 + i);
             let name = format!("par{i}");
-            h.cr_cmd(&["run", &name, "--image", "busybox", "--bridge", &h.bridge, "--ip", &ip, "--", "/bin/sleep", "1000"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawning cr run")
+            h.cr_cmd(&[
+                "run",
+                &name,
+                "--image",
+                "busybox",
+                "--bridge",
+                &h.bridge,
+                "--ip",
+                &ip,
+                "--",
+                "/bin/sleep",
+                "1000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning cr run")
         })
         .collect();
     for c in children {
         let out = c.wait_with_output().expect("waiting");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let list: Vec<serde_json::Value> = serde_json::from_str(&h.ok(&["list", "--json"])).expect("json");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&h.ok(&["list", "--json"])).expect("json");
     assert_eq!(list.len(), 10);
     assert!(list.iter().all(|c| c["state"] == "running"), "{list:?}");
     h.exec("par0", &["ping", "-c", "1", "-W", "2", &h.net.addr(59)]);
@@ -324,15 +533,36 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let h = TestHost::new();
     let img = h.with_image(TestImage::Busybox);
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "bad/name", "--image", img], "invalid container name"),
+        (
+            &["run", "bad/name", "--image", img],
+            "invalid container name",
+        ),
         (&["run", "-x", "--image", img], ""),
-        (&["run", "b1", "--image", "nosuchimage"], "no image named \"nosuchimage\""),
-        (&["run", "b2", "--image", img, "--ip", "10.1.2.300/24"], "invalid IP address"),
-        (&["run", "b3", "--image", img, "--ip", "10.1.2.3"], "ADDRESS/PREFIX"),
-        (&["run", "b4", "--image", img, "--memory", "lots"], "invalid size"),
+        (
+            &["run", "b1", "--image", "nosuchimage"],
+            "no image named \"nosuchimage\"",
+        ),
+        (
+            &["run", "b2", "--image", img, "--ip", "10.1.2.300/24"],
+            "invalid IP address",
+        ),
+        (
+            &["run", "b3", "--image", img, "--ip", "10.1.2.3"],
+            "ADDRESS/PREFIX",
+        ),
+        (
+            &["run", "b4", "--image", img, "--memory", "lots"],
+            "invalid size",
+        ),
         (&["run", "b5", "--image", img, "--cpus", "0"], "CPU limit"),
-        (&["run", "b6", "--image", img, "--", "/bin/nosuch"], "not found in image"),
-        (&["run", "b7", "--image", img, "--hostname", "bad host"], "invalid hostname"),
+        (
+            &["run", "b6", "--image", img, "--", "/bin/nosuch"],
+            "not found in image",
+        ),
+        (
+            &["run", "b7", "--image", img, "--hostname", "bad host"],
+            "invalid hostname",
+        ),
         (&["freeze", "nosuch"], "no container named"),
     ];
     for (args, expect) in cases {
@@ -340,18 +570,32 @@ fn bad_input_is_refused_and_leaves_nothing() {
         assert!(err.contains(expect), "cr {}: {err}", args.join(" "));
         assert_eq!(err.trim().lines().count(), 1, "not one sentence: {err}");
     }
-    let names = std::fs::read_dir(h.root.join("containers")).expect("containers dir").count();
+    let names = std::fs::read_dir(h.root.join("containers"))
+        .expect("containers dir")
+        .count();
     assert_eq!(names, 0, "a refused container left a directory");
-    assert!(h.cgroup_dirs().iter().all(|d| std::fs::read_dir(d).map(|r| r.flatten().all(|e| !e.path().is_dir())).unwrap_or(true)));
+    assert!(h.cgroup_dirs().iter().all(|d| std::fs::read_dir(d)
+        .map(|r| r.flatten().all(|e| !e.path().is_dir()))
+        .unwrap_or(true)));
 
     h.run("dup", TestImage::Busybox, None, &[], SLEEP);
     let err = h.fails(&["run", "dup", "--image", img, "--", "true"]);
     assert!(err.contains("already exists"), "{err}");
-    assert_eq!(h.state("dup"), "running", "a refused duplicate must not touch the original");
+    assert_eq!(
+        h.state("dup"),
+        "running",
+        "a refused duplicate must not touch the original"
+    );
 
     // Not root.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CR, "--root"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            CR,
+            "--root",
+        ])
         .arg(&h.root)
         .arg("list")
         .output()

@@ -78,7 +78,10 @@ pub fn list(host: &Host, args: ListArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(0);
     }
-    println!("{:<20} {:<8} {:>8} {:<18} {:<12} LIMITS", "NAME", "STATE", "PID", "IP", "IMAGE");
+    println!(
+        "{:<20} {:<8} {:>8} {:<18} {:<12} LIMITS",
+        "NAME", "STATE", "PID", "IP", "IMAGE"
+    );
     for v in &views {
         println!(
             "{:<20} {:<8} {:>8} {:<18} {:<12} {}",
@@ -113,7 +116,11 @@ pub fn status(host: &Host, args: StatusArgs) -> anyhow::Result<i32> {
     println!("image:    {}", v.image);
     println!("hostname: {}", v.hostname);
     if let Some(ip) = &v.ip {
-        println!("ip:       {ip} (mac {}, bridge {})", v.mac.as_deref().unwrap_or("-"), v.bridge.as_deref().unwrap_or("-"));
+        println!(
+            "ip:       {ip} (mac {}, bridge {})",
+            v.mac.as_deref().unwrap_or("-"),
+            v.bridge.as_deref().unwrap_or("-")
+        );
     }
     println!("limits:   {}", limits_text(&v.limits));
     if !v.command.is_empty() {

@@ -28,11 +28,17 @@ pub struct DestroyArgs {
 }
 
 pub fn stop(host: &Host, args: StopArgs) -> anyhow::Result<i32> {
-    stop_container(&Container::open(host, &args.name)?, Duration::from_secs(args.time))?;
+    stop_container(
+        &Container::open(host, &args.name)?,
+        Duration::from_secs(args.time),
+    )?;
     Ok(0)
 }
 
 pub fn destroy(host: &Host, args: DestroyArgs) -> anyhow::Result<i32> {
-    destroy_container(&Container::open(host, &args.name)?, Duration::from_secs(args.time))?;
+    destroy_container(
+        &Container::open(host, &args.name)?,
+        Duration::from_secs(args.time),
+    )?;
     Ok(0)
 }

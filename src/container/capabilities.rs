@@ -61,7 +61,8 @@ pub fn drop_host_capabilities() -> Result<()> {
         Error::Invalid(format!("dropping capabilities ({what}): {e}"))
     };
     for cap in DROPPED {
-        let bounded = caps::has_cap(None, CapSet::Bounding, *cap).map_err(|e| fail("reading bounding set", e))?;
+        let bounded = caps::has_cap(None, CapSet::Bounding, *cap)
+            .map_err(|e| fail("reading bounding set", e))?;
         if bounded {
             caps::drop(None, CapSet::Bounding, *cap).map_err(|e| fail("bounding set", e))?;
         }

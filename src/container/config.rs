@@ -141,9 +141,7 @@ impl FromStr for Ipv4Cidr {
         let (addr, prefix) = s
             .split_once('/')
             .ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 10.88.0.10/24"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| bad("not an IPv4 address"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
         let prefix: u8 = prefix
             .parse()
             .map_err(|_| bad("the prefix length must be a number"))?;
@@ -156,7 +154,9 @@ impl FromStr for Ipv4Cidr {
             return Err(bad("not a unicast host address"));
         }
         if addr == cidr.network() || addr == cidr.broadcast() {
-            return Err(bad("that is the network or broadcast address of its prefix"));
+            return Err(bad(
+                "that is the network or broadcast address of its prefix",
+            ));
         }
         if addr == cidr.first_host() {
             return Err(bad(
@@ -192,7 +192,11 @@ impl FromStr for MacAddr {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("invalid MAC address {s:?}: expected six hex bytes like 02:00:00:00:00:01"));
+        let bad = || {
+            Error::Invalid(format!(
+                "invalid MAC address {s:?}: expected six hex bytes like 02:00:00:00:00:01"
+            ))
+        };
         let mut bytes = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut bytes {
@@ -223,13 +227,18 @@ impl fmt::Display for MacAddr {
 macro_rules! serde_via_string {
     ($ty:ty, $what:literal) => {
         impl Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
 
         impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
                 let text = String::deserialize(d)?;
                 text.parse().map_err(|e: Error| {
                     serde::de::Error::custom(format!(concat!($what, ": {}"), e))
@@ -256,8 +265,16 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(10, 88, 1, 1)));
         assert_eq!(c.to_string(), "10.88.0.10/24");
         for bad in [
-            "10.88.0.10", "10.88.0.300/24", "10.88.0.10/33", "10.88.0.10/x", "10.88.0.0/24",
-            "10.88.0.255/24", "10.88.0.1/24", "127.0.0.5/8", "224.0.0.5/24", "",
+            "10.88.0.10",
+            "10.88.0.300/24",
+            "10.88.0.10/33",
+            "10.88.0.10/x",
+            "10.88.0.0/24",
+            "10.88.0.255/24",
+            "10.88.0.1/24",
+            "127.0.0.5/8",
+            "224.0.0.5/24",
+            "",
         ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }

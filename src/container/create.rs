@@ -50,7 +50,10 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
     let network = match opts.address {
         Some(address) => {
             check_address_free(host, address)?;
-            let bridge = opts.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+            let bridge = opts
+                .bridge
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
             validate_ifname(&bridge)?;
             Some(NetConfig {
                 bridge,
@@ -83,7 +86,8 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
 /// Refuses an address another container of this host already has.
 fn check_address_free(host: &Host, address: Ipv4Cidr) -> Result<()> {
     for name in host.container_names()? {
-        let Ok(other) = ContainerConfig::load(&host.container_dir(&name).join("config.toml")) else {
+        let Ok(other) = ContainerConfig::load(&host.container_dir(&name).join("config.toml"))
+        else {
             continue;
         };
         if let Some(net) = other.network {
@@ -105,7 +109,9 @@ fn validate_hostname(hostname: &str) -> Result<()> {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if ok {
         Ok(())
@@ -119,7 +125,9 @@ fn validate_hostname(hostname: &str) -> Result<()> {
 fn validate_ifname(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {

@@ -65,9 +65,15 @@ pub fn enter(container: &Container) -> Result<i32> {
     let init = container.require_running("enter")?;
     let stdin = std::io::stdin();
     let interactive = isatty(stdin.as_fd()).unwrap_or(false);
-    let size = if interactive { window_size(stdin.as_raw_fd()) } else { None };
-    let pty = openpty(size.as_ref(), None).sys(|| "opening a pty".into())?;
+    let size = if interactive {
+        window_size(stdin.as_raw_fd())
+    } else {
+        None
+    };
     join(container, init)?;
+    // Opened after joining the mount namespace: the pty belongs to the
+    // container's devpts, so the shell's tty has a name inside.
+    let pty = openpty(size.as_ref(), None).sys(|| "opening a pty".into())?;
     let shell = login_shell();
     let argv = to_cstrings(&[shell, "-l".to_string()])?;
     // SAFETY: cr is single-threaded here, so the child may run ordinary code.
@@ -83,7 +89,11 @@ pub fn enter(container: &Container) -> Result<i32> {
         }
         ForkResult::Parent { child } => {
             drop(pty.slave);
-            let saved = if interactive { Some(raw_mode(&stdin)?) } else { None };
+            let saved = if interactive {
+                Some(raw_mode(&stdin)?)
+            } else {
+                None
+            };
             let relayed = relay(&pty.master, interactive);
             if let Some(saved) = saved {
                 let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
@@ -108,7 +118,10 @@ fn login_shell() -> String {
 fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
     items
         .iter()
-        .map(|s| CString::new(s.as_str()).map_err(|_| Error::Invalid(format!("argument {s:?} contains a NUL byte"))))
+        .map(|s| {
+            CString::new(s.as_str())
+                .map_err(|_| Error::Invalid(format!("argument {s:?} contains a NUL byte")))
+        })
         .collect()
 }
 
@@ -122,7 +135,12 @@ fn join(container: &Container, init: Pid) -> Result<()> {
     }
     container.cgroup()?.add_pid(Pid::from_raw(0))?;
     for (fd, flag, name) in fds {
-        setns(fd, flag).sys(|| format!("joining the {name} namespace of container {:?}", container.name))?;
+        setns(fd, flag).sys(|| {
+            format!(
+                "joining the {name} namespace of container {:?}",
+                container.name
+            )
+        })?;
     }
     Ok(())
 }
@@ -131,11 +149,21 @@ fn join(container: &Container, init: Pid) -> Result<()> {
 fn exec_child(argv: &[CString]) -> Result<Infallible> {
     chdir("/").sys(|| "entering /".into())?;
     drop_host_capabilities()?;
-    let env = to_cstrings(&CONTAINER_ENV.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let env = to_cstrings(
+        &CONTAINER_ENV
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )?;
     // execvpe searches the caller's PATH: make it the container's.
-    std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    std::env::set_var(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     let err = execvpe(&argv[0], argv, &env).map_err(|e| match e {
-        Errno::ENOENT => Error::Invalid(format!("{:?}: command not found in the container", argv[0])),
+        Errno::ENOENT => {
+            Error::Invalid(format!("{:?}: command not found in the container", argv[0]))
+        }
         e => Error::sys(format!("executing {:?}", argv[0]), e),
     });
     match err {
@@ -205,7 +233,11 @@ fn relay(master: &OwnedFd, interactive: bool) -> Result<()> {
             Ok(_) => {}
         }
         let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let stdin_ready = stdin_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let stdin_ready = stdin_open
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
         if master_ready {
             match read(master.as_fd(), &mut buf) {
                 Ok(0) | Err(Errno::EIO) => return Ok(()),

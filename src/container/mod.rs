@@ -72,7 +72,11 @@ impl Container {
 
     pub fn cgroup(&self) -> Result<ContainerCgroup> {
         let layout = CgroupLayout::detect()?;
-        Ok(ContainerCgroup::new(&layout, &self.host.cgroup_parent(), &self.name))
+        Ok(ContainerCgroup::new(
+            &layout,
+            &self.host.cgroup_parent(),
+            &self.name,
+        ))
     }
 
     /// Running, frozen or stopped, and the host PID of PID 1 when it runs.
@@ -88,7 +92,14 @@ impl Container {
             FreezerState::Thawed => false,
             FreezerState::Freezing | FreezerState::Frozen => true,
         };
-        Ok((if frozen { Status::Frozen } else { Status::Running }, Some(pid)))
+        Ok((
+            if frozen {
+                Status::Frozen
+            } else {
+                Status::Running
+            },
+            Some(pid),
+        ))
     }
 
     /// The host PID of PID 1, or an error naming the state the container is in.

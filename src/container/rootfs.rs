@@ -89,15 +89,33 @@ pub fn check_overlay_path(path: &Path) -> Result<()> {
 /// Builds the mount tree on `spec.target` and pivots into it. Runs in the
 /// container's PID 1, in its new mount namespace.
 pub fn setup(spec: &RootfsSpec) -> Result<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .sys(|| "making / recursively private".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .sys(|| "making / recursively private".into())?;
     mount_overlay(spec)?;
     let t = spec.target;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount("proc", &t.join("proc"), "proc", nosuid, None)?;
-    do_mount("sysfs", &t.join("sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
+    do_mount(
+        "sysfs",
+        &t.join("sys"),
+        "sysfs",
+        nosuid | MsFlags::MS_RDONLY,
+        None,
+    )?;
     build_dev(t, spec.console)?;
-    do_mount("tmpfs", &t.join("tmp"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    do_mount(
+        "tmpfs",
+        &t.join("tmp"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     mask_proc(t)?;
     pivot(t)
 }
@@ -112,12 +130,24 @@ fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
         spec.upper.display(),
         spec.work.display()
     );
-    mount(Some("overlay"), spec.target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-        .sys(|| format!("mounting the overlay root on {}", spec.target.display()))
+    mount(
+        Some("overlay"),
+        spec.target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .sys(|| format!("mounting the overlay root on {}", spec.target.display()))
 }
 
 /// Mounts `fstype` on `target`, creating the directory if needed.
-fn do_mount(source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+fn do_mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     ensure_dir(target)?;
     mount(Some(source), target, Some(fstype), flags, data)
         .sys(|| format!("mounting {fstype} on {}", target.display()))
@@ -131,26 +161,44 @@ fn ensure_dir(path: &Path) -> Result<()> {
 }
 
 fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
-        .sys(|| format!("bind-mounting {} on {}", source.display(), target.display()))
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .sys(|| format!("bind-mounting {} on {}", source.display(), target.display()))
 }
 
 fn remount_readonly(target: &Path) -> Result<()> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
     mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
         .sys(|| format!("making {} read-only", target.display()))
 }
 
 fn build_dev(t: &Path, console: Option<&Path>) -> Result<()> {
     let dev = t.join("dev");
-    do_mount("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))?;
+    do_mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )?;
     let mode = Mode::from_bits_truncate(0o666);
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
         mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor))
             .sys(|| format!("creating device node {}", path.display()))?;
         // mknod applies the umask; the nodes must be usable by everyone.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).ctx("setting mode of", &path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+            .ctx("setting mode of", &path)?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
@@ -170,8 +218,20 @@ fn build_dev(t: &Path, console: Option<&Path>) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    do_mount("shm", &dev.join("shm"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k"))?;
-    do_mount("mqueue", &dev.join("mqueue"), "mqueue", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    do_mount(
+        "shm",
+        &dev.join("shm"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777,size=65536k"),
+    )?;
+    do_mount(
+        "mqueue",
+        &dev.join("mqueue"),
+        "mqueue",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     if let Some(console) = console {
         let path = dev.join("console");
         fs::File::create(&path).ctx("creating", &path)?;
@@ -191,8 +251,14 @@ fn mask_proc(t: &Path) -> Result<()> {
     for dir in MASKED_DIRS {
         let path = t.join(dir);
         if path.is_dir() {
-            mount(Some("tmpfs"), &path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
-                .sys(|| format!("masking {}", path.display()))?;
+            mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+            .sys(|| format!("masking {}", path.display()))?;
         }
     }
     for dir in READONLY_DIRS {
@@ -206,7 +272,11 @@ fn mask_proc(t: &Path) -> Result<()> {
     let net = t.join("proc/sys/net");
     if net.is_dir() {
         bind(&net, &net, MsFlags::MS_REC)?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
         mount(None::<&str>, &net, None::<&str>, flags, None::<&str>)
             .sys(|| format!("making {} writable", net.display()))?;
     }

@@ -27,7 +27,8 @@ pub fn start(container: &Container) -> Result<Pid> {
         });
     }
     let exe = std::env::current_exe().ctx("finding the cr executable", "/proc/self/exe")?;
-    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).sys(|| "creating the status pipe".into())?;
+    let (read_end, write_end) =
+        pipe2(OFlag::O_CLOEXEC).sys(|| "creating the status pipe".into())?;
     let log_path = container.dir.join("supervisor.log");
     let log = OpenOptions::new()
         .create(true)
@@ -66,7 +67,9 @@ pub fn start(container: &Container) -> Result<Pid> {
             name: container.name.clone(),
             message: format!(
                 "its supervisor exited ({}) without reporting; see {}",
-                status.map(|s| s.to_string()).unwrap_or_else(|| "status unknown".into()),
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "status unknown".into()),
                 log_path.display()
             ),
         });

@@ -40,7 +40,10 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, read, sethostname, setsid, ForkResult, Pid};
+use nix::unistd::{
+    dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, read, sethostname, setsid,
+    ForkResult, Pid,
+};
 
 use crate::container::capabilities::drop_host_capabilities;
 use crate::container::cgroups::{CgroupLayout, ContainerCgroup};
@@ -131,13 +134,14 @@ fn launch(host: &Host, config: &ContainerConfig) -> Result<Launched> {
         )));
     }
     cgroup.create(&config.limits)?;
-    let launched = spawn_init(config, &image.rootfs, &dirs, &command, &cgroup, &dir).inspect_err(|_| {
-        let _ = cgroup.kill_all();
-        let _ = cgroup.remove();
-        if let Some(net) = &config.network {
-            let _ = network::teardown(net);
-        }
-    })?;
+    let launched =
+        spawn_init(config, &image.rootfs, &dirs, &command, &cgroup, &dir).inspect_err(|_| {
+            let _ = cgroup.kill_all();
+            let _ = cgroup.remove();
+            if let Some(net) = &config.network {
+                let _ = network::teardown(net);
+            }
+        })?;
     Ok(launched)
 }
 
@@ -170,7 +174,12 @@ fn spawn_init(
 
     let argv = cstrings(command)?;
     let envp = cstrings(CONTAINER_ENV)?;
-    let spec_paths = (lower.to_path_buf(), dirs.upper.clone(), dirs.work.clone(), dirs.target.clone());
+    let spec_paths = (
+        lower.to_path_buf(),
+        dirs.upper.clone(),
+        dirs.work.clone(),
+        dirs.target.clone(),
+    );
 
     unshare(CloneFlags::CLONE_NEWPID).sys(|| "creating the PID namespace".into())?;
     // SAFETY: the supervisor is single-threaded here (no runtime or thread was
@@ -243,8 +252,12 @@ fn spawn_init(
         return Err(fail(message));
     }
 
-    let init_start_time = process_start_time(child.as_raw())
-        .ok_or_else(|| Error::Invalid(format!("PID 1 ({}) exited right after exec", command.join(" "))))?;
+    let init_start_time = process_start_time(child.as_raw()).ok_or_else(|| {
+        Error::Invalid(format!(
+            "PID 1 ({}) exited right after exec",
+            command.join(" ")
+        ))
+    })?;
     let state = RuntimeState {
         supervisor_pid: std::process::id() as i32,
         init_pid: child.as_raw(),
@@ -264,8 +277,9 @@ fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>> {
     items
         .iter()
         .map(|s| {
-            CString::new(s.as_ref())
-                .map_err(|_| Error::Invalid(format!("argument {:?} contains a NUL byte", s.as_ref())))
+            CString::new(s.as_ref()).map_err(|_| {
+                Error::Invalid(format!("argument {:?} contains a NUL byte", s.as_ref()))
+            })
         })
         .collect()
 }
@@ -333,7 +347,12 @@ pub fn attach_stdio(fd: &OwnedFd) -> Result<()> {
 fn close_extra_fds() {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on fds.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
 }
 
@@ -362,7 +381,11 @@ fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<
             Ok(_) => {}
         }
         let init_done = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let console_ready = console_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let console_ready = console_open
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
         if console_ready {
             console_open = copy_console(&launched.console, &mut log, &mut buf);
         }
@@ -433,7 +456,12 @@ fn copy_console(console: &OwnedFd, log: &mut File, buf: &mut [u8]) -> bool {
 fn copy_console_nonblocking(console: &OwnedFd, log: &mut File, buf: &mut [u8]) -> bool {
     let mut fds = [PollFd::new(console.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) if n > 0 => fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) && copy_console(console, log, buf),
+        Ok(n) if n > 0 => {
+            fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+                && copy_console(console, log, buf)
+        }
         _ => false,
     }
 }

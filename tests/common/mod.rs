@@ -25,7 +25,11 @@ pub fn require(what: &str, ok: bool, hint: &str) {
 }
 
 pub fn require_root() {
-    require("root", nix::unistd::geteuid().is_root(), "cr's tests run as root against the real kernel");
+    require(
+        "root",
+        nix::unistd::geteuid().is_root(),
+        "cr's tests run as root against the real kernel",
+    );
 }
 
 /// A host-wide claim on one /24 for this test (10.X.Y.0/24), so tests that
@@ -43,14 +47,20 @@ impl NetClaim {
         for k in 0..10_000u32 {
             let (x, y) = (200 + (k / 250) as u8 % 50, (k % 250) as u8 + 1);
             let path = dir.join(format!("net-{x}-{y}"));
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(_) => {
                     let _ = fs::write(&path, std::process::id().to_string());
                     return NetClaim { path, x, y };
                 }
                 Err(_) => {
                     // A claim whose process is gone is stale: take it over.
-                    let owner = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok());
+                    let owner = fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i32>().ok());
                     if let Some(owner) = owner {
                         if !Path::new(&format!("/proc/{owner}")).exists() {
                             let _ = fs::remove_file(&path);
@@ -117,7 +127,10 @@ impl TestHost {
             }
             None => Command::new(CR),
         };
-        cmd.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -163,7 +176,14 @@ impl TestHost {
 
     /// `cr run NAME --image IMG --ip ... --bridge ... EXTRA... -- CMD...`
     #[track_caller]
-    pub fn run(&self, name: &str, image: TestImage, ip_host: Option<u8>, extra: &[&str], cmd: &[&str]) {
+    pub fn run(
+        &self,
+        name: &str,
+        image: TestImage,
+        ip_host: Option<u8>,
+        extra: &[&str],
+        cmd: &[&str],
+    ) {
         let image = self.with_image(image);
         let ip = ip_host.map(|h| self.net.ip(h));
         let mut args = vec!["run", name, "--image", image, "--bridge", &self.bridge];
@@ -195,7 +215,9 @@ impl TestHost {
     }
 
     pub fn cgroup_parent(&self) -> String {
-        Host::open(&self.root).expect("opening test root").cgroup_parent()
+        Host::open(&self.root)
+            .expect("opening test root")
+            .cgroup_parent()
     }
 
     /// Every cgroup directory of this host that exists on the machine.
@@ -219,7 +241,11 @@ impl TestHost {
 
     /// Container cgroup directories left under this host's parent.
     pub fn container_cgroups(&self, name: &str) -> Vec<PathBuf> {
-        self.cgroup_dirs().into_iter().map(|p| p.join(name)).filter(|p| p.exists()).collect()
+        self.cgroup_dirs()
+            .into_iter()
+            .map(|p| p.join(name))
+            .filter(|p| p.exists())
+            .collect()
     }
 }
 
@@ -238,7 +264,10 @@ impl Drop for TestHost {
         if let Some(ns) = &self.netns {
             del.args(["-n", ns]);
         }
-        let _ = del.args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = del
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
         for dir in self.cgroup_dirs() {
             remove_cgroup_tree(&dir);
         }
@@ -277,7 +306,12 @@ impl TestImage {
     fn build_args(self) -> Vec<&'static str> {
         match self {
             TestImage::Busybox => vec![],
-            TestImage::Python => vec!["--with", "/usr/bin/python3", "--tree", "/usr/lib/python3.11"],
+            TestImage::Python => vec![
+                "--with",
+                "/usr/bin/python3",
+                "--tree",
+                "/usr/lib/python3.11",
+            ],
         }
     }
 }
@@ -286,17 +320,36 @@ impl TestImage {
 /// (shared by every test of every binary; guarded by a lock) and returns the
 /// image's directory.
 pub fn cached_image(kind: TestImage) -> PathBuf {
-    require("busybox-static", Path::new("/bin/busybox").exists(), "apt-get install -y busybox-static");
+    require(
+        "busybox-static",
+        Path::new("/bin/busybox").exists(),
+        "apt-get install -y busybox-static",
+    );
     let cache_root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cr-image-cache");
     fs::create_dir_all(&cache_root).expect("creating image cache");
     let lock_path = cache_root.join("build.lock");
-    let lock_file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).expect("lock file");
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).expect("locking image cache");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock file");
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .expect("locking image cache");
     let dir = cache_root.join("images").join(kind.name());
     if !dir.join("rootfs").is_dir() {
-        let mut args = vec!["--root", cache_root.to_str().expect("utf-8 path"), "image", "build-minimal", kind.name()];
+        let mut args = vec![
+            "--root",
+            cache_root.to_str().expect("utf-8 path"),
+            "image",
+            "build-minimal",
+            kind.name(),
+        ];
         args.extend(kind.build_args());
-        let out = Command::new(CR).args(&args).output().expect("running cr image build-minimal");
+        let out = Command::new(CR)
+            .args(&args)
+            .output()
+            .expect("running cr image build-minimal");
         assert!(
             out.status.success(),
             "building test image {}: {}",
