@@ -511,6 +511,9 @@ fn link_applets(rootfs: &Path) -> Result<()> {
         let rel = Path::new(line.trim());
         if rel.as_os_str().is_empty()
             || rel == Path::new("bin/busybox")
+            // No init: a minimal image runs /bin/sh unless told otherwise.
+            || rel == Path::new("sbin/init")
+            || rel == Path::new("linuxrc")
             || !rel.components().all(|c| matches!(c, Component::Normal(_)))
         {
             continue;

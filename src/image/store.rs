@@ -507,7 +507,7 @@ fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
 
-    let reading = |e: io::Error| ImageError::io("reading tarball", path, e);
+    let reading = |e: io::Error| ImageError::io("reading tarball", path, flatten(e));
     // Directories are applied last, deepest first, so that restrictive modes
     // do not get in the way of their contents (as tar::Archive::unpack does).
     let mut directories = Vec::new();
@@ -519,8 +519,9 @@ fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
             entry: entry_path.display().to_string(),
         };
         let rel = relative_entry_path(&entry_path).ok_or_else(unsafe_entry)?;
-        let unpack_err =
-            |e: io::Error| ImageError::io(format!("unpacking {:?} from", entry_path), path, e);
+        let unpack_err = |e: io::Error| {
+            ImageError::io(format!("unpacking {:?} from", entry_path), path, flatten(e))
+        };
         match entry.header().entry_type() {
             EntryType::Directory => directories.push((rel, entry)),
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
@@ -539,9 +540,9 @@ fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
     directories.sort_by(|a, b| b.0.cmp(&a.0));
     for (rel, mut entry) in directories {
         let entry_path = rel.display().to_string();
-        entry
-            .unpack_in(&dst)
-            .map_err(|e| ImageError::io(format!("unpacking {entry_path:?} from"), path, e))?;
+        entry.unpack_in(&dst).map_err(|e| {
+            ImageError::io(format!("unpacking {entry_path:?} from"), path, flatten(e))
+        })?;
         let target = if rel.as_os_str().is_empty() {
             dst.clone()
         } else {
@@ -552,6 +553,20 @@ fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Folds an error's source chain into its message (the tar crate's errors
+/// print only their outer description otherwise).
+fn flatten(e: io::Error) -> io::Error {
+    use std::error::Error as _;
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    io::Error::new(e.kind(), message)
 }
 
 /// The entry path relative to the destination, or `None` if it has `..`.
