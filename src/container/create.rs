@@ -146,7 +146,7 @@ fn validate_limits(limits: &Limits) -> Result<()> {
         }
     }
     if let Some(cpus) = limits.cpus {
-        if !(cpus.is_finite() && cpus >= 0.01 && cpus <= 4096.0) {
+        if !(0.01..=4096.0).contains(&cpus) {
             return Err(Error::Invalid(format!(
                 "invalid CPU limit {cpus}: give a number of CPUs between 0.01 and 4096, e.g. 1.5"
             )));

@@ -49,9 +49,7 @@ pub fn exec(container: &Container, argv: &[String]) -> Result<i32> {
     // SAFETY: cr is single-threaded here, so the child may run ordinary code.
     match unsafe { fork() }.sys(|| "forking the command".into())? {
         ForkResult::Child => {
-            let err = match exec_child(&argv) {
-                Err(e) => e,
-            };
+            let Err(err) = exec_child(&argv);
             eprintln!("cr exec: {err}");
             // SAFETY: ends the forked child without running destructors twice.
             unsafe { libc::_exit(127) }
@@ -80,9 +78,7 @@ pub fn enter(container: &Container) -> Result<i32> {
     match unsafe { fork() }.sys(|| "forking the shell".into())? {
         ForkResult::Child => {
             drop(pty.master);
-            let err = match attach_tty(pty.slave).and_then(|()| exec_child(&argv)) {
-                Err(e) => e,
-            };
+            let Err(err) = attach_tty(pty.slave).and_then(|()| exec_child(&argv));
             eprintln!("cr enter: {err}");
             // SAFETY: ends the forked child without running destructors twice.
             unsafe { libc::_exit(127) }

@@ -124,11 +124,15 @@ fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
     for p in [spec.lower, spec.upper, spec.work] {
         check_overlay_path(p)?;
     }
+    // The options are visible in the container's /proc/mounts: name the
+    // layers relative to the container's directory, so no host path shows.
+    let base = spec.upper.parent().unwrap_or(Path::new("/"));
+    chdir(base).sys(|| format!("entering {}", base.display()))?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        spec.lower.display(),
-        spec.upper.display(),
-        spec.work.display()
+        relative_to(spec.lower, base).display(),
+        relative_to(spec.upper, base).display(),
+        relative_to(spec.work, base).display()
     );
     mount(
         Some("overlay"),
@@ -138,6 +142,24 @@ fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
         Some(options.as_str()),
     )
     .sys(|| format!("mounting the overlay root on {}", spec.target.display()))
+}
+
+/// `path` relative to the directory `base` (both absolute), with `..` steps.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let path: Vec<_> = path.components().collect();
+    let base: Vec<_> = base.components().collect();
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..base.len() {
+        rel.push("..");
+    }
+    for c in &path[common..] {
+        rel.push(c);
+    }
+    if rel.as_os_str().is_empty() {
+        rel.push(".");
+    }
+    rel
 }
 
 /// Mounts `fstype` on `target`, creating the directory if needed.
@@ -312,5 +334,24 @@ impl RootfsDirs {
             fs::create_dir_all(dir).ctx("creating", dir)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let base = Path::new("/var/lib/cr/containers/web1");
+        assert_eq!(
+            relative_to(Path::new("/var/lib/cr/containers/web1/upper"), base),
+            Path::new("upper")
+        );
+        assert_eq!(
+            relative_to(Path::new("/var/lib/cr/images/debian/rootfs"), base),
+            Path::new("../../images/debian/rootfs")
+        );
+        assert_eq!(relative_to(base, base), Path::new("."));
     }
 }

@@ -201,9 +201,7 @@ fn spawn_init(
                 argv: &argv,
                 envp: &envp,
             };
-            let err = match init_main(init, to_child_r, &from_child_w) {
-                Err(e) => e,
-            };
+            let Err(err) = init_main(init, to_child_r, &from_child_w);
             let mut report = File::from(from_child_w);
             let _ = report.write_all(one_line(&err.to_string()).as_bytes());
             // SAFETY: _exit ends this forked child without running the
