@@ -358,7 +358,7 @@ fn duplicate_veth_name_fails_and_leaves_first_intact() {
 }
 
 #[test]
-fn failure_inside_container_removes_the_veth() {
+fn refused_pair_leaves_nothing_behind() {
     let host = NetnsProcess::spawn();
     let container = NetnsProcess::spawn();
     let f = fixture(&host, 4);
@@ -369,8 +369,8 @@ fn failure_inside_container_removes_the_veth() {
     let err = setup(&net, container.pid()).expect_err("multicast MAC must fail");
 
     let text = err.to_string();
-    assert!(text.contains("setting MAC"), "{text}");
-    assert!(text.contains("eth0"), "{text}");
+    assert!(text.contains("creating veth pair"), "{text}");
+    assert!(text.contains(&veth), "{text}");
     assert_eq!(err.errno(), Some(Errno::EADDRNOTAVAIL), "{text}");
     assert!(!link_exists(&veth).unwrap(), "veth left behind");
     let links = container.ip_json(&["link", "show"]);

@@ -209,6 +209,11 @@ impl FromStr for MacAddr {
         if parts.next().is_some() {
             return Err(bad());
         }
+        if bytes[0] & 1 == 1 || bytes == [0; 6] {
+            return Err(Error::Invalid(format!(
+                "invalid MAC address {s:?}: an interface needs a unicast address (the first byte must be even) other than 00:00:00:00:00:00"
+            )));
+        }
         Ok(MacAddr(bytes))
     }
 }
@@ -287,6 +292,8 @@ mod tests {
         assert_eq!(m.to_string().parse::<MacAddr>().unwrap(), m);
         assert!("02:00:00:00:00".parse::<MacAddr>().is_err());
         assert!("02:00:00:00:00:0g".parse::<MacAddr>().is_err());
+        assert!("01:00:5e:00:00:01".parse::<MacAddr>().is_err());
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_err());
     }
 
     #[test]

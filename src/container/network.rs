@@ -20,9 +20,11 @@
 //!   addresses: other containers, or the operator, share them.
 //! * **Veth per container.** The host side keeps the configured name
 //!   (`net.veth`, see [`veth_name`]) and is a port of the bridge; the peer is
-//!   created under a temporary unique name, moved into the container's
-//!   network namespace and renamed `eth0` there. Deleting the host side
-//!   deletes both ends, which is all [`teardown`] has to do.
+//!   created directly inside the container's network namespace as `eth0`
+//!   with its MAC, in the same netlink message (moving a device between
+//!   namespaces afterwards costs a synchronisation of the network stack).
+//!   Deleting the host side deletes both ends, which is all [`teardown`]
+//!   has to do.
 //! * **Gateway rule.** The gateway is the bridge's IPv4 address inside the
 //!   container's prefix. When the bridge has none there, cr adds the
 //!   prefix's first host address (`10.88.0.1/24` for `10.88.0.10/24`); an
@@ -37,10 +39,11 @@
 //!
 //! 1. Host netns: ensure the bridge exists and is up; find or add the
 //!    gateway address.
-//! 2. Host netns: create the veth pair, attach the host side to the bridge,
-//!    bring it up, move the peer into `/proc/<init_pid>/ns/net` (by fd).
-//! 3. Container netns: rename the peer to `eth0`, set its MAC, add the
-//!    address, bring up `eth0` and `lo`, add the default route.
+//! 2. Host netns: one message creates the veth pair, the host side on the
+//!    bridge and up, the peer as `eth0` with its MAC inside
+//!    `/proc/<init_pid>/ns/net` (by fd).
+//! 3. Container netns: add the address, bring up `eth0` and `lo`, add the
+//!    default route.
 //!
 //! Any failure after step 2 began deletes the veth pair again (never the
 //! bridge) and reports the step, the device and the kernel's message.
@@ -67,9 +70,13 @@ use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::unistd::Pid;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::container::config::{Ipv4Cidr, NetConfig};
 use crate::host::short_hash;
@@ -149,21 +156,36 @@ pub fn setup(net: &NetConfig, init_pid: Pid) -> Result<(), NetworkError> {
         pid: init_pid,
         source,
     })?;
-    let peer = temporary_peer_name()?;
     block_on(async {
         let host = connect().await?;
         let bridge = ensure_bridge(&host, &net.bridge).await?;
         let gateway = ensure_gateway(&host, &net.bridge, bridge, net.address).await?;
 
+        // One message creates the pair: the host side already on the bridge
+        // and up, the peer born inside the container's namespace as eth0
+        // with its MAC (no move, no rename: moving a device between
+        // namespaces is the slow part of wiring a container).
+        let peer = LinkUnspec::new_with_name(CONTAINER_IFNAME)
+            .address(net.mac.0.to_vec())
+            .setns_by_fd(container_ns.as_raw_fd())
+            .build();
+        let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(net.veth.clone())
+            .controller(bridge)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
         host.link()
-            .add(LinkVeth::new(&net.veth, &peer).build())
+            .add(pair)
             .execute()
             .await
             .map_err(nl_error("creating veth pair", &net.veth))?;
 
-        let configured =
-            wire_veth(&host, net, &peer, bridge, &container_ns, init_pid, gateway).await;
-
+        let configured = async {
+            let inside = connect_in(&container_ns, init_pid).await?;
+            configure_container_side(&inside, net, gateway).await
+        }
+        .await;
         if let Err(err) = configured {
             // Best effort: the error that matters is the one being returned.
             let _ = delete_link(&host, &net.veth).await;
@@ -171,45 +193,6 @@ pub fn setup(net: &NetConfig, init_pid: Pid) -> Result<(), NetworkError> {
         }
         Ok(())
     })
-}
-
-/// Steps after the veth pair exists: host side onto the bridge and up, peer
-/// into the container's namespace and configured there.
-async fn wire_veth(
-    host: &Handle,
-    net: &NetConfig,
-    peer: &str,
-    bridge: u32,
-    container_ns: &File,
-    init_pid: Pid,
-    gateway: Ipv4Addr,
-) -> Result<(), NetworkError> {
-    let veth = require_link(host, &net.veth, "looking up new veth").await?;
-    host.link()
-        .set(LinkUnspec::new_with_index(veth).controller(bridge).build())
-        .execute()
-        .await
-        .map_err(nl_error("attaching veth to bridge", &net.veth))?;
-    host.link()
-        .set(LinkUnspec::new_with_index(veth).up().build())
-        .execute()
-        .await
-        .map_err(nl_error("bringing up veth", &net.veth))?;
-    let peer_index = require_link(host, peer, "looking up veth peer").await?;
-    host.link()
-        .set(
-            LinkUnspec::new_with_index(peer_index)
-                .setns_by_fd(container_ns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl_error(
-            "moving veth peer into the container's namespace",
-            peer,
-        ))?;
-    let inside = connect_in(container_ns, init_pid).await?;
-    configure_container_side(&inside, net, peer, gateway).await
 }
 
 /// Removes the host side of the veth pair if it still exists (which removes
@@ -407,33 +390,9 @@ async fn ensure_gateway(
 async fn configure_container_side(
     inside: &Handle,
     net: &NetConfig,
-    peer: &str,
     gateway: Ipv4Addr,
 ) -> Result<(), NetworkError> {
-    let eth0 = require_link(inside, peer, "looking up veth peer in the container").await?;
-    inside
-        .link()
-        .set(
-            LinkUnspec::new_with_index(eth0)
-                .name(CONTAINER_IFNAME)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl_error(
-            "renaming veth peer to eth0 in the container",
-            peer,
-        ))?;
-    inside
-        .link()
-        .set(
-            LinkUnspec::new_with_index(eth0)
-                .address(net.mac.0.to_vec())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl_error("setting MAC in the container", CONTAINER_IFNAME))?;
+    let eth0 = require_link(inside, CONTAINER_IFNAME, "looking up in the container").await?;
     inside
         .address()
         .add(eth0, IpAddr::V4(net.address.addr), net.address.prefix)
@@ -579,12 +538,6 @@ fn bridge_mac(name: &str) -> [u8; 6] {
 
 /// A name for the veth peer while it is still on the host: `crp` and 8
 /// random hex digits, unlikely to collide with a concurrent setup.
-fn temporary_peer_name() -> Result<String, NetworkError> {
-    let random =
-        getrandom::u32().map_err(|e| NetworkError::Runtime(io::Error::other(e.to_string())))?;
-    Ok(format!("crp{random:08x}"))
-}
-
 fn check_ifname(name: &str) -> Result<(), NetworkError> {
     let reason = if name.is_empty() {
         "empty"

@@ -86,9 +86,9 @@ pub fn check_overlay_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the mount tree on `spec.target` and pivots into it. Runs in the
-/// container's PID 1, in its new mount namespace.
-pub fn setup(spec: &RootfsSpec) -> Result<()> {
+/// Builds the mount tree on `spec.target`; [`pivot`] then makes it `/`.
+/// Runs in the container's PID 1, in its new mount namespace.
+pub fn build(spec: &RootfsSpec) -> Result<()> {
     mount(
         None::<&str>,
         "/",
@@ -116,8 +116,7 @@ pub fn setup(spec: &RootfsSpec) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
-    mask_proc(t)?;
-    pivot(t)
+    mask_proc(t)
 }
 
 fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
@@ -305,7 +304,8 @@ fn mask_proc(t: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pivot(t: &Path) -> Result<()> {
+/// Makes the tree built on `t` the calling process's `/`.
+pub fn pivot(t: &Path) -> Result<()> {
     chdir(t).sys(|| format!("entering {}", t.display()))?;
     pivot_root(".", ".").sys(|| format!("pivot_root into {}", t.display()))?;
     // The old root is now stacked under the new one at "/": detach it.

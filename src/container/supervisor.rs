@@ -8,12 +8,12 @@
 //! supervisor                                   PID 1 (forked, new PID namespace)
 //! create cgroups with limits
 //! open the console pty, console.log
-//! unshare(PID); fork ───────────────────────▶ join cgroups
-//!                                             unshare(mnt uts ipc net cgroup)
+//! unshare(PID); fork ───────────────────────▶ unshare(mnt uts ipc net)
 //!            ◀───────────── 'R' (namespaces ready)
-//! network: veth into PID 1's netns
-//!            ───────────── 'G' ─────────────▶ setsid, console as ctty
-//!                                             rootfs, pivot_root, hostname
+//! move PID 1 into its cgroups                 build the mount tree (overlay,
+//! network: veth into PID 1's netns            /proc, /sys, /dev) meanwhile
+//!            ───────────── 'G' ─────────────▶ unshare(cgroup), setsid, console
+//!                                             as ctty, pivot_root, hostname
 //!                                             drop capabilities, exec CMD
 //!            ◀── EOF (exec worked) or an error message
 //! write state.json, report "ok PID" on fd 3
@@ -58,14 +58,14 @@ use crate::image::ImageStore;
 /// The fd on which the supervisor reports to `cr start`.
 pub const STATUS_FD: RawFd = 3;
 
-/// Namespaces PID 1 creates for itself (the PID namespace comes from the
-/// supervisor's `unshare`, which applies to its children).
-pub const CONTAINER_NAMESPACES: [CloneFlags; 5] = [
+/// Namespaces PID 1 creates for itself before its network is wired. The PID
+/// namespace comes from the supervisor's `unshare` (it applies to children);
+/// the cgroup namespace comes after PID 1 joined its cgroups.
+pub const CONTAINER_NAMESPACES: [CloneFlags; 4] = [
     CloneFlags::CLONE_NEWNS,
     CloneFlags::CLONE_NEWUTS,
     CloneFlags::CLONE_NEWIPC,
     CloneFlags::CLONE_NEWNET,
-    CloneFlags::CLONE_NEWCGROUP,
 ];
 
 /// The environment a container's command starts with.
@@ -190,7 +190,6 @@ fn spawn_init(
             drop(from_child_r);
             drop(pty.master);
             let init = InitArgs {
-                cgroup,
                 hostname: &config.hostname,
                 lower: &spec_paths.0,
                 upper: &spec_paths.1,
@@ -234,6 +233,9 @@ fn spawn_init(
                 message
             }));
         }
+    }
+    if let Err(e) = cgroup.add_pid(child) {
+        return Err(fail(e.to_string()));
     }
     if let Some(net) = &config.network {
         if let Err(e) = network::setup(net, child) {
@@ -283,7 +285,6 @@ fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>> {
 }
 
 struct InitArgs<'a> {
-    cgroup: &'a ContainerCgroup,
     hostname: &'a str,
     lower: &'a Path,
     upper: &'a Path,
@@ -297,20 +298,30 @@ struct InitArgs<'a> {
 
 /// PID 1 before its exec. Only returns on error.
 fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible> {
-    args.cgroup.add_pid(Pid::from_raw(0))?;
     let mut flags = CloneFlags::empty();
     for ns in CONTAINER_NAMESPACES {
         flags |= ns;
     }
     unshare(flags).sys(|| "creating the container's namespaces".into())?;
     nix::unistd::write(ready, b"R").sys(|| "reporting readiness".into())?;
+    // While the supervisor moves this process into its cgroups (slow on v1:
+    // each move waits for an RCU grace period) and wires the network, build
+    // the mount tree.
+    rootfs::build(&RootfsSpec {
+        lower: args.lower,
+        upper: args.upper,
+        work: args.work,
+        target: args.target,
+        console: Some(args.console),
+    })?;
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
         Ok(1) => {}
         _ => return Err(Error::Invalid("the supervisor went away".into())),
     }
     drop(go);
-
+    // Now inside its cgroups: the cgroup namespace is rooted there.
+    unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "creating the cgroup namespace".into())?;
     setsid().sys(|| "starting a session".into())?;
     // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); the fd is
     // the open console pty slave.
@@ -320,13 +331,7 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
     if args.console_fd.as_raw_fd() > 2 {
         drop(args.console_fd);
     }
-    rootfs::setup(&RootfsSpec {
-        lower: args.lower,
-        upper: args.upper,
-        work: args.work,
-        target: args.target,
-        console: Some(args.console),
-    })?;
+    rootfs::pivot(args.target)?;
     sethostname(args.hostname).sys(|| format!("setting hostname {:?}", args.hostname))?;
     drop_host_capabilities()?;
     close_extra_fds();
