@@ -321,7 +321,7 @@ impl CgroupLayout {
             }
             if v1.is_empty() {
                 return Err(CgroupError::Unsupported(
-                    "no cgroup filesystem is mounted (neither cgroup2 nor cgroup v1 controllers in /proc/self/mountinfo)".into(),
+                    "no cgroup filesystem is mounted (neither cgroup2 nor cgroup v1 controllers in /proc/self/mountinfo); `ip netns exec` mounts a fresh /sys without them: enter a network namespace with `nsenter --net=/run/netns/NAME` instead".into(),
                 ));
             }
         }

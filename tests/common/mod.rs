@@ -121,8 +121,10 @@ impl TestHost {
     pub fn cr_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, CR]);
+                // Not `ip netns exec`: it mounts a fresh /sys that hides the
+                // cgroup hierarchies.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(CR);
                 c
             }
             None => Command::new(CR),
