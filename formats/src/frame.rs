@@ -293,7 +293,12 @@ pub struct StreamStats {
 }
 
 /// Writes a stream header, frames and the trailer straight to `W`.
-pub(crate) struct FrameWriter<W: Write> {
+///
+/// [`crate::RecordWriter`] and [`crate::PageWriter`] are built on it; it is
+/// public for tools and tests that need frames around payloads of their own
+/// (the fuzz targets frame arbitrary bytes with valid checksums so that the
+/// decoders behind the checksums see them).
+pub struct FrameWriter<W: Write> {
     w: W,
     header: StreamHeader,
     offset: u64,
@@ -302,7 +307,8 @@ pub(crate) struct FrameWriter<W: Write> {
 }
 
 impl<W: Write> FrameWriter<W> {
-    pub(crate) fn new(w: W, header: StreamHeader) -> Result<Self> {
+    /// Writes the stream header.
+    pub fn new(w: W, header: StreamHeader) -> Result<Self> {
         let mut fw = FrameWriter {
             w,
             header,
@@ -316,14 +322,15 @@ impl<W: Write> FrameWriter<W> {
         Ok(fw)
     }
 
-    pub(crate) fn header(&self) -> &StreamHeader {
+    pub fn header(&self) -> &StreamHeader {
         &self.header
     }
 
     /// Writes one frame whose `payload` is already encoded (and compressed
     /// when `compressed`), with its crc32c `checksum` computed by the caller
     /// (so encoding can run on other threads).
-    pub(crate) fn write_frame(
+    /// The trailer is written by [`FrameWriter::finish`] only.
+    pub fn write_frame(
         &mut self,
         kind: FrameKind,
         tag: u16,
@@ -332,6 +339,13 @@ impl<W: Write> FrameWriter<W> {
         payload: &[u8],
         checksum: u32,
     ) -> Result<FrameInfo> {
+        if kind == FrameKind::Trailer {
+            return Err(FormatError::BadFrame {
+                seq: self.next_seq,
+                offset: self.offset,
+                what: "the trailer is written by finish".into(),
+            });
+        }
         let stored_len = frame_len(payload.len(), self.offset, "frame payload")?;
         let raw_len = frame_len(raw_len, self.offset, "frame raw payload")?;
         if self.next_seq == u32::MAX {
@@ -361,7 +375,7 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Writes the trailer and flushes.
-    pub(crate) fn finish(mut self) -> Result<StreamStats> {
+    pub fn finish(mut self) -> Result<StreamStats> {
         let mut t = [0u8; TRAILER_LEN];
         t[0..8].copy_from_slice(&u64::from(self.next_seq).to_le_bytes());
         t[8..16].copy_from_slice(&self.offset.to_le_bytes());

@@ -34,7 +34,7 @@ pub mod version;
 
 pub use error::{FormatError, FramePart, Result};
 pub use frame::{
-    Codec, Compression, FrameInfo, FrameKind, StreamHeader, StreamKind, StreamStats,
+    Codec, Compression, FrameInfo, FrameKind, FrameWriter, StreamHeader, StreamKind, StreamStats,
     FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
 };
 pub use pages::{
