@@ -685,6 +685,19 @@ impl<R: Read> FrameReader<R> {
             offset: info.offset,
             reason,
         };
+        // The writer's zstd frames declare their size: a frame that lies
+        // about it is refused before its output buffer is allocated.
+        match zstd::zstd_safe::get_frame_content_size(&self.stored) {
+            Ok(Some(n)) if n == u64::from(info.raw_len) => {}
+            Ok(Some(n)) => {
+                return Err(fail(format!(
+                    "the zstd frame holds {n} bytes, the frame header says {}",
+                    info.raw_len
+                )))
+            }
+            Ok(None) => return Err(fail("the zstd frame does not declare its size".into())),
+            Err(_) => return Err(fail("not a zstd frame".into())),
+        }
         if self.dctx.is_none() {
             self.dctx = Some(zstd::bulk::Decompressor::new().map_err(|e| fail(e.to_string()))?);
         }

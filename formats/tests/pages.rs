@@ -420,3 +420,52 @@ proptest! {
         prop_assert_eq!(stats.data_pages + stats.zero_pages, read_pages(&out).unwrap().len() as u64);
     }
 }
+
+#[test]
+fn a_zstd_frame_that_lies_about_its_size_is_decompress() {
+    let header = ChunkHeader {
+        owner: PageOwner::Mm { pid: 1 },
+        runs: vec![PageRun {
+            vaddr: 0,
+            nr_pages: 4,
+            kind: RunKind::Data,
+        }],
+    };
+    let e = encode_chunk(
+        &header,
+        &vec![7u8; 4 * PAGE_SIZE],
+        Compression::Zstd { level: 1 },
+    )
+    .unwrap();
+    assert!(e.compressed());
+    for (raw_len, payload, why) in [
+        (e.raw_len() + PAGE_SIZE, e.payload().to_vec(), "holds"),
+        (
+            e.raw_len(),
+            b"definitely not zstd".to_vec(),
+            "not a zstd frame",
+        ),
+    ] {
+        let mut out = Vec::new();
+        let mut w = FrameWriter::new(
+            &mut out,
+            StreamHeader::new(StreamKind::Pages, Codec::Zstd, 1),
+        )
+        .unwrap();
+        w.write_frame(
+            FrameKind::PageChunk,
+            0,
+            true,
+            raw_len,
+            &payload,
+            frame::checksum(&payload),
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let err = read_pages(&out).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::Decompress { seq: 0, reason, .. } if reason.contains(why)),
+            "{err}"
+        );
+    }
+}
