@@ -326,6 +326,11 @@ impl<W: Write> FrameWriter<W> {
         &self.header
     }
 
+    /// The sequence number and offset the next frame will get.
+    pub fn position(&self) -> (u32, u64) {
+        (self.next_seq, self.offset)
+    }
+
     /// Writes one frame whose `payload` is already encoded (and compressed
     /// when `compressed`), with its crc32c `checksum` computed by the caller
     /// (so encoding can run on other threads).

@@ -57,9 +57,10 @@ impl<W: Write> RecordWriter<W> {
     /// Writes one record; a second manifest is refused.
     pub fn write(&mut self, record: &Record) -> Result<FrameInfo> {
         if let Record::Manifest(_) = record {
+            let (seq, offset) = self.frames.position();
             return Err(FormatError::Manifest {
-                seq: 0,
-                offset: 0,
+                seq,
+                offset,
                 what: "the manifest is written once, by RecordWriter::new",
             });
         }
