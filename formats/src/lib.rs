@@ -1,6 +1,46 @@
 //! cr-formats: everything cr keeps as bytes at rest or sends on the wire, and
-//! nothing that makes a system call. Every decoder here must survive
-//! arbitrary bytes.
+//! nothing that makes a system call. Every decoder here survives arbitrary
+//! bytes: it returns a [`FormatError`] naming what and where, never panics,
+//! and never allocates more than [`MAX_FRAME_LEN`] for a hostile length.
 //!
-//! This crate grows with the checkpoint image format and the ploop-like disk
-//! format; see `docs/architecture.md`.
+//! A checkpoint image is two streams, written front to back to any
+//! [`std::io::Write`] (a file, a QUIC stream) and read front to back from any
+//! [`std::io::Read`]: neither side seeks or holds the whole image.
+//!
+//! ```text
+//!   records.img  | header | Manifest | Process | Thread | Vma ... | File | Fd ... | trailer |
+//!   pages.img    | header | chunk (owner, runs, page data; zstd) | chunk ... | trailer |
+//!
+//!   every frame: | kind flags tag seq stored-len raw-len payload-crc header-crc | payload |
+//! ```
+//!
+//! * [`frame`]: stream header, frames, trailer; checksums, sequence numbers,
+//!   the size cap. Shared by both streams.
+//! * [`version`]: the format version and the compatibility rule.
+//! * [`schema`]: the typed records ([`Record`]), serde + postcard.
+//! * [`records`]: [`RecordWriter`], [`RecordReader`], [`read_records`].
+//! * [`pages`]: [`PageWriter`], [`PageReader`], [`encode_chunk`].
+//! * [`layout`]: file names in an image directory.
+//!
+//! `docs/image-format.md` is the specification.
+
+pub mod error;
+pub mod frame;
+pub mod layout;
+pub mod pages;
+pub mod records;
+pub mod schema;
+pub mod version;
+
+pub use error::{FormatError, FramePart, Result};
+pub use frame::{
+    Codec, Compression, FrameInfo, FrameKind, FrameWriter, StreamHeader, StreamKind, StreamStats,
+    FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
+};
+pub use pages::{
+    encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, PageChunk, PageOwner, PageReader,
+    PageRun, PageRunRef, PageStats, PageWriter, PageWriterOptions, RunKind, PAGE_SIZE,
+};
+pub use records::{read_records, RecordEntry, RecordImage, RecordReader, RecordWriter};
+pub use schema::*;
+pub use version::{Version, FORMAT_VERSION};
