@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod container;
+pub mod dump;
 pub mod error;
 pub mod host;
 pub mod image;
