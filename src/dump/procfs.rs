@@ -31,6 +31,7 @@ pub struct TaskStatus {
     pub cap_amb: u64,
     pub no_new_privs: bool,
     pub seccomp: u32,
+    pub umask: u32,
     pub sig_blk: u64,
     pub sig_pnd: u64,
     pub shd_pnd: u64,
@@ -86,6 +87,7 @@ pub fn parse_status(text: &str) -> Result<TaskStatus, String> {
             "CapBnd" => st.cap_bnd = hex()?,
             "CapAmb" => st.cap_amb = hex()?,
             "NoNewPrivs" => st.no_new_privs = value == "1",
+            "Umask" => st.umask = u32::from_str_radix(value, 8).map_err(|_| format!("bad umask {value:?}"))?,
             "Seccomp" => st.seccomp = ints()?.first().copied().unwrap_or(0) as u32,
             "SigBlk" => st.sig_blk = hex()?,
             "SigPnd" => st.sig_pnd = hex()?,
@@ -280,6 +282,23 @@ pub fn read_fds(pid: i32) -> Result<Vec<FdEntry>, DumpError> {
     Ok(fds)
 }
 
+/// The memory layout fields of `/proc/PID/stat` that `PR_SET_MM_MAP` needs:
+/// start_code, end_code, start_stack, start_data, end_data, start_brk,
+/// arg_start, arg_end, env_start, env_end.
+pub fn parse_stat_mm(text: &str) -> Result<[u64; 10], String> {
+    let rest = &text[text.rfind(')').ok_or("no ')' in stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3; field n is fields[n - 3].
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .ok_or_else(|| format!("stat has no field {n}"))?
+            .parse()
+            .map_err(|_| format!("stat field {n} is not a number"))
+    };
+    Ok([field(26)?, field(27)?, field(28)?, field(45)?, field(46)?, field(47)?, field(48)?, field(49)?, field(50)?, field(51)?])
+}
+
 /// Thread ids of a process (`/proc/PID/task`), sorted.
 pub fn read_tids(pid: i32) -> Result<Vec<i32>, DumpError> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
@@ -314,6 +333,7 @@ mod tests {
         assert_eq!(st.shd_pnd, 0x100);
         assert_eq!(st.sig_blk, 0x10000);
         assert_eq!(st.threads, 4);
+        assert_eq!(st.umask, 0o22);
         assert!(parse_status("Name:\tx\n").is_err());
         assert!(parse_status("Tgid:\tx\n").is_err());
     }

@@ -1,0 +1,606 @@
+//! `cr checkpoint`: the dump pipeline drawn in [`crate::dump`], from a
+//! running container to an image directory.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cr_formats::schema::{
+    Arch, Blob, ByteString, CapSets, Credentials, Fd as FdRecord, File as FileRecord, FileKind, ITimers,
+    IdSet, Manifest, MmState, PipeData, Process, Record, RobustList, Rlimit, Rseq, Sched, SigAction,
+    SigAltStack, SyscallRestart, TaskState, Thread, Timer,
+};
+use cr_formats::{Compression, PageOwner, PageWriter, PageWriterOptions, RecordWriter};
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::container::cgroups::ContainerCgroup;
+use crate::container::state::Status;
+use crate::container::Container;
+use crate::dump::mm::{self, PAGE_SIZE};
+use crate::dump::procfs::{self, FdEntry, TaskStatus};
+use crate::dump::{files, DumpError};
+use crate::error::{Error, IoContext, Result};
+use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
+
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    /// Where the image goes; it must not exist yet.
+    pub image_dir: PathBuf,
+    /// Thaw the container afterwards instead of stopping it.
+    pub leave_running: bool,
+    pub compression: Compression,
+}
+
+/// What `cr checkpoint` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointSummary {
+    pub image: PathBuf,
+    /// From the freeze until the container was thawed or stopped.
+    pub frozen_ms: f64,
+    pub processes: usize,
+    pub threads: usize,
+    /// Pages stored with their contents.
+    pub pages_written: u64,
+    /// Pages recorded as zero (no contents stored).
+    pub zero_pages: u64,
+    /// Bytes of the image on disk.
+    pub bytes: u64,
+    pub left_running: bool,
+}
+
+/// One process of the container as found on the host.
+struct Task {
+    host_pid: i32,
+    status: TaskStatus,
+    tids: Vec<i32>,
+    fds: Vec<(FdEntry, &'static files::FileKindDump)>,
+    maps: Vec<(procfs::MapsEntry, cr_formats::schema::VmaKind)>,
+}
+
+/// Finds every process of the container and checks that cr can move each of
+/// its objects. Refuses with the first one it cannot.
+fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for pid in cgroup.pids()? {
+        let pid = pid.as_raw();
+        let status = procfs::read_status(pid)?;
+        let comm = status.name.clone();
+        if status.state == 'Z' {
+            return Err(DumpError::Unsupported {
+                pid: status.pid_in_ns(),
+                comm,
+                what: "it is a zombie".into(),
+            }
+            .into());
+        }
+        let timers = fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+        if !timers.trim().is_empty() {
+            return Err(DumpError::Unsupported {
+                pid: status.pid_in_ns(),
+                comm,
+                what: "it has POSIX timers".into(),
+            }
+            .into());
+        }
+        let mut fds = Vec::new();
+        for entry in procfs::read_fds(pid)? {
+            let kind = files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
+            fds.push((entry, kind));
+        }
+        let mut maps = Vec::new();
+        for m in procfs::read_maps(pid)? {
+            let kind = mm::classify(status.pid_in_ns(), &comm, &m)?;
+            maps.push((m, kind));
+        }
+        tasks.push(Task {
+            host_pid: pid,
+            tids: procfs::read_tids(pid)?,
+            status,
+            fds,
+            maps,
+        });
+    }
+    tasks.sort_by_key(|t| t.status.pid_in_ns());
+    Ok(tasks)
+}
+
+/// Refusals name the process by its PID inside the container.
+fn rename_pid(err: DumpError, status: &TaskStatus) -> DumpError {
+    match err {
+        DumpError::Unsupported { comm, what, .. } => DumpError::Unsupported {
+            pid: status.pid_in_ns(),
+            comm,
+            what,
+        },
+        other => other,
+    }
+}
+
+/// Checkpoints `container` into `opts.image_dir`.
+pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<CheckpointSummary> {
+    container.require_running("checkpoint")?;
+    if opts.image_dir.exists() {
+        return Err(Error::Invalid(format!("image directory {} already exists", opts.image_dir.display())));
+    }
+    let cgroup = container.cgroup()?;
+    // Refuse what cannot be moved before anything is frozen.
+    survey(&cgroup)?;
+
+    let partial = opts.image_dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
+
+    let frozen_at = Instant::now();
+    cgroup.freeze()?;
+    let mut tracees: Vec<Tracee> = Vec::new();
+    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees);
+    let (stats, tasks) = match dumped {
+        Ok(done) => done,
+        Err(err) => {
+            // The container goes on as if nothing happened.
+            drop(tracees);
+            let _ = cgroup.thaw();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(err);
+        }
+    };
+    let frozen_ms;
+    if opts.leave_running {
+        for t in tracees {
+            let _ = t.detach();
+        }
+        let _ = cgroup.thaw();
+        frozen_ms = ms(frozen_at.elapsed());
+    } else {
+        cgroup.kill_all()?;
+        drop(tracees);
+        frozen_ms = ms(frozen_at.elapsed());
+        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| match container.status() {
+            Ok((Status::Stopped, _)) => Ok(()),
+            _ => Err(e),
+        })?;
+    }
+    fs::rename(&partial, &opts.image_dir).ctx("moving the image into place", &opts.image_dir)?;
+    let bytes = dir_size(&opts.image_dir);
+    Ok(CheckpointSummary {
+        image: opts.image_dir.clone(),
+        frozen_ms,
+        processes: tasks.0,
+        threads: tasks.1,
+        pages_written: stats.0,
+        zero_pages: stats.1,
+        bytes,
+        left_running: opts.leave_running,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+type PageCounts = (u64, u64);
+type TaskCounts = (usize, usize);
+
+/// Everything between the freeze and the thaw.
+fn dump_frozen(
+    container: &Container,
+    cgroup: &ContainerCgroup,
+    dir: &Path,
+    opts: &CheckpointOptions,
+    tracees: &mut Vec<Tracee>,
+) -> Result<(PageCounts, TaskCounts)> {
+    // Processes may have come or gone between the survey and the freeze.
+    let tasks = survey(cgroup)?;
+    for task in &tasks {
+        for tid in &task.tids {
+            tracees.push(Tracee::seize_and_interrupt(Pid::from_raw(*tid)).map_err(inject_err)?);
+        }
+    }
+    // The v1 freezer reports ptrace stops only once thawed; the interrupt
+    // is already queued, so every task stops before it runs user code.
+    cgroup.thaw()?;
+    for t in tracees.iter_mut() {
+        t.wait_stop(Some(Duration::from_secs(10))).map_err(inject_err)?;
+    }
+
+    let image_id = u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
+    let manifest = Manifest {
+        image_id,
+        cr_version: env!("CARGO_PKG_VERSION").to_string(),
+        container: container.name.clone(),
+        config_toml: fs::read_to_string(container.dir.join("config.toml")).ctx("reading", container.dir.join("config.toml"))?,
+        created_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        arch: Arch::X86_64,
+        page_size: PAGE_SIZE as u32,
+        kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        pages_codec: match opts.compression {
+            Compression::None => cr_formats::Codec::None,
+            Compression::Zstd { .. } => cr_formats::Codec::Zstd,
+        },
+    };
+    let records_path = cr_formats::layout::records_path(dir);
+    let pages_path = cr_formats::layout::pages_path(dir);
+    let records_file = File::create(&records_path).ctx("creating", &records_path)?;
+    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
+    let mut records = RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
+    let mut page_opts = PageWriterOptions::new(image_id);
+    page_opts.compression = opts.compression;
+    let mut pages = PageWriter::new(BufWriter::with_capacity(4 << 20, pages_file), page_opts)?;
+
+    let host_to_ns: HashMap<i32, i32> = tasks.iter().map(|t| (t.host_pid, t.status.pid_in_ns())).collect();
+    let mut files = FileTable::default();
+    let mut threads = 0;
+    for task in &tasks {
+        let pid = task.status.pid_in_ns();
+        let mut task_tracees: Vec<&mut Tracee> = tracees
+            .iter_mut()
+            .filter(|t| task.tids.contains(&t.tid().as_raw()))
+            .collect();
+        let process = collect_process(task, &host_to_ns, &mut task_tracees)?;
+        records.write(&Record::Process(process))?;
+        for tracee in task_tracees.iter_mut() {
+            let thread = collect_thread(pid, tracee)?;
+            records.write(&Record::Thread(thread))?;
+            threads += 1;
+        }
+        dump_memory(task, &mut records, &mut pages)?;
+        files.dump(task, &mut records)?;
+    }
+    records.finish()?;
+    let (_, page_stats) = pages.finish()?;
+    for path in [&records_path, &pages_path] {
+        File::open(path).and_then(|f| f.sync_all()).ctx("syncing", path)?;
+    }
+    Ok(((page_stats.data_pages, page_stats.zero_pages), (tasks.len(), threads)))
+}
+
+fn inject_err(e: crate::inject::InjectError) -> Error {
+    Error::Invalid(format!("seizing the container's tasks: {e}"))
+}
+
+fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&mut Tracee]) -> Result<Process> {
+    let st = &task.status;
+    let pid = st.pid_in_ns();
+    let host = task.host_pid;
+    let link = |name: &str| -> ByteString {
+        fs::read_link(format!("/proc/{host}/{name}"))
+            .map(|p| ByteString::from(p.to_string_lossy().as_ref()))
+            .unwrap_or_else(|_| ByteString::from(""))
+    };
+    let stat = fs::read_to_string(format!("/proc/{host}/stat")).map_err(|e| DumpError::proc(pid, "stat", e))?;
+    let mmf = procfs::parse_stat_mm(&stat).map_err(|message| DumpError::Parse {
+        pid,
+        path: format!("/proc/{host}/stat").into(),
+        message,
+    })?;
+    let auxv = fs::read(format!("/proc/{host}/auxv")).map_err(|e| DumpError::proc(pid, "auxv", e))?;
+    let personality = fs::read_to_string(format!("/proc/{host}/personality"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .unwrap_or(0);
+    let main = tracees
+        .iter_mut()
+        .find(|t| t.tid().as_raw() == host)
+        .ok_or_else(|| Error::Invalid(format!("process {pid}: its main thread was not seized")))?;
+    let mut rs = RemoteSyscall::new(main);
+    let brk = rs.inject(libc::SYS_brk, [0; 6]).map_err(inject_err)? as u64;
+    let mut scratch = RemoteScratch::new(&mut rs, 4096).map_err(inject_err)?;
+    let mut sigactions = Vec::new();
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let act = scratch.rt_sigaction(sig, None).map_err(inject_err)?;
+        if act.handler != 0 || act.flags != 0 || act.mask != 0 {
+            sigactions.push(SigAction {
+                signo: sig as u32,
+                handler: act.handler,
+                flags: act.flags,
+                restorer: act.restorer,
+                mask: act.mask,
+            });
+        }
+    }
+    let mut itimers = [Timer::default(); 3];
+    for (which, timer) in itimers.iter_mut().enumerate() {
+        let addr = scratch.addr();
+        scratch.syscall().inject(libc::SYS_getitimer, [which as u64, addr, 0, 0, 0, 0]).map_err(inject_err)?;
+        let mut raw = [0u8; 32];
+        scratch.read(0, &mut raw).map_err(inject_err)?;
+        let word = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        *timer = Timer {
+            interval_ns: word(0) * 1_000_000_000 + word(1) * 1000,
+            value_ns: word(2) * 1_000_000_000 + word(3) * 1000,
+        };
+    }
+    scratch.close().map_err(inject_err)?;
+    let shared_pending = main
+        .peek_pending_signals(true)
+        .map_err(inject_err)?
+        .into_iter()
+        .map(|s| Blob(s.siginfo))
+        .collect();
+    let mut rlimits = Vec::new();
+    for resource in 0..16u32 {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit with a null new limit only writes the old one into `lim`.
+        let rc = unsafe { libc::prlimit(host, resource as _, std::ptr::null(), &mut lim) };
+        if rc == 0 {
+            rlimits.push(Rlimit {
+                resource,
+                cur: lim.rlim_cur,
+                max: lim.rlim_max,
+            });
+        }
+    }
+    let ids = |v: [u32; 4]| IdSet {
+        real: v[0],
+        effective: v[1],
+        saved: v[2],
+        fs: v[3],
+    };
+    Ok(Process {
+        pid,
+        ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
+        pgid: st.ns_pgid.last().copied().unwrap_or(0),
+        sid: st.ns_sid.last().copied().unwrap_or(0),
+        state: match st.state {
+            'T' => TaskState::Stopped { signo: libc::SIGSTOP },
+            _ => TaskState::Alive,
+        },
+        comm: ByteString::from(st.name.as_str()),
+        exe: link("exe"),
+        cwd: link("cwd"),
+        root: link("root"),
+        creds: Credentials {
+            uid: ids(st.uid),
+            gid: ids(st.gid),
+            groups: st.groups.clone(),
+            caps: CapSets {
+                inheritable: st.cap_inh,
+                permitted: st.cap_prm,
+                effective: st.cap_eff,
+                bounding: st.cap_bnd,
+                ambient: st.cap_amb,
+            },
+            securebits: 0,
+            no_new_privs: st.no_new_privs,
+        },
+        umask: st.umask,
+        personality,
+        dumpable: 1,
+        pdeath_sig: 0,
+        child_subreaper: false,
+        rlimits,
+        mm: Some(MmState {
+            start_code: mmf[0],
+            end_code: mmf[1],
+            start_stack: mmf[2],
+            start_data: mmf[3],
+            end_data: mmf[4],
+            start_brk: mmf[5],
+            brk,
+            arg_start: mmf[6],
+            arg_end: mmf[7],
+            env_start: mmf[8],
+            env_end: mmf[9],
+            auxv: Blob(auxv),
+            exe_file: link("exe"),
+        }),
+        sigactions,
+        shared_pending,
+        itimers: ITimers {
+            real: itimers[0],
+            virt: itimers[1],
+            prof: itimers[2],
+        },
+        posix_timers: Vec::new(),
+    })
+}
+
+fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
+    let tid = tracee.tid().as_raw();
+    let regs = tracee.collect_regs().map_err(inject_err)?;
+    let rseq = tracee.get_rseq_config().map_err(inject_err)?;
+    let pending = tracee
+        .peek_pending_signals(false)
+        .map_err(inject_err)?
+        .into_iter()
+        .map(|s| Blob(s.siginfo))
+        .collect();
+    let user = regs.user_regs();
+    let syscall = match user.rax as i64 {
+        -512..=-514 => SyscallRestart::Restart { nr: user.orig_rax },
+        -516 => SyscallRestart::RestartBlock { nr: user.orig_rax },
+        _ => SyscallRestart::None,
+    };
+    let mut rs = RemoteSyscall::new(tracee);
+    let altstack = rs.get_sigaltstack().map_err(inject_err)?;
+    let mut scratch = RemoteScratch::new(&mut rs, 4096).map_err(inject_err)?;
+    let addr = scratch.addr();
+    scratch
+        .syscall()
+        .inject(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, addr, 0, 0, 0, 0])
+        .map_err(inject_err)?;
+    let mut word = [0u8; 8];
+    scratch.read(0, &mut word).map_err(inject_err)?;
+    scratch.close().map_err(inject_err)?;
+    let (mut head, mut len) = (0u64, 0usize);
+    // SAFETY: get_robust_list writes one pointer and one length into the
+    // two locals passed by address.
+    unsafe {
+        libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut usize);
+    }
+    // SAFETY: sched_getscheduler and getpriority take plain integers.
+    let (policy, nice) = unsafe {
+        (
+            libc::sched_getscheduler(tid),
+            libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t),
+        )
+    };
+    let comm = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+    Ok(Thread {
+        pid,
+        tid: procfs::read_status(tid).map(|s| s.pid_in_ns()).unwrap_or(tid),
+        comm: ByteString::from(comm.trim_end()),
+        regs: Blob(regs_to_array(&user).iter().flat_map(|w| w.to_ne_bytes()).collect()),
+        fs_base: user.fs_base,
+        gs_base: user.gs_base,
+        xsave: Blob(regs.xstate),
+        sigmask: regs.sigmask,
+        pending,
+        sigaltstack: SigAltStack {
+            sp: altstack.sp,
+            flags: altstack.flags,
+            size: altstack.size,
+        },
+        clear_child_tid: u64::from_ne_bytes(word),
+        robust_list: RobustList { head, len: len as u64 },
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq {
+            addr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            sig: rseq.signature,
+        }),
+        sched: Sched {
+            policy: policy.max(0) as u32,
+            priority: 0,
+            nice,
+        },
+        creds: None,
+        syscall,
+    })
+}
+
+/// VMA records and the pages restore needs.
+fn dump_memory<W: Write, P: Write>(task: &Task, records: &mut RecordWriter<W>, pages: &mut PageWriter<P>) -> Result<()> {
+    let pid = task.status.pid_in_ns();
+    let pagemap_path = format!("/proc/{}/pagemap", task.host_pid);
+    let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;
+    let mut buf = Vec::new();
+    for (m, kind) in &task.maps {
+        records.write(&Record::Vma(mm::vma_record(pid, m, kind.clone())))?;
+        for (addr, n) in mm::dirty_runs(&pagemap, pid, m, kind)? {
+            // Large runs go through in slices that keep the buffer bounded.
+            let mut done = 0;
+            while done < n {
+                let take = (n - done).min(1024);
+                buf.resize((take * PAGE_SIZE) as usize, 0);
+                let at = addr + done * PAGE_SIZE;
+                mm::read_pages(task.host_pid, at, &mut buf)?;
+                pages.write_pages(PageOwner::Mm { pid }, at, &buf)?;
+                done += take;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open file descriptions seen so far, so descriptors that share one (after
+/// dup or fork) share one File record.
+#[derive(Default)]
+struct FileTable {
+    next_id: u64,
+    /// (dev, ino) -> [(host pid, fd, file id)]
+    seen: HashMap<(u64, u64), Vec<(i32, i32, u64)>>,
+    pipes_done: Vec<u64>,
+}
+
+impl FileTable {
+    fn dump<W: Write>(&mut self, task: &Task, records: &mut RecordWriter<W>) -> Result<()> {
+        let pid = task.status.pid_in_ns();
+        for (entry, kind) in &task.fds {
+            let meta = fs::metadata(format!("/proc/{}/fd/{}", task.host_pid, entry.fd))
+                .map_err(|e| DumpError::proc(pid, format!("fd/{}", entry.fd), e))?;
+            let key = (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+            let shared = self.seen.get(&key).and_then(|list| {
+                list.iter()
+                    .find(|(p, f, _)| same_file(*p, *f, task.host_pid, entry.fd))
+                    .map(|(_, _, id)| *id)
+            });
+            let id = match shared {
+                Some(id) => id,
+                None => {
+                    self.next_id += 1;
+                    let id = self.next_id;
+                    let file_kind = files::collect(task.host_pid, entry, kind)?;
+                    if let FileKind::Pipe { pipe, .. } | FileKind::Fifo { pipe, .. } = &file_kind {
+                        if !self.pipes_done.contains(pipe) {
+                            self.pipes_done.push(*pipe);
+                            records.write(&Record::PipeData(pipe_data(task.host_pid, entry.fd, *pipe)?))?;
+                        }
+                    }
+                    records.write(&Record::File(FileRecord {
+                        id,
+                        flags: entry.info.flags & !(libc::O_CLOEXEC as u32),
+                        owner: None,
+                        kind: file_kind,
+                    }))?;
+                    id
+                }
+            };
+            self.seen.entry(key).or_default().push((task.host_pid, entry.fd, id));
+            records.write(&Record::Fd(FdRecord {
+                pid,
+                fd: entry.fd,
+                cloexec: entry.info.flags & libc::O_CLOEXEC as u32 != 0,
+                file: id,
+            }))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether two descriptors refer to the same open file description.
+fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp compares two kernel objects named by integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0 }
+}
+
+/// The bytes waiting in a pipe, read without consuming them: a new read end
+/// is opened through /proc and `tee(2)` copies the buffer into a pipe of ours.
+fn pipe_data(host_pid: i32, fd: i32, pipe: u64) -> Result<PipeData> {
+    let path = format!("/proc/{host_pid}/fd/{fd}");
+    let source = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .ctx("opening pipe", &path)?;
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+    let capacity = unsafe { libc::fcntl(source.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(0) as u32;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| Error::sys("creating a pipe", e))?;
+    // SAFETY: F_SETPIPE_SZ resizes our own pipe; a failure leaves it as it was.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as libc::c_int) };
+    // SAFETY: tee copies between two pipe fds we hold; no memory is passed.
+    let n = unsafe {
+        libc::tee(source.as_raw_fd(), w.as_raw_fd(), capacity as usize, libc::SPLICE_F_NONBLOCK)
+    };
+    let mut data = Vec::new();
+    if n > 0 {
+        drop(w);
+        File::from(r).read_to_end(&mut data).ctx("reading pipe copy", &path)?;
+    } else {
+        drop((r, w));
+    }
+    Ok(PipeData {
+        pipe,
+        capacity,
+        data: Blob(data),
+    })
+}
+
