@@ -17,6 +17,7 @@ pub mod container;
 pub mod error;
 pub mod host;
 pub mod image;
+pub mod inject;
 pub mod size;
 
 pub use error::{Error, Result};
