@@ -144,7 +144,13 @@ pub fn read_memory_vectored(pid: Pid, ranges: &[(u64, usize)], dst: &mut [u8]) -
                 }
             }
             Err(e) if done == 0 => {
-                return Err(mem_err(pid, "process_vm_readv", batch[0].base as u64, bytes, e));
+                return Err(mem_err(
+                    pid,
+                    "process_vm_readv",
+                    batch[0].base as u64,
+                    bytes,
+                    e,
+                ));
             }
             Err(_) => return Ok(done),
         }
@@ -213,7 +219,13 @@ pub fn write_proc_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-                return Err(mem_err(pid, "pwrite /proc/PID/mem", addr + done as u64, data.len() - done, errno));
+                return Err(mem_err(
+                    pid,
+                    "pwrite /proc/PID/mem",
+                    addr + done as u64,
+                    data.len() - done,
+                    errno,
+                ));
             }
         }
     }
@@ -302,35 +314,50 @@ pub fn poke_word(tid: Pid, addr: u64, word: u64) -> Result<()> {
 /// that hold them (aligned words never cross a page, so this works at the
 /// end of a mapping). Returns the original words for [`restore_words`].
 pub fn poke_bytes(tid: Pid, addr: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>> {
-    let mut saved = Vec::with_capacity(2);
-    if bytes.is_empty() {
-        return Ok(saved);
-    }
-    let end = addr + bytes.len() as u64;
-    let mut word_addr = addr & !7;
-    while word_addr < end {
-        let orig = match peek_word(tid, word_addr) {
-            Ok(w) => w,
-            Err(e) => {
-                restore_words(tid, &saved)?;
-                return Err(e);
-            }
-        };
-        let mut b = orig.to_ne_bytes();
-        for (i, slot) in b.iter_mut().enumerate() {
-            let a = word_addr + i as u64;
-            if a >= addr && a < end {
-                *slot = bytes[(a - addr) as usize];
-            }
-        }
-        if let Err(e) = poke_word(tid, word_addr, u64::from_ne_bytes(b)) {
-            restore_words(tid, &saved)?;
+    let orig = peek_words(tid, addr, bytes.len())?;
+    poke_words(tid, &overlay_words(&orig, addr, bytes), &orig)?;
+    Ok(orig)
+}
+
+/// Pokes `words`; on failure puts `orig` back for those already written.
+pub fn poke_words(tid: Pid, words: &[(u64, u64)], orig: &[(u64, u64)]) -> Result<()> {
+    for (i, &(a, w)) in words.iter().enumerate() {
+        if let Err(e) = poke_word(tid, a, w) {
+            restore_words(tid, &orig[..i.min(orig.len())])?;
             return Err(e);
         }
-        saved.push((word_addr, orig));
-        word_addr += 8;
     }
-    Ok(saved)
+    Ok(())
+}
+
+/// The aligned words holding `[addr, addr + len)`, as (address, word).
+pub fn peek_words(tid: Pid, addr: u64, len: usize) -> Result<Vec<(u64, u64)>> {
+    let end = addr + len as u64;
+    let mut out = Vec::with_capacity(2);
+    let mut a = addr & !7;
+    while a < end {
+        out.push((a, peek_word(tid, a)?));
+        a += 8;
+    }
+    Ok(out)
+}
+
+/// `words` (from [`peek_words`]) with `bytes` laid over them at `addr`.
+pub fn overlay_words(words: &[(u64, u64)], addr: u64, bytes: &[u8]) -> Vec<(u64, u64)> {
+    let end = addr + bytes.len() as u64;
+    words
+        .iter()
+        .map(|&(wa, w)| {
+            let mut b = w.to_ne_bytes();
+            for (i, slot) in b.iter_mut().enumerate() {
+                let a = wa + i as u64;
+                if a >= addr && a < end {
+                    *slot = bytes[(a - addr) as usize];
+                }
+            }
+            (wa, u64::from_ne_bytes(b))
+        })
+        .collect()
 }
 
 /// Puts back the words [`poke_bytes`] replaced.

@@ -27,8 +27,9 @@ pub mod syscall;
 
 pub use error::{InjectError, Result};
 pub use memory::{
-    peek_word, poke_bytes, poke_word, process_vm_write, read_memory, read_memory_exact,
-    read_memory_vectored, read_proc_mem, restore_words, write_memory, write_proc_mem, IOV_MAX,
+    overlay_words, peek_word, peek_words, poke_bytes, poke_word, poke_words, process_vm_write,
+    read_memory, read_memory_exact, read_memory_vectored, read_proc_mem, restore_words,
+    write_memory, write_proc_mem, IOV_MAX,
 };
 pub use ptrace::{
     list_threads, thread_group_of, PendingSignal, SeizeOptions, Stop, Tracee, DETACH_TIMEOUT,

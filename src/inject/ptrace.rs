@@ -32,6 +32,7 @@
 //! the task instead takes them with [`Tracee::take_pending_signals`] and
 //! stores them with the task's queued signals.
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs;
 use std::marker::PhantomData;
@@ -293,6 +294,11 @@ pub struct Tracee {
     pub(crate) rseq_checked_rip: Option<u64>,
     /// The current syscall-stop is a syscall-exit stop left by injection.
     pub(crate) at_syscall_exit: bool,
+    /// The current signal-delivery-stop is the SIGTRAP of patch mode.
+    pub(crate) own_trap: bool,
+    /// Bumped whenever the registers may change other than by injection
+    /// (a resume, `set_regs`): injection caches the saved registers per value.
+    pub(crate) regs_gen: Cell<u64>,
     /// ptrace requests must come from the seizing thread.
     _not_send: PhantomData<*mut ()>,
 }
@@ -318,6 +324,8 @@ impl Tracee {
             new_threads: Vec::new(),
             rseq_checked_rip: None,
             at_syscall_exit: false,
+            own_trap: false,
+            regs_gen: Cell::new(0),
             _not_send: PhantomData,
         })
     }
@@ -393,6 +401,8 @@ impl Tracee {
             new_threads: Vec::new(),
             rseq_checked_rip: None,
             at_syscall_exit: false,
+            own_trap: false,
+            regs_gen: Cell::new(0),
             _not_send: PhantomData,
         })
     }
@@ -527,11 +537,21 @@ impl Tracee {
     /// User code may run: forget what was checked about the stop.
     pub(crate) fn resume(&mut self, request: c_uint, name: &'static str, sig: c_int) -> Result<()> {
         self.rseq_checked_rip = None;
+        self.bump_regs_gen();
         self.resume_keep(request, name, sig)
     }
 
+    pub(crate) fn bump_regs_gen(&self) {
+        self.regs_gen.set(self.regs_gen.get().wrapping_add(1));
+    }
+
     /// [`Tracee::resume`] for injection, where no user code runs.
-    pub(crate) fn resume_keep(&mut self, request: c_uint, name: &'static str, sig: c_int) -> Result<()> {
+    pub(crate) fn resume_keep(
+        &mut self,
+        request: c_uint,
+        name: &'static str,
+        sig: c_int,
+    ) -> Result<()> {
         debug_assert!(matches!(
             request,
             libc::PTRACE_CONT | libc::PTRACE_SYSCALL | libc::PTRACE_DETACH
@@ -541,6 +561,7 @@ impl Tracee {
         unsafe { ptrace_raw(request, name, self.tid, 0, sig as usize) }?;
         self.stop = None;
         self.at_syscall_exit = false;
+        self.own_trap = false;
         Ok(())
     }
 
@@ -570,6 +591,11 @@ impl Tracee {
             self.interrupt()?;
             self.wait_stop(Some(DETACH_TIMEOUT))?;
         }
+        if let (Some(Stop::Signal(sig)), false) = (self.stop, self.own_trap) {
+            // A signal-delivery-stop met through `wait`: keep its signal.
+            self.record_signal(sig)?;
+            self.own_trap = true;
+        }
         if self.pending.is_empty() {
             self.resume(libc::PTRACE_DETACH, "PTRACE_DETACH", 0)?;
             self.attached = false;
@@ -588,7 +614,11 @@ impl Tracee {
             self.cont(0)?;
             let deadline = Instant::now() + DETACH_TIMEOUT;
             loop {
-                match self.wait_until(Some(deadline), Some(DETACH_TIMEOUT), "re-delivering signals") {
+                match self.wait_until(
+                    Some(deadline),
+                    Some(DETACH_TIMEOUT),
+                    "re-delivering signals",
+                ) {
                     Ok(Stop::Signal(s)) if s == first.signo => break,
                     Ok(Stop::Signal(s)) => {
                         self.record_signal(s)?;

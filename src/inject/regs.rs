@@ -170,6 +170,12 @@ impl Tracee {
 
     /// `PTRACE_SETREGS`.
     pub fn set_regs(&self, regs: &user_regs_struct) -> Result<()> {
+        self.bump_regs_gen();
+        self.set_regs_keep(regs)
+    }
+
+    /// `PTRACE_SETREGS` from injection (keeps the cached saved registers).
+    pub(crate) fn set_regs_keep(&self, regs: &user_regs_struct) -> Result<()> {
         self.require_stopped("PTRACE_SETREGS")?;
         // SAFETY: SETREGS only reads one user_regs_struct from `regs`.
         unsafe {

@@ -50,7 +50,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::error::{InjectError, Result};
-use super::memory::{poke_bytes, read_memory, read_memory_exact, restore_words, write_memory};
+use super::memory::{
+    overlay_words, peek_words, poke_words, read_memory, read_memory_exact, restore_words,
+    write_memory,
+};
 use super::ptrace::{ptrace_raw, Stop, Tracee, DETACH_TIMEOUT};
 
 /// `syscall; int3`, written at RIP in patch mode.
@@ -120,10 +123,30 @@ pub enum Gadget {
 }
 
 /// Runs system calls inside a stopped [`Tracee`].
+///
+/// Between two calls the thread is back in its saved state (registers and
+/// text), so a crash of the tracer between calls leaves it intact. The saved
+/// registers and the original text words are cached while the thread stays
+/// stopped and untouched (see `Tracee::regs_gen`), which saves a GETREGS and
+/// a PEEKDATA per call.
+///
+/// Patch mode writes into the text at RIP: every other thread that may run
+/// that code must be stopped too, or use a known gadget. The patched page of
+/// a private file mapping stays a private (anonymous, copy-on-write) copy
+/// afterwards, with the original bytes back in it.
 pub struct RemoteSyscall<'t> {
     tracee: &'t mut Tracee,
     gadget: Gadget,
     timeout: Option<Duration>,
+    cache: Option<Saved>,
+}
+
+/// Saved state of the tracee for one `regs_gen`.
+struct Saved {
+    gen: u64,
+    regs: user_regs_struct,
+    /// Original text words at regs.rip (patch mode), once read.
+    words: Option<Vec<(u64, u64)>>,
 }
 
 impl<'t> RemoteSyscall<'t> {
@@ -133,6 +156,7 @@ impl<'t> RemoteSyscall<'t> {
             tracee,
             gadget: Gadget::Patch,
             timeout: None,
+            cache: None,
         }
     }
 
@@ -142,6 +166,7 @@ impl<'t> RemoteSyscall<'t> {
             tracee,
             gadget: Gadget::Known(addr),
             timeout: None,
+            cache: None,
         }
     }
 
@@ -160,6 +185,7 @@ impl<'t> RemoteSyscall<'t> {
     }
 
     pub fn tracee(&mut self) -> &mut Tracee {
+        self.cache = None;
         self.tracee
     }
 
@@ -172,10 +198,50 @@ impl<'t> RemoteSyscall<'t> {
     pub fn inject_raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         let stop = self.tracee.require_stopped("syscall injection")?;
         self.check_start_stop(stop)?;
-        match self.gadget {
+        let r = match self.gadget {
             Gadget::Patch => self.run_patch(nr, args),
             Gadget::Known(addr) => self.run_known(addr, nr, args),
+        };
+        if r.is_err() {
+            self.cache = None;
         }
+        r
+    }
+
+    /// The registers to put back after the call (cached per `regs_gen`).
+    fn saved_regs(&mut self) -> Result<user_regs_struct> {
+        let gen = self.tracee.regs_gen.get();
+        if let Some(c) = &self.cache {
+            if c.gen == gen {
+                return Ok(c.regs);
+            }
+        }
+        let regs = self.tracee.get_regs()?;
+        self.cache = Some(Saved {
+            gen,
+            regs,
+            words: None,
+        });
+        Ok(regs)
+    }
+
+    /// The original text words under the patch at `rip` (cached).
+    fn saved_words(&mut self, rip: u64) -> Result<Vec<(u64, u64)>> {
+        if let Some(Saved {
+            words: Some(w),
+            regs,
+            ..
+        }) = &self.cache
+        {
+            if regs.rip == rip {
+                return Ok(w.clone());
+            }
+        }
+        let w = peek_words(self.tracee.tid(), rip, PATCH_GADGET.len())?;
+        if let Some(c) = &mut self.cache {
+            c.words = Some(w.clone());
+        }
+        Ok(w)
     }
 
     /// Runs syscall `nr`; a return in -4095..-1 is [`InjectError::Remote`].
@@ -194,8 +260,17 @@ impl<'t> RemoteSyscall<'t> {
 
     /// Refuses stops injection cannot start from: a syscall-entry stop (the
     /// kernel is about to run the *tracee's* syscall with our registers) and
-    /// the exit event.
-    fn check_start_stop(&self, stop: Stop) -> Result<()> {
+    /// the exit event. A foreign signal-delivery-stop (met through
+    /// [`Tracee::wait`]) has its signal recorded first: resuming suppresses it.
+    fn check_start_stop(&mut self, stop: Stop) -> Result<()> {
+        if let Stop::Signal(sig) = stop {
+            if !self.tracee.own_trap {
+                self.tracee.record_signal(sig)?;
+                // Recorded once; later injections resume from our own trap.
+                self.tracee.own_trap = true;
+            }
+            return Ok(());
+        }
         let t = &*self.tracee;
         let bad = match stop {
             Stop::Event(libc::PTRACE_EVENT_EXIT) => true,
@@ -243,10 +318,11 @@ impl<'t> RemoteSyscall<'t> {
     /// Patch mode; see the module documentation.
     fn run_patch(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         let tid = self.tracee.tid();
-        let saved = self.tracee.get_regs()?;
+        let saved = self.saved_regs()?;
         let rip = saved.rip;
         self.check_rseq(rip)?;
-        let words = poke_bytes(tid, rip, &PATCH_GADGET)?;
+        let words = self.saved_words(rip)?;
+        poke_words(tid, &overlay_words(&words, rip, &PATCH_GADGET), &words)?;
         let regs = injected_regs(&saved, rip, nr, args);
         let outcome = self.run_to_trap(&regs, rip + PATCH_GADGET.len() as u64);
         let restored = self.put_back(&saved, &words, false);
@@ -256,14 +332,16 @@ impl<'t> RemoteSyscall<'t> {
     }
 
     fn run_to_trap(&mut self, regs: &user_regs_struct, trap_rip: u64) -> Result<i64> {
-        self.tracee.set_regs(regs)?;
-        self.tracee.resume_keep(libc::PTRACE_CONT, "PTRACE_CONT", 0)?;
+        self.tracee.set_regs_keep(regs)?;
+        self.tracee
+            .resume_keep(libc::PTRACE_CONT, "PTRACE_CONT", 0)?;
         let deadline = self.deadline();
         loop {
             match self.wait(deadline)? {
                 Stop::Signal(libc::SIGTRAP) => {
                     let now = self.tracee.get_regs()?;
                     if now.rip == trap_rip {
+                        self.tracee.own_trap = true;
                         return Ok(now.rax as i64);
                     }
                     self.tracee.record_signal(libc::SIGTRAP)?;
@@ -279,14 +357,14 @@ impl<'t> RemoteSyscall<'t> {
 
     /// Known-gadget mode; see the module documentation.
     fn run_known(&mut self, gadget: u64, nr: i64, args: [u64; 6]) -> Result<i64> {
-        let saved = self.tracee.get_regs()?;
+        let saved = self.saved_regs()?;
         let regs = injected_regs(&saved, gadget, nr, args);
         let outcome = self.run_through_gadget(&regs);
         let fixup = needs_restart(&saved);
         let restored = match &outcome {
             Ok(_) if !fixup => {
                 // Fast path: registers go back at the syscall-exit stop.
-                let r = self.tracee.set_regs(&saved);
+                let r = self.tracee.set_regs_keep(&saved);
                 self.tracee.at_syscall_exit = true;
                 r
             }
@@ -302,7 +380,7 @@ impl<'t> RemoteSyscall<'t> {
     /// calls through the gadget).
     fn run_through_gadget(&mut self, regs: &user_regs_struct) -> Result<i64> {
         let deadline = self.deadline();
-        self.tracee.set_regs(regs)?;
+        self.tracee.set_regs_keep(regs)?;
         self.step(0)?;
         loop {
             // Up to the syscall-entry stop.
@@ -385,7 +463,7 @@ impl<'t> RemoteSyscall<'t> {
             self.park(Some(deadline))?;
         }
         let mem = restore_words(self.tracee.tid(), words);
-        self.tracee.set_regs(saved)?;
+        self.tracee.set_regs_keep(saved)?;
         mem
     }
 
@@ -449,14 +527,7 @@ impl<'t> RemoteSyscall<'t> {
     ) -> Result<u64> {
         let r = self.inject(
             libc::SYS_mmap,
-            [
-                addr,
-                len,
-                prot as u64,
-                flags as u64,
-                fd as i64 as u64,
-                off,
-            ],
+            [addr, len, prot as u64, flags as u64, fd as i64 as u64, off],
         )?;
         Ok(r as u64)
     }
@@ -492,7 +563,14 @@ impl<'t> RemoteSyscall<'t> {
             .map(drop)
     }
 
-    pub fn remote_prctl(&mut self, option: c_int, a2: u64, a3: u64, a4: u64, a5: u64) -> Result<i64> {
+    pub fn remote_prctl(
+        &mut self,
+        option: c_int,
+        a2: u64,
+        a3: u64,
+        a4: u64,
+        a5: u64,
+    ) -> Result<i64> {
         self.inject(libc::SYS_prctl, [option as u64, a2, a3, a4, a5, 0])
     }
 
@@ -545,15 +623,7 @@ fn ptrace_raw_interrupt(t: &mut Tracee) -> Result<()> {
     // `interrupt()` is a no-op on a stopped tracee; here the thread is
     // stopped and the trap must be queued for when it resumes.
     // SAFETY: PTRACE_INTERRUPT takes no pointers.
-    unsafe {
-        ptrace_raw(
-            libc::PTRACE_INTERRUPT,
-            "PTRACE_INTERRUPT",
-            t.tid(),
-            0,
-            0,
-        )
-    }?;
+    unsafe { ptrace_raw(libc::PTRACE_INTERRUPT, "PTRACE_INTERRUPT", t.tid(), 0, 0) }?;
     Ok(())
 }
 
@@ -714,7 +784,11 @@ impl<'r, 't> RemoteScratch<'r, 't> {
     }
 
     /// `rt_sigaction(sig, new, &old)`; returns the old action.
-    pub fn rt_sigaction(&mut self, sig: c_int, new: Option<&KernelSigaction>) -> Result<KernelSigaction> {
+    pub fn rt_sigaction(
+        &mut self,
+        sig: c_int,
+        new: Option<&KernelSigaction>,
+    ) -> Result<KernelSigaction> {
         self.check(Self::OLD_OFF, KernelSigaction::SIZE)?;
         let new_ptr = match new {
             Some(act) => {
