@@ -91,7 +91,7 @@ pub fn read_memory_exact(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
 
 /// Reads many remote ranges into `dst`, back to back, with as few system
 /// calls as possible (one local iovec, up to [`IOV_MAX`] remote ones per
-/// call). Returns the number of bytes read: when it is short of the total,
+/// call, adjacent ranges merged into one). Returns the number of bytes read: when it is short of the total,
 /// the range holding byte `n` (counting through the ranges in order) could
 /// not be read and nothing after it was.
 pub fn read_memory_vectored(pid: Pid, ranges: &[(u64, usize)], dst: &mut [u8]) -> Result<usize> {
@@ -124,7 +124,17 @@ pub fn read_memory_vectored(pid: Pid, ranges: &[(u64, usize)], dst: &mut [u8]) -
                 Some(p) if p.len == 0 => continue,
                 Some(p) => {
                     bytes += p.len;
-                    batch.push(p);
+                    // Adjacent ranges become one iovec: the kernel's cost is
+                    // per iovec, the local side is contiguous anyway.
+                    match batch.last_mut() {
+                        Some(last)
+                            if last.base + last.len == p.base
+                                && last.len + p.len <= MAX_CALL_BYTES =>
+                        {
+                            last.len += p.len
+                        }
+                        _ => batch.push(p),
+                    }
                     if bytes >= MAX_CALL_BYTES {
                         break;
                     }

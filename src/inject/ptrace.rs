@@ -483,22 +483,49 @@ impl Tracee {
     /// previous [`Tracee::interrupt`]. Signal-delivery-stops met on the way
     /// are recorded and suppressed (see the module documentation); clone
     /// events record the new thread; other stops are resumed.
+    ///
+    /// Any ptrace-stop consumes a pending `PTRACE_INTERRUPT` (the kernel
+    /// clears `JOBCTL_TRAP_STOP` on every trap), so before resuming from
+    /// such a stop the interrupt is requested again.
     pub fn wait_stop(&mut self, timeout: Option<Duration>) -> Result<Stop> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             match self.wait_until(deadline, timeout, "waiting for the interrupt stop")? {
                 s @ (Stop::Interrupt | Stop::Group(_)) => return Ok(s),
-                Stop::Signal(sig) => {
-                    self.record_signal(sig)?;
-                    self.resume(libc::PTRACE_CONT, "PTRACE_CONT", 0)?;
-                }
-                Stop::Event(e) => {
-                    self.note_event(e)?;
-                    self.resume(libc::PTRACE_CONT, "PTRACE_CONT", 0)?;
-                }
-                Stop::Syscall => self.resume(libc::PTRACE_CONT, "PTRACE_CONT", 0)?,
+                Stop::Signal(sig) => self.record_signal(sig)?,
+                Stop::Event(e) => self.note_event(e)?,
+                Stop::Syscall => {}
             }
+            self.rearm_interrupt()?;
+            self.resume(libc::PTRACE_CONT, "PTRACE_CONT", 0)?;
         }
+    }
+
+    /// `PTRACE_INTERRUPT` even while stopped: the trap is then reported as
+    /// soon as the thread is resumed, before it returns to user space.
+    pub(crate) fn rearm_interrupt(&self) -> Result<()> {
+        self.require_attached("PTRACE_INTERRUPT")?;
+        // SAFETY: PTRACE_INTERRUPT takes no pointers.
+        unsafe { ptrace_raw(libc::PTRACE_INTERRUPT, "PTRACE_INTERRUPT", self.tid, 0, 0) }?;
+        Ok(())
+    }
+
+    /// `PTRACE_GETEVENTMSG`: at a clone/fork event stop the new task's id,
+    /// at an exit event the exit status.
+    pub fn event_msg(&self) -> Result<u64> {
+        self.require_stopped("PTRACE_GETEVENTMSG")?;
+        let mut msg: libc::c_ulong = 0;
+        // SAFETY: GETEVENTMSG writes one unsigned long into `msg`.
+        unsafe {
+            ptrace_raw(
+                libc::PTRACE_GETEVENTMSG,
+                "PTRACE_GETEVENTMSG",
+                self.tid,
+                0,
+                &mut msg as *mut libc::c_ulong as usize,
+            )
+        }?;
+        Ok(msg as u64)
     }
 
     /// Records the new thread of a clone event.
@@ -507,18 +534,8 @@ impl Tracee {
             event,
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK
         ) {
-            let mut msg: libc::c_ulong = 0;
-            // SAFETY: GETEVENTMSG writes one unsigned long into `msg`.
-            unsafe {
-                ptrace_raw(
-                    libc::PTRACE_GETEVENTMSG,
-                    "PTRACE_GETEVENTMSG",
-                    self.tid,
-                    0,
-                    &mut msg as *mut libc::c_ulong as usize,
-                )
-            }?;
-            self.new_threads.push(Pid::from_raw(msg as i32));
+            let tid = self.event_msg()?;
+            self.new_threads.push(Pid::from_raw(tid as i32));
         }
         Ok(())
     }

@@ -424,16 +424,16 @@ impl<'t> RemoteSyscall<'t> {
     /// signal handling, before any user instruction runs). Resumes only with
     /// PTRACE_SYSCALL, so nothing escapes tracing on the way.
     fn park(&mut self, deadline: Option<Instant>) -> Result<()> {
-        ptrace_raw_interrupt(self.tracee)?;
-        self.step(0)?;
         loop {
+            // Every trap consumes a pending interrupt: ask again each time.
+            self.tracee.rearm_interrupt()?;
+            self.step(0)?;
             match self.wait(deadline)? {
                 Stop::Interrupt | Stop::Group(_) => return Ok(()),
                 Stop::Signal(sig) => self.tracee.record_signal(sig)?,
                 Stop::Event(e) => self.tracee.note_event(e)?,
                 Stop::Syscall => {}
             }
-            self.step(0)?;
         }
     }
 
@@ -617,14 +617,6 @@ impl<'t> RemoteSyscall<'t> {
         s.close()?;
         r
     }
-}
-
-fn ptrace_raw_interrupt(t: &mut Tracee) -> Result<()> {
-    // `interrupt()` is a no-op on a stopped tracee; here the thread is
-    // stopped and the trap must be queued for when it resumes.
-    // SAFETY: PTRACE_INTERRUPT takes no pointers.
-    unsafe { ptrace_raw(libc::PTRACE_INTERRUPT, "PTRACE_INTERRUPT", t.tid(), 0, 0) }?;
-    Ok(())
 }
 
 fn injected_regs(saved: &user_regs_struct, rip: u64, nr: i64, a: [u64; 6]) -> user_regs_struct {
