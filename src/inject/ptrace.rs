@@ -4,7 +4,9 @@
 //!  seize(tid) ──► running, traced ──interrupt()──► (stop pending)
 //!                                                   │  waitpid(__WALL)
 //!                      signal-delivery-stop ◄───────┤  (signal dequeued first:
-//!                      record it, PTRACE_CONT 0 ────┘   kept for re-delivery)
+//!                      record it, PTRACE_INTERRUPT  │   kept for re-delivery;
+//!                      again, PTRACE_CONT 0 ────────┘   any trap eats the
+//!                                                   │   pending interrupt)
 //!                                                   ▼
 //!                           PTRACE_EVENT_STOP (interrupt or group stop)
 //!                               │ regs, injection, ...
@@ -279,7 +281,10 @@ pub fn list_threads(pid: Pid) -> Result<Vec<Pid>> {
 /// One thread seized with `PTRACE_SEIZE`.
 ///
 /// Dropping it detaches (best effort, re-delivering recorded signals); call
-/// [`Tracee::detach`] to see errors.
+/// [`Tracee::detach`] to see errors. A thread that runs (or sits in a v1
+/// frozen cgroup) and does not stop within [`DETACH_TIMEOUT`] cannot be
+/// detached; it stays traced until the seizing thread exits, when the
+/// kernel detaches it.
 #[derive(Debug)]
 pub struct Tracee {
     tid: Pid,
