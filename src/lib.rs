@@ -18,6 +18,7 @@ pub mod dump;
 pub mod error;
 pub mod host;
 pub mod image;
+pub mod inject;
 pub mod size;
 
 pub use error::{Error, Result};
