@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::container::cgroups::CgroupError;
 use crate::container::network::NetworkError;
+use crate::dump::DumpError;
 use crate::image::ImageError;
+use crate::inject::InjectError;
 use crate::size::SizeError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,6 +58,12 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     Size(#[from] SizeError),
+    #[error(transparent)]
+    Dump(#[from] DumpError),
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    #[error("checkpoint image: {0}")]
+    Format(#[from] cr_formats::FormatError),
 }
 
 impl Error {

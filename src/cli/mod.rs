@@ -1,9 +1,11 @@
 //! The command line: one file per verb (or family of verbs). `main.rs` only
 //! parses and calls [`dispatch`].
 
+mod checkpoint;
 mod exec;
 mod freeze;
 mod image;
+mod inspect;
 mod list;
 mod logs;
 mod run;
@@ -59,6 +61,10 @@ pub enum Command {
     Destroy(stop::DestroyArgs),
     /// Show what a container's PID 1 wrote to its console.
     Logs(logs::LogsArgs),
+    /// Checkpoint a running container to an image (or list/remove its images).
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Show every record of a checkpoint image.
+    Inspect(inspect::InspectArgs),
     /// Internal: the per-container supervisor started by `cr start`.
     #[command(name = "__supervise", hide = true)]
     Supervise(run::NameArg),
@@ -84,6 +90,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Stop(args) => stop::stop(&host, args),
         Command::Destroy(args) => stop::destroy(&host, args),
         Command::Logs(args) => logs::logs(&host, args),
+        Command::Checkpoint(args) => checkpoint::run(&host, args),
+        Command::Inspect(args) => inspect::inspect(args),
         Command::Supervise(args) => Ok(crate::container::supervisor::run(&host, &args.name)?),
     }
 }

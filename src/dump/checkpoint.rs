@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cr_formats::schema::{
-    Arch, Blob, ByteString, CapSets, Credentials, Fd as FdRecord, File as FileRecord, FileKind, ITimers,
-    IdSet, Manifest, MmState, PipeData, Process, Record, RobustList, Rlimit, Rseq, Sched, SigAction,
-    SigAltStack, SyscallRestart, TaskState, Thread, Timer,
+    Arch, Blob, ByteString, CapSets, Credentials, Fd as FdRecord, File as FileRecord, FileKind,
+    ITimers, IdSet, Manifest, MmState, PipeData, Process, Record, Rlimit, RobustList, Rseq, Sched,
+    SigAction, SigAltStack, SyscallRestart, TaskState, Thread, Timer,
 };
 use cr_formats::{Compression, PageOwner, PageWriter, PageWriterOptions, RecordWriter};
 use nix::fcntl::OFlag;
@@ -126,7 +126,10 @@ fn rename_pid(err: DumpError, status: &TaskStatus) -> DumpError {
 pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<CheckpointSummary> {
     container.require_running("checkpoint")?;
     if opts.image_dir.exists() {
-        return Err(Error::Invalid(format!("image directory {} already exists", opts.image_dir.display())));
+        return Err(Error::Invalid(format!(
+            "image directory {} already exists",
+            opts.image_dir.display()
+        )));
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
@@ -150,6 +153,13 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             return Err(err);
         }
     };
+    // The image is complete: put it in place before the container is touched again.
+    if let Err(e) = fs::rename(&partial, &opts.image_dir) {
+        drop(tracees);
+        let _ = cgroup.thaw();
+        let _ = fs::remove_dir_all(&partial);
+        return Err(Error::io("moving the image into place", &opts.image_dir, e));
+    }
     let frozen_ms;
     if opts.leave_running {
         for t in tracees {
@@ -158,15 +168,15 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         let _ = cgroup.thaw();
         frozen_ms = ms(frozen_at.elapsed());
     } else {
-        cgroup.kill_all()?;
-        drop(tracees);
+        kill_traced(tracees);
         frozen_ms = ms(frozen_at.elapsed());
-        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| match container.status() {
-            Ok((Status::Stopped, _)) => Ok(()),
-            _ => Err(e),
+        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
+            match container.status() {
+                Ok((Status::Stopped, _)) => Ok(()),
+                _ => Err(e),
+            }
         })?;
     }
-    fs::rename(&partial, &opts.image_dir).ctx("moving the image into place", &opts.image_dir)?;
     let bytes = dir_size(&opts.image_dir);
     Ok(CheckpointSummary {
         image: opts.image_dir.clone(),
@@ -180,13 +190,46 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     })
 }
 
+/// Kills the seized tasks. A traced task's death is reported to its tracer
+/// first: reap each one here, in whatever order they finish (an exiting
+/// PID 1 waits for the rest of its namespace), so their parents and the
+/// supervisor see them exit.
+fn kill_traced(tracees: Vec<Tracee>) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut left: Vec<Pid> = tracees.iter().map(|t| t.tid()).collect();
+    for tid in &left {
+        let _ = nix::sys::signal::kill(*tid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !left.is_empty() && Instant::now() < deadline {
+        match waitpid(
+            Pid::from_raw(-1),
+            Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+                left.retain(|t| *t != pid)
+            }
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    drop(tracees);
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn dir_size(dir: &Path) -> u64 {
+/// Bytes of the files directly in `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
     fs::read_dir(dir)
-        .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|r| {
+            r.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -212,22 +255,28 @@ fn dump_frozen(
     // is already queued, so every task stops before it runs user code.
     cgroup.thaw()?;
     for t in tracees.iter_mut() {
-        t.wait_stop(Some(Duration::from_secs(10))).map_err(inject_err)?;
+        t.wait_stop(Some(Duration::from_secs(10)))
+            .map_err(inject_err)?;
     }
 
-    let image_id = u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
+    let image_id =
+        u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
     let manifest = Manifest {
         image_id,
         cr_version: env!("CARGO_PKG_VERSION").to_string(),
         container: container.name.clone(),
-        config_toml: fs::read_to_string(container.dir.join("config.toml")).ctx("reading", container.dir.join("config.toml"))?,
+        config_toml: fs::read_to_string(container.dir.join("config.toml"))
+            .ctx("reading", container.dir.join("config.toml"))?,
         created_unix_ns: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
         arch: Arch::X86_64,
         page_size: PAGE_SIZE as u32,
-        kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         pages_codec: match opts.compression {
             Compression::None => cr_formats::Codec::None,
             Compression::Zstd { .. } => cr_formats::Codec::Zstd,
@@ -237,12 +286,16 @@ fn dump_frozen(
     let pages_path = cr_formats::layout::pages_path(dir);
     let records_file = File::create(&records_path).ctx("creating", &records_path)?;
     let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
-    let mut records = RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
+    let mut records =
+        RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
     let mut page_opts = PageWriterOptions::new(image_id);
     page_opts.compression = opts.compression;
     let mut pages = PageWriter::new(BufWriter::with_capacity(4 << 20, pages_file), page_opts)?;
 
-    let host_to_ns: HashMap<i32, i32> = tasks.iter().map(|t| (t.host_pid, t.status.pid_in_ns())).collect();
+    let host_to_ns: HashMap<i32, i32> = tasks
+        .iter()
+        .map(|t| (t.host_pid, t.status.pid_in_ns()))
+        .collect();
     let mut files = FileTable::default();
     let mut threads = 0;
     for task in &tasks {
@@ -264,16 +317,25 @@ fn dump_frozen(
     records.finish()?;
     let (_, page_stats) = pages.finish()?;
     for path in [&records_path, &pages_path] {
-        File::open(path).and_then(|f| f.sync_all()).ctx("syncing", path)?;
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .ctx("syncing", path)?;
     }
-    Ok(((page_stats.data_pages, page_stats.zero_pages), (tasks.len(), threads)))
+    Ok((
+        (page_stats.data_pages, page_stats.zero_pages),
+        (tasks.len(), threads),
+    ))
 }
 
 fn inject_err(e: crate::inject::InjectError) -> Error {
     Error::Invalid(format!("seizing the container's tasks: {e}"))
 }
 
-fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&mut Tracee]) -> Result<Process> {
+fn collect_process(
+    task: &Task,
+    host_to_ns: &HashMap<i32, i32>,
+    tracees: &mut [&mut Tracee],
+) -> Result<Process> {
     let st = &task.status;
     let pid = st.pid_in_ns();
     let host = task.host_pid;
@@ -282,13 +344,15 @@ fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&
             .map(|p| ByteString::from(p.to_string_lossy().as_ref()))
             .unwrap_or_else(|_| ByteString::from(""))
     };
-    let stat = fs::read_to_string(format!("/proc/{host}/stat")).map_err(|e| DumpError::proc(pid, "stat", e))?;
+    let stat = fs::read_to_string(format!("/proc/{host}/stat"))
+        .map_err(|e| DumpError::proc(pid, "stat", e))?;
     let mmf = procfs::parse_stat_mm(&stat).map_err(|message| DumpError::Parse {
         pid,
         path: format!("/proc/{host}/stat").into(),
         message,
     })?;
-    let auxv = fs::read(format!("/proc/{host}/auxv")).map_err(|e| DumpError::proc(pid, "auxv", e))?;
+    let auxv =
+        fs::read(format!("/proc/{host}/auxv")).map_err(|e| DumpError::proc(pid, "auxv", e))?;
     let personality = fs::read_to_string(format!("/proc/{host}/personality"))
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
@@ -319,10 +383,14 @@ fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&
     let mut itimers = [Timer::default(); 3];
     for (which, timer) in itimers.iter_mut().enumerate() {
         let addr = scratch.addr();
-        scratch.syscall().inject(libc::SYS_getitimer, [which as u64, addr, 0, 0, 0, 0]).map_err(inject_err)?;
+        scratch
+            .syscall()
+            .inject(libc::SYS_getitimer, [which as u64, addr, 0, 0, 0, 0])
+            .map_err(inject_err)?;
         let mut raw = [0u8; 32];
         scratch.read(0, &mut raw).map_err(inject_err)?;
-        let word = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let word =
+            |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         *timer = Timer {
             interval_ns: word(0) * 1_000_000_000 + word(1) * 1000,
             value_ns: word(2) * 1_000_000_000 + word(3) * 1000,
@@ -337,7 +405,10 @@ fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&
         .collect();
     let mut rlimits = Vec::new();
     for resource in 0..16u32 {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: prlimit with a null new limit only writes the old one into `lim`.
         let rc = unsafe { libc::prlimit(host, resource as _, std::ptr::null(), &mut lim) };
         if rc == 0 {
@@ -360,7 +431,9 @@ fn collect_process(task: &Task, host_to_ns: &HashMap<i32, i32>, tracees: &mut [&
         pgid: st.ns_pgid.last().copied().unwrap_or(0),
         sid: st.ns_sid.last().copied().unwrap_or(0),
         state: match st.state {
-            'T' => TaskState::Stopped { signo: libc::SIGSTOP },
+            'T' => TaskState::Stopped {
+                signo: libc::SIGSTOP,
+            },
             _ => TaskState::Alive,
         },
         comm: ByteString::from(st.name.as_str()),
@@ -425,7 +498,7 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
         .collect();
     let user = regs.user_regs();
     let syscall = match user.rax as i64 {
-        -512..=-514 => SyscallRestart::Restart { nr: user.orig_rax },
+        -514..=-512 => SyscallRestart::Restart { nr: user.orig_rax },
         -516 => SyscallRestart::RestartBlock { nr: user.orig_rax },
         _ => SyscallRestart::None,
     };
@@ -435,7 +508,10 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let addr = scratch.addr();
     scratch
         .syscall()
-        .inject(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, addr, 0, 0, 0, 0])
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_TID_ADDRESS as u64, addr, 0, 0, 0, 0],
+        )
         .map_err(inject_err)?;
     let mut word = [0u8; 8];
     scratch.read(0, &mut word).map_err(inject_err)?;
@@ -444,7 +520,12 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     // SAFETY: get_robust_list writes one pointer and one length into the
     // two locals passed by address.
     unsafe {
-        libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut usize);
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        );
     }
     // SAFETY: sched_getscheduler and getpriority take plain integers.
     let (policy, nice) = unsafe {
@@ -456,9 +537,16 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let comm = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     Ok(Thread {
         pid,
-        tid: procfs::read_status(tid).map(|s| s.pid_in_ns()).unwrap_or(tid),
+        tid: procfs::read_status(tid)
+            .map(|s| s.pid_in_ns())
+            .unwrap_or(tid),
         comm: ByteString::from(comm.trim_end()),
-        regs: Blob(regs_to_array(&user).iter().flat_map(|w| w.to_ne_bytes()).collect()),
+        regs: Blob(
+            regs_to_array(&user)
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect(),
+        ),
         fs_base: user.fs_base,
         gs_base: user.gs_base,
         xsave: Blob(regs.xstate),
@@ -470,7 +558,10 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
             size: altstack.size,
         },
         clear_child_tid: u64::from_ne_bytes(word),
-        robust_list: RobustList { head, len: len as u64 },
+        robust_list: RobustList {
+            head,
+            len: len as u64,
+        },
         rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq {
             addr: rseq.rseq_abi_pointer,
             len: rseq.rseq_abi_size,
@@ -487,7 +578,11 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
 }
 
 /// VMA records and the pages restore needs.
-fn dump_memory<W: Write, P: Write>(task: &Task, records: &mut RecordWriter<W>, pages: &mut PageWriter<P>) -> Result<()> {
+fn dump_memory<W: Write, P: Write>(
+    task: &Task,
+    records: &mut RecordWriter<W>,
+    pages: &mut PageWriter<P>,
+) -> Result<()> {
     let pid = task.status.pid_in_ns();
     let pagemap_path = format!("/proc/{}/pagemap", task.host_pid);
     let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;
@@ -526,7 +621,10 @@ impl FileTable {
         for (entry, kind) in &task.fds {
             let meta = fs::metadata(format!("/proc/{}/fd/{}", task.host_pid, entry.fd))
                 .map_err(|e| DumpError::proc(pid, format!("fd/{}", entry.fd), e))?;
-            let key = (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+            let key = (
+                std::os::unix::fs::MetadataExt::dev(&meta),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
             let shared = self.seen.get(&key).and_then(|list| {
                 list.iter()
                     .find(|(p, f, _)| same_file(*p, *f, task.host_pid, entry.fd))
@@ -541,7 +639,11 @@ impl FileTable {
                     if let FileKind::Pipe { pipe, .. } | FileKind::Fifo { pipe, .. } = &file_kind {
                         if !self.pipes_done.contains(pipe) {
                             self.pipes_done.push(*pipe);
-                            records.write(&Record::PipeData(pipe_data(task.host_pid, entry.fd, *pipe)?))?;
+                            records.write(&Record::PipeData(pipe_data(
+                                task.host_pid,
+                                entry.fd,
+                                *pipe,
+                            )?))?;
                         }
                     }
                     records.write(&Record::File(FileRecord {
@@ -553,7 +655,10 @@ impl FileTable {
                     id
                 }
             };
-            self.seen.entry(key).or_default().push((task.host_pid, entry.fd, id));
+            self.seen
+                .entry(key)
+                .or_default()
+                .push((task.host_pid, entry.fd, id));
             records.write(&Record::Fd(FdRecord {
                 pid,
                 fd: entry.fd,
@@ -583,17 +688,25 @@ fn pipe_data(host_pid: i32, fd: i32, pipe: u64) -> Result<PipeData> {
         .ctx("opening pipe", &path)?;
     // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
     let capacity = unsafe { libc::fcntl(source.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(0) as u32;
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| Error::sys("creating a pipe", e))?;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| Error::sys("creating a pipe", e))?;
     // SAFETY: F_SETPIPE_SZ resizes our own pipe; a failure leaves it as it was.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as libc::c_int) };
     // SAFETY: tee copies between two pipe fds we hold; no memory is passed.
     let n = unsafe {
-        libc::tee(source.as_raw_fd(), w.as_raw_fd(), capacity as usize, libc::SPLICE_F_NONBLOCK)
+        libc::tee(
+            source.as_raw_fd(),
+            w.as_raw_fd(),
+            capacity as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
     };
     let mut data = Vec::new();
     if n > 0 {
         drop(w);
-        File::from(r).read_to_end(&mut data).ctx("reading pipe copy", &path)?;
+        File::from(r)
+            .read_to_end(&mut data)
+            .ctx("reading pipe copy", &path)?;
     } else {
         drop((r, w));
     }
@@ -603,4 +716,3 @@ fn pipe_data(host_pid: i32, fd: i32, pipe: u64) -> Result<PipeData> {
         data: Blob(data),
     })
 }
-

@@ -20,6 +20,7 @@
 //! container: it keeps running as if nothing happened, and the partial image
 //! is removed.
 
+pub mod checkpoint;
 pub mod files;
 pub mod mm;
 pub mod procfs;

@@ -87,7 +87,10 @@ pub fn parse_status(text: &str) -> Result<TaskStatus, String> {
             "CapBnd" => st.cap_bnd = hex()?,
             "CapAmb" => st.cap_amb = hex()?,
             "NoNewPrivs" => st.no_new_privs = value == "1",
-            "Umask" => st.umask = u32::from_str_radix(value, 8).map_err(|_| format!("bad umask {value:?}"))?,
+            "Umask" => {
+                st.umask =
+                    u32::from_str_radix(value, 8).map_err(|_| format!("bad umask {value:?}"))?
+            }
             "Seccomp" => st.seccomp = ints()?.first().copied().unwrap_or(0) as u32,
             "SigBlk" => st.sig_blk = hex()?,
             "SigPnd" => st.sig_pnd = hex()?,
@@ -296,7 +299,18 @@ pub fn parse_stat_mm(text: &str) -> Result<[u64; 10], String> {
             .parse()
             .map_err(|_| format!("stat field {n} is not a number"))
     };
-    Ok([field(26)?, field(27)?, field(28)?, field(45)?, field(46)?, field(47)?, field(48)?, field(49)?, field(50)?, field(51)?])
+    Ok([
+        field(26)?,
+        field(27)?,
+        field(28)?,
+        field(45)?,
+        field(46)?,
+        field(47)?,
+        field(48)?,
+        field(49)?,
+        field(50)?,
+        field(51)?,
+    ])
 }
 
 /// Thread ids of a process (`/proc/PID/task`), sorted.

@@ -1,0 +1,181 @@
+//! `cr checkpoint NAME`, `cr checkpoint list NAME`, `cr checkpoint rm NAME ID`.
+//!
+//! Images live under `ROOT/checkpoints/NAME/ID/` (ID is the UTC time of the
+//! checkpoint); `cr destroy` keeps them.
+
+use std::fs;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::container::Container;
+use crate::dump::checkpoint::{checkpoint as run_checkpoint, dir_size, CheckpointOptions};
+use crate::error::{Error, IoContext};
+use crate::host::{validate_name, Host};
+use crate::size::HumanSize;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    pub command: Option<CheckpointCommand>,
+    /// Container to checkpoint.
+    #[arg(required = true)]
+    pub name: Option<String>,
+    /// Image directory (default: ROOT/checkpoints/NAME/<time>).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Thaw the container afterwards instead of stopping it.
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Compression of the page store.
+    #[arg(long, value_enum, default_value_t = Compress::None)]
+    pub compress: Compress,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Compress {
+    None,
+    Zstd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// List the checkpoints of a container, oldest first.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one checkpoint.
+    Rm { name: String, id: String },
+}
+
+/// The checkpoints area of one container.
+pub fn checkpoints_dir(host: &Host, name: &str) -> PathBuf {
+    host.root().join("checkpoints").join(name)
+}
+
+/// Checkpoint ids of a container, oldest first (ids sort by time).
+pub fn list_ids(host: &Host, name: &str) -> anyhow::Result<Vec<String>> {
+    let dir = checkpoints_dir(host, name);
+    let mut ids = Vec::new();
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if e.path().join(cr_formats::layout::RECORDS_FILE).is_file()
+                && !id.ends_with(".partial")
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
+    match args.command {
+        Some(CheckpointCommand::List { name, json }) => {
+            validate_name("container", &name)?;
+            let ids = list_ids(host, &name)?;
+            if json {
+                let list: Vec<_> = ids
+                    .iter()
+                    .map(|id| {
+                        let path = checkpoints_dir(host, &name).join(id);
+                        serde_json::json!({"id": id, "path": path, "bytes": dir_size(&path)})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for id in ids {
+                    let path = checkpoints_dir(host, &name).join(&id);
+                    println!(
+                        "{id}  {:>8}  {}",
+                        HumanSize(dir_size(&path)).to_string(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Some(CheckpointCommand::Rm { name, id }) => {
+            validate_name("container", &name)?;
+            if id.contains('/') || id.starts_with('.') {
+                return Err(Error::Invalid(format!("invalid checkpoint id {id:?}")).into());
+            }
+            let path = checkpoints_dir(host, &name).join(&id);
+            if !path.join(cr_formats::layout::RECORDS_FILE).is_file() {
+                return Err(Error::Invalid(format!(
+                    "container {name:?} has no checkpoint {id:?} (see `cr checkpoint list {name}`)"
+                ))
+                .into());
+            }
+            fs::remove_dir_all(&path).ctx("removing checkpoint", &path)?;
+            Ok(0)
+        }
+        None => {
+            let name = args.name.unwrap_or_default();
+            let container = Container::open(host, &name)?;
+            let image_dir = match args.image {
+                Some(dir) => dir,
+                None => checkpoints_dir(host, &name).join(timestamp_id()),
+            };
+            let opts = CheckpointOptions {
+                image_dir,
+                leave_running: args.leave_running,
+                compression: match args.compress {
+                    Compress::None => cr_formats::Compression::None,
+                    Compress::Zstd => cr_formats::Compression::Zstd { level: 1 },
+                },
+            };
+            let summary = run_checkpoint(&container, &opts)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{} checkpointed to {}: frozen {:.1} ms, {} processes, {} threads, {} pages written ({} zero), {}; container {}",
+                    name,
+                    summary.image.display(),
+                    summary.frozen_ms,
+                    summary.processes,
+                    summary.threads,
+                    summary.pages_written,
+                    summary.zero_pages,
+                    HumanSize(summary.bytes),
+                    if summary.left_running { "left running" } else { "stopped" }
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn timestamp_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let mut tm: libc::tm = zeroed_tm();
+    // SAFETY: gmtime_r writes into the tm we own and reads the time_t we pass.
+    unsafe { libc::gmtime_r(&secs, &mut tm) };
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_millis()
+    )
+}
+
+fn zeroed_tm() -> libc::tm {
+    // SAFETY: libc::tm is plain data for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}
