@@ -97,6 +97,10 @@ struct CloneArgs {
     tls: u64,
 }
 
+// CLONE_ARGS_SIZE_VER0 and MOUNT_ATTR_SIZE_VER0 of the kernel's uapi.
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 64);
+const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
+
 /// What [`clone_process`] returned in each process.
 pub enum Cloned {
     Child,
