@@ -623,3 +623,362 @@ fn image_in_use_cannot_be_removed() {
     h.ok(&["image", "rm", "mine"]);
     assert!(!h.root.join("images/mine").exists());
 }
+
+/// Host ids of a container's user namespace, from `cr status --json`.
+fn userns_range(h: &TestHost, name: &str) -> (u64, u64, u64) {
+    let json = h.status_json(name);
+    let u = &json["userns"];
+    (
+        u["uid_base"].as_u64().expect("uid_base"),
+        u["gid_base"].as_u64().expect("gid_base"),
+        u["size"].as_u64().expect("size"),
+    )
+}
+
+/// Owner uid and gid of a host file.
+fn owner(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid())
+}
+
+fn status_ids(pid: i64, field: &str) -> Vec<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .expect("status line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("id"))
+        .collect()
+}
+
+#[test]
+fn userns_root_inside_is_unprivileged_outside() {
+    let h = TestHost::new();
+    h.run("un", TestImage::Busybox, Some(30), &["--userns"], SLEEP);
+    let (uid_base, gid_base, size) = userns_range(&h, "un");
+    assert_eq!(size, 65536);
+    assert!(
+        uid_base >= 100000 && gid_base >= 100000,
+        "{uid_base} {gid_base}"
+    );
+    let config = std::fs::read_to_string(h.root.join("containers/un/config.toml")).expect("config");
+    assert!(
+        config.contains(&format!("[userns]\nuid_base = {uid_base}\n")),
+        "{config}"
+    );
+    let text = h.ok(&["status", "un"]);
+    assert!(text.contains(&format!("uid {uid_base}-")), "{text}");
+
+    // The mapping, seen inside; PID 1's ids, seen on the host.
+    let words = |s: String| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+    assert_eq!(
+        words(h.exec("un", &["cat", "/proc/self/uid_map"])),
+        ["0".to_string(), uid_base.to_string(), "65536".to_string()]
+    );
+    assert_eq!(
+        words(h.exec("un", &["cat", "/proc/1/gid_map"])),
+        ["0".to_string(), gid_base.to_string(), "65536".to_string()]
+    );
+    let pid = h.status_json("un")["pid"].as_i64().expect("pid");
+    assert_eq!(status_ids(pid, "Uid:"), [uid_base; 4]);
+    assert_eq!(status_ids(pid, "Gid:"), [gid_base; 4]);
+
+    // Root inside, over files that look like root's.
+    assert_eq!(h.exec("un", &["id", "-u"]).trim(), "0");
+    assert_eq!(h.exec("un", &["id", "-g"]).trim(), "0");
+    let ls = h.exec("un", &["ls", "-ln", "/bin/busybox"]);
+    let f: Vec<&str> = ls.split_whitespace().collect();
+    assert_eq!((f[2], f[3]), ("0", "0"), "{ls}");
+
+    // Root inside writes new files and modifies the image's (copy-up).
+    h.exec(
+        "un",
+        &[
+            "sh",
+            "-c",
+            "echo x > /root/f && echo y >> /etc/hosts && echo z > /root/g && chown 1000:1001 /root/g",
+        ],
+    );
+    assert!(h.exec("un", &["cat", "/etc/hosts"]).ends_with("y\n"));
+    assert_eq!(
+        h.exec("un", &["stat", "-c", "%u:%g", "/root/g"]).trim(),
+        "1000:1001"
+    );
+    // On the host the upper layer holds them with the ids they have inside
+    // (not shifted by the range), so the layer does not depend on the range.
+    let upper = h.root.join("containers/un/upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("root/f")).expect("f"),
+        "x\n"
+    );
+    assert_eq!(owner(&upper.join("root/f")), (0, 0));
+    assert_eq!(owner(&upper.join("etc/hosts")), (0, 0));
+    assert_eq!(owner(&upper.join("root/g")), (1000, 1001));
+    // The image itself is untouched.
+    let image_hosts = cached_image(TestImage::Busybox).join("rootfs/etc/hosts");
+    assert!(!std::fs::read_to_string(image_hosts)
+        .expect("image hosts")
+        .ends_with("y\n"));
+
+    // A lower directory removed and made again is empty (an opaque
+    // directory: overlayfs with userxattr marks it with user.overlay.opaque).
+    let out = h.exec(
+        "un",
+        &["sh", "-c", "rm -rf /var && mkdir /var && ls -A /var"],
+    );
+    assert_eq!(out, "");
+    // Renaming a directory of the image works (overlayfs copies it up).
+    h.exec("un", &["mv", "/usr/local", "/usr/local2"]);
+
+    // /proc, /sys, /dev/pts, /dev nodes, /dev/console, and mounting as root.
+    assert_eq!(h.exec("un", &["cat", "/proc/1/comm"]).trim(), "sh");
+    let links = h.exec("un", &["ls", "/sys/class/net"]);
+    let mut links: Vec<&str> = links.split_whitespace().collect();
+    links.sort();
+    assert_eq!(links, ["eth0", "lo"]);
+    let mounts = h.exec("un", &["cat", "/proc/mounts"]);
+    assert!(mounts.contains("devpts /dev/pts devpts"), "{mounts}");
+    assert!(
+        mounts.lines().any(|l| l.starts_with("overlay / overlay")),
+        "{mounts}"
+    );
+    assert!(
+        !mounts.contains("/var/tmp/cr-test"),
+        "host paths visible in mounts:\n{mounts}"
+    );
+    assert_eq!(
+        h.exec(
+            "un",
+            &[
+                "sh",
+                "-c",
+                "echo x > /dev/null && head -c 4 /dev/urandom | wc -c"
+            ]
+        )
+        .trim(),
+        "4"
+    );
+    assert_eq!(
+        h.exec("un", &["sh", "-c", "cat /proc/kcore | wc -c"])
+            .trim(),
+        "0"
+    );
+    h.exec("un", &["sh", "-c", "echo on-console > /dev/console"]);
+    assert!(wait_until(Duration::from_secs(3), || h
+        .ok(&["logs", "un"])
+        .contains("on-console")));
+    h.exec(
+        "un",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /mnt && mount -t tmpfs t /mnt && touch /mnt/x",
+        ],
+    );
+    // Root inside is not root over the host's files: sysfs stays read-only.
+    let out = h.cr(&["exec", "un", "--", "touch", "/sys/kernel/x"]);
+    assert!(!out.status.success(), "/sys writable");
+
+    // The same bounding set as without a user namespace.
+    let status = h.exec("un", &["cat", "/proc/self/status"]);
+    let bnd = status
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .expect("CapBnd line");
+    let bits = u64::from_str_radix(bnd.split_whitespace().nth(1).expect("hex"), 16).expect("hex");
+    for (cap, name) in [
+        (16, "SYS_MODULE"),
+        (17, "SYS_RAWIO"),
+        (25, "SYS_TIME"),
+        (22, "SYS_BOOT"),
+        (40, "CHECKPOINT_RESTORE"),
+    ] {
+        assert_eq!(bits & (1 << cap), 0, "{name} still in the bounding set");
+    }
+    assert_ne!(bits & (1 << 21), 0, "SYS_ADMIN should be kept");
+
+    // cr exec joins every namespace, the user namespace included.
+    for ns in ["user", "mnt", "uts", "ipc", "net", "pid", "cgroup"] {
+        let inside = h.exec("un", &["readlink", &format!("/proc/self/ns/{ns}")]);
+        let init = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns link");
+        assert_eq!(
+            inside.trim(),
+            init.to_string_lossy(),
+            "{ns} namespace differs"
+        );
+    }
+    let host_userns = std::fs::read_link("/proc/self/ns/user").expect("own userns");
+    let init_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).expect("userns");
+    assert_ne!(
+        host_userns, init_userns,
+        "PID 1 is in the host's user namespace"
+    );
+
+    // cr enter: a shell as root inside, on a pty of the container.
+    let mut child = h
+        .cr_cmd(&["enter", "un"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning cr enter");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo uid=$(id -u); tty; exit 4\n")
+        .expect("writing");
+    let out = child.wait_with_output().expect("waiting");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("uid=0"), "{text}");
+    assert!(text.contains("/dev/pts/"), "not on a pty: {text}");
+    assert_eq!(out.status.code(), Some(4));
+
+    // Networking: gateway and the host reach it.
+    h.exec("un", &["ping", "-c", "1", "-W", "2", &h.net.addr(1)]);
+    let status = Command::new("ping")
+        .args(["-c", "1", "-W", "2", &h.net.addr(30)])
+        .stdout(Stdio::null())
+        .status()
+        .expect("running ping");
+    assert!(status.success(), "host cannot ping the container");
+}
+
+#[test]
+fn userns_ranges_are_distinct_and_nothing_is_left() {
+    let h = TestHost::new();
+    h.run("ua", TestImage::Busybox, Some(40), &["--userns"], SLEEP);
+    h.run("ub", TestImage::Busybox, Some(41), &["--userns"], SLEEP);
+    h.run("plain", TestImage::Busybox, None, &[], SLEEP);
+    let a = userns_range(&h, "ua");
+    let b = userns_range(&h, "ub");
+    assert!(
+        a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0,
+        "uid ranges overlap: {a:?} {b:?}"
+    );
+    assert!(
+        a.1 + a.2 <= b.1 || b.1 + b.2 <= a.1,
+        "gid ranges overlap: {a:?} {b:?}"
+    );
+    assert!(h.status_json("plain")["userns"].is_null());
+    let plain = h.status_json("plain")["pid"].as_i64().expect("pid");
+    assert_eq!(status_ids(plain, "Uid:"), [0; 4]);
+    // The two containers' root cannot reach each other's files: different
+    // host uids, and a different user namespace each.
+    let pa = h.status_json("ua")["pid"].as_i64().expect("pid");
+    let pb = h.status_json("ub")["pid"].as_i64().expect("pid");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pa}/ns/user")).expect("ns"),
+        std::fs::read_link(format!("/proc/{pb}/ns/user")).expect("ns")
+    );
+
+    let veth = |name: &str| -> String {
+        let config = std::fs::read_to_string(h.root.join(format!("containers/{name}/config.toml")))
+            .expect("config");
+        config
+            .lines()
+            .find(|l| l.starts_with("veth"))
+            .expect("veth line")
+            .split('"')
+            .nth(1)
+            .expect("name")
+            .to_string()
+    };
+    let (va, vb) = (veth("ua"), veth("ub"));
+    assert!(link_exists(&va) && link_exists(&vb));
+
+    // Stop: processes, cgroups and veth go; the upper layer stays.
+    h.exec("ua", &["sh", "-c", "echo kept > /root/kept"]);
+    h.ok(&["stop", "ua", "--time", "0"]);
+    assert!(!std::path::Path::new(&format!("/proc/{pa}")).exists());
+    assert!(
+        h.container_cgroups("ua").is_empty(),
+        "cgroups left after stop"
+    );
+    assert!(!link_exists(&va), "veth left after stop");
+    h.ok(&["start", "ua"]);
+    assert_eq!(h.exec("ua", &["cat", "/root/kept"]).trim(), "kept");
+    assert_eq!(userns_range(&h, "ua"), a, "the range changed on restart");
+
+    // Destroy: nothing is left, and the freed range is handed out again.
+    h.ok(&["destroy", "ua"]);
+    h.ok(&["destroy", "ub"]);
+    for name in ["ua", "ub"] {
+        assert!(!h.root.join("containers").join(name).exists());
+        assert!(
+            h.container_cgroups(name).is_empty(),
+            "cgroups of {name} left"
+        );
+    }
+    assert!(!link_exists(&va) && !link_exists(&vb), "veth left");
+    assert!(!std::path::Path::new(&format!("/proc/{pb}")).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(h.root.to_str().expect("utf-8")),
+        "mounts left: {mounts}"
+    );
+    h.run("uc", TestImage::Busybox, None, &["--userns"], SLEEP);
+    assert_eq!(userns_range(&h, "uc").0, a.0.min(b.0));
+}
+
+/// Unmounts a test mount (lazily) when dropped.
+struct MountGuard(std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn userns_failed_start_leaves_nothing() {
+    let h = TestHost::new();
+    // An image whose rootfs is an overlay mount: overlayfs cannot be
+    // idmapped, so the start fails at that step.
+    let cached = cached_image(TestImage::Busybox);
+    let image = h.root.join("images/ovl");
+    let (rootfs, upper, work) = (
+        image.join("rootfs"),
+        h.root.join("ovl-upper"),
+        h.root.join("ovl-work"),
+    );
+    for d in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::copy(cached.join("image.toml"), image.join("image.toml")).expect("image.toml");
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            cached.join("rootfs").display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&rootfs)
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "mounting the test overlay");
+    let _guard = MountGuard(rootfs.clone());
+
+    let err = h.fails(&[
+        "run",
+        "bad",
+        "--image",
+        "ovl",
+        "--userns",
+        "--bridge",
+        &h.bridge,
+        "--ip",
+        &h.net.ip(50),
+        "--",
+        "/bin/true",
+    ]);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("idmapping the mount of"), "{err}");
+    assert!(!h.root.join("containers/bad").exists(), "directory left");
+    assert!(h.container_cgroups("bad").is_empty(), "cgroups left");
+    let veth = cr::container::network::veth_name(&h.root.to_string_lossy(), "bad");
+    assert!(!link_exists(&veth), "veth left");
+}

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use crate::container::config::Limits;
+use crate::container::config::{Limits, UsernsConfig};
 use crate::container::state::Status;
 use crate::container::Container;
 use crate::host::Host;
@@ -38,6 +38,8 @@ pub struct ContainerView {
     pub mac: Option<String>,
     pub bridge: Option<String>,
     pub limits: Limits,
+    /// The user namespace's id mapping, when the container has one.
+    pub userns: Option<UsernsConfig>,
     pub command: Vec<String>,
     /// Exit status of PID 1 after it exited by itself.
     pub exit_code: Option<i32>,
@@ -63,6 +65,7 @@ pub fn view(container: &Container) -> anyhow::Result<ContainerView> {
         mac: net.map(|n| n.mac.to_string()),
         bridge: net.map(|n| n.bridge.clone()),
         limits: container.config.limits.clone(),
+        userns: container.config.userns,
         command: container.config.command.clone(),
         exit_code: exit.as_ref().and_then(|e| e.code),
         exit_signal: exit.as_ref().and_then(|e| e.signal),
@@ -123,6 +126,16 @@ pub fn status(host: &Host, args: StatusArgs) -> anyhow::Result<i32> {
         );
     }
     println!("limits:   {}", limits_text(&v.limits));
+    if let Some(u) = &v.userns {
+        let last = u.size.saturating_sub(1);
+        println!(
+            "userns:   uid/gid 0-{last} inside are uid {}-{}, gid {}-{} on the host",
+            u.uid_base,
+            u64::from(u.uid_base) + u64::from(last),
+            u.gid_base,
+            u64::from(u.gid_base) + u64::from(last)
+        );
+    }
     if !v.command.is_empty() {
         println!("command:  {}", v.command.join(" "));
     }

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Maximum number of processes and threads.
     #[arg(long)]
     pub pids: Option<u64>,
+    /// Run in a user namespace: root inside is an unprivileged uid range
+    /// (65536 ids) on the host.
+    #[arg(long)]
+    pub userns: bool,
     /// Command to run as PID 1 (default: the image's /sbin/init, else /bin/sh).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -64,6 +68,7 @@ impl RunArgs {
                 cpus: self.cpus,
                 pids: self.pids,
             },
+            userns: self.userns,
         }
     }
 }

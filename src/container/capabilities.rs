@@ -24,6 +24,10 @@
 //! | `BPF`, `PERFMON` | kernel-wide BPF programs and performance monitoring |
 //! | `CHECKPOINT_RESTORE` | checkpoint/restore of the host's processes |
 //!
+//! With `--userns` the same set is dropped from the bounding set inside the
+//! container's user namespace; the capabilities kept then act only on the
+//! namespaces that user namespace owns (see [`crate::container::userns`]).
+//!
 //! Device access is limited separately by the devices cgroup (v1) and a
 //! private `/dev` with only the standard nodes.
 

@@ -17,6 +17,11 @@
 //! address = "10.88.0.10/24"
 //! mac = "02:c4:1e:77:0a:13"
 //! veth = "crv1a2b3c4d"  # host side of the veth pair
+//!
+//! [userns]              # only with --userns
+//! uid_base = 100000     # uid 0 inside is this uid on the host
+//! gid_base = 100000
+//! size = 65536          # ids 0..size inside are mapped
 //! ```
 //!
 //! The config is what moves with a container: the MAC address stays the same
@@ -44,6 +49,35 @@ pub struct ContainerConfig {
     pub limits: Limits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetConfig>,
+    /// The user namespace's id mapping; `None`: processes run as host root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UsernsConfig>,
+}
+
+/// A user namespace mapping: ids `0..size` inside are `base..base + size`
+/// on the host, for uids and gids alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsConfig {
+    pub uid_base: u32,
+    pub gid_base: u32,
+    pub size: u32,
+}
+
+impl UsernsConfig {
+    /// True when this mapping shares a host uid or gid with `other`.
+    pub fn overlaps(&self, other: &UsernsConfig) -> bool {
+        let hit = |a: u32, b: u32| {
+            let (a, b) = (u64::from(a), u64::from(b));
+            a < b + u64::from(other.size) && b < a + u64::from(self.size)
+        };
+        hit(self.uid_base, other.uid_base) || hit(self.gid_base, other.gid_base)
+    }
+
+    /// The line written to `uid_map` (`gid` false) or `gid_map` (`gid` true).
+    pub fn map_line(&self, gid: bool) -> String {
+        let base = if gid { self.gid_base } else { self.uid_base };
+        format!("0 {base} {}\n", self.size)
+    }
 }
 
 /// Resource limits, enforced through cgroups.
@@ -314,8 +348,36 @@ mod tests {
                 mac: "02:00:00:00:00:01".parse().unwrap(),
                 veth: "crv12345678".into(),
             }),
+            userns: Some(UsernsConfig {
+                uid_base: 165536,
+                gid_base: 165536,
+                size: 65536,
+            }),
         };
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(toml::from_str::<ContainerConfig>(&text).unwrap(), cfg);
+        assert!(text.contains("[userns]\nuid_base = 165536\n"), "{text}");
+    }
+
+    #[test]
+    fn userns_overlap() {
+        let a = UsernsConfig {
+            uid_base: 100000,
+            gid_base: 100000,
+            size: 65536,
+        };
+        let b = UsernsConfig {
+            uid_base: 165536,
+            gid_base: 165536,
+            size: 65536,
+        };
+        assert!(!a.overlaps(&b) && !b.overlaps(&a));
+        assert!(a.overlaps(&a));
+        let c = UsernsConfig {
+            uid_base: 165535,
+            ..b
+        };
+        assert!(a.overlaps(&c));
+        assert_eq!(a.map_line(false), "0 100000 65536\n");
     }
 }

@@ -6,6 +6,7 @@ use std::fs;
 use crate::container::config::{ContainerConfig, Ipv4Cidr, Limits, MacAddr, NetConfig};
 use crate::container::network;
 use crate::container::rootfs::check_overlay_path;
+use crate::container::userns;
 use crate::container::Container;
 use crate::error::{Error, IoContext, Result};
 use crate::host::{validate_name, Host};
@@ -24,6 +25,8 @@ pub struct CreateOptions {
     pub mac: Option<MacAddr>,
     pub bridge: Option<String>,
     pub limits: Limits,
+    /// Run the container in a user namespace of its own.
+    pub userns: bool,
 }
 
 pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
@@ -67,6 +70,11 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
         }
         None => None,
     };
+    let userns = if opts.userns {
+        Some(userns::allocate(host, &opts.name)?)
+    } else {
+        None
+    };
     let config = ContainerConfig {
         name: opts.name.clone(),
         image: opts.image.clone(),
@@ -74,6 +82,7 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
         command: opts.command.clone(),
         limits: opts.limits.clone(),
         network,
+        userns,
     };
     fs::create_dir(&dir).ctx("creating container directory", &dir)?;
     if let Err(e) = config.save(&dir.join("config.toml")) {

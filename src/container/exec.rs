@@ -1,7 +1,8 @@
 //! `cr exec` and `cr enter`: run a command inside a running container.
 //!
 //! The calling process opens PID 1's namespace files, moves itself into the
-//! container's cgroups, joins every namespace with `setns`, and forks: the
+//! container's cgroups, joins every namespace with `setns` (its user
+//! namespace first, when it has one, then becoming uid/gid 0 there), and forks: the
 //! child is then inside the container's PID namespace as well, drops the
 //! capabilities a container does not have, and execs. The parent waits and
 //! passes the exit status through (128 + N for a death by signal N).
@@ -24,6 +25,7 @@ use nix::unistd::{chdir, execvpe, fork, isatty, read, setsid, write, ForkResult,
 
 use crate::container::capabilities::drop_host_capabilities;
 use crate::container::supervisor::{attach_stdio, CONTAINER_ENV};
+use crate::container::userns;
 use crate::container::Container;
 use crate::error::{Error, IoContext, Result, SysContext};
 
@@ -122,7 +124,16 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>> {
 }
 
 /// Moves the calling process into the container's cgroups and namespaces.
+/// In a container with a user namespace it joins that first (which gives it
+/// every capability over the container's other namespaces) and ends as
+/// uid/gid 0 inside.
 fn join(container: &Container, init: Pid) -> Result<()> {
+    let user_ns = userns::open_userns(init)?;
+    let user_ns = if userns::is_other_userns(&user_ns)? {
+        Some(user_ns)
+    } else {
+        None
+    };
     let mut fds: Vec<(OwnedFd, CloneFlags, &str)> = Vec::new();
     for (name, flag) in JOIN_ORDER {
         let path = format!("/proc/{init}/ns/{name}");
@@ -130,6 +141,14 @@ fn join(container: &Container, init: Pid) -> Result<()> {
         fds.push((OwnedFd::from(file), flag, name));
     }
     container.cgroup()?.add_pid(Pid::from_raw(0))?;
+    if let Some(ns) = &user_ns {
+        setns(ns, CloneFlags::CLONE_NEWUSER).sys(|| {
+            format!(
+                "joining the user namespace of container {:?}",
+                container.name
+            )
+        })?;
+    }
     for (fd, flag, name) in fds {
         setns(fd, flag).sys(|| {
             format!(
@@ -137,6 +156,9 @@ fn join(container: &Container, init: Pid) -> Result<()> {
                 container.name
             )
         })?;
+    }
+    if user_ns.is_some() {
+        userns::become_root()?;
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! Data flow of `cr run`: [`create`] validates and writes `config.toml`;
 //! [`start`] spawns the [`supervisor`], which creates the [`cgroups`], forks
 //! PID 1 into new namespaces, wires the [`network`], and lets PID 1 build its
-//! [`rootfs`], drop [`capabilities`] and exec the command. [`exec`] joins a
+//! [`rootfs`], drop [`capabilities`] and exec the command; with `--userns`
+//! PID 1 runs in its own [`userns`]. [`exec`] joins a
 //! running container; [`stop`] and [`destroy`] take it down.
 
 pub mod capabilities;
@@ -20,6 +21,7 @@ pub mod start;
 pub mod state;
 pub mod stop;
 pub mod supervisor;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 

@@ -7,8 +7,10 @@
 //! /proc        proc of the container's PID namespace; sensitive files masked,
 //!              /proc/sys read-only except /proc/sys/net (its own netns)
 //! /sys         sysfs, read-only
-//! /dev         tmpfs with null zero full random urandom tty, console (the pty
-//!              its supervisor logs), fd/stdin/stdout/stderr links
+//! /dev         tmpfs with null zero full random urandom tty (device nodes;
+//!              with a user namespace, bind mounts of the host's nodes, since
+//!              mknod is not allowed there), console (the pty its supervisor
+//!              logs), fd/stdin/stdout/stderr links
 //! /dev/pts     a private devpts instance; /dev/ptmx points into it
 //! /dev/shm     tmpfs           /dev/mqueue  mqueue of its IPC namespace
 //! /tmp         tmpfs
@@ -16,8 +18,14 @@
 //!
 //! Everything is mounted after `/` was made recursively private, so no mount
 //! propagates to the host, and the whole tree dies with the namespace.
+//!
+//! In a user namespace (see [`crate::container::userns`]) the overlay's
+//! layers are idmapped mounts the supervisor made: the container's directory
+//! is attached over itself and the image's rootfs on `lower` inside it, and
+//! the overlay is mounted from those with `userxattr`.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +33,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 
+use crate::container::userns;
 use crate::error::{Error, IoContext, Result, SysContext};
 
 /// Where the pieces of a container's root come from.
@@ -39,6 +48,20 @@ pub struct RootfsSpec<'a> {
     pub target: &'a Path,
     /// Host path of the console pty's slave, bound onto `/dev/console`.
     pub console: Option<&'a Path>,
+    /// Set when the container runs in a user namespace.
+    pub idmapped: Option<IdmappedLayers>,
+}
+
+/// Detached idmapped mounts (from the supervisor) the overlay of a container
+/// in a user namespace is built from.
+pub struct IdmappedLayers {
+    /// The container's directory (holding `upper`, `work`, `rootfs`),
+    /// attached over itself.
+    pub container_dir: OwnedFd,
+    /// The image's rootfs, attached on [`IdmappedLayers::lower_mount_point`].
+    pub lower: OwnedFd,
+    /// Where `lower` is attached: `lower` in the container's directory.
+    pub lower_mount_point: PathBuf,
 }
 
 /// Files under /proc hidden behind /dev/null.
@@ -97,7 +120,15 @@ pub fn build(spec: &RootfsSpec) -> Result<()> {
         None::<&str>,
     )
     .sys(|| "making / recursively private".into())?;
-    mount_overlay(spec)?;
+    match &spec.idmapped {
+        Some(layers) => {
+            let dir = spec.upper.parent().unwrap_or(Path::new("/"));
+            userns::attach(&layers.container_dir, dir)?;
+            userns::attach(&layers.lower, &layers.lower_mount_point)?;
+            mount_overlay(spec, &layers.lower_mount_point, "userxattr")?;
+        }
+        None => mount_overlay(spec, spec.lower, "")?,
+    }
     let t = spec.target;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     do_mount("proc", &t.join("proc"), "proc", nosuid, None)?;
@@ -108,7 +139,7 @@ pub fn build(spec: &RootfsSpec) -> Result<()> {
         nosuid | MsFlags::MS_RDONLY,
         None,
     )?;
-    build_dev(t, spec.console)?;
+    build_dev(t, spec.console, spec.idmapped.is_some())?;
     do_mount(
         "tmpfs",
         &t.join("tmp"),
@@ -119,20 +150,26 @@ pub fn build(spec: &RootfsSpec) -> Result<()> {
     mask_proc(t)
 }
 
-fn mount_overlay(spec: &RootfsSpec) -> Result<()> {
-    for p in [spec.lower, spec.upper, spec.work] {
+/// Mounts the overlay root from `lower` and the spec's upper and work
+/// directories; `extra` are further overlay options ("" for none).
+fn mount_overlay(spec: &RootfsSpec, lower: &Path, extra: &str) -> Result<()> {
+    for p in [lower, spec.upper, spec.work] {
         check_overlay_path(p)?;
     }
     // The options are visible in the container's /proc/mounts: name the
     // layers relative to the container's directory, so no host path shows.
     let base = spec.upper.parent().unwrap_or(Path::new("/"));
     chdir(base).sys(|| format!("entering {}", base.display()))?;
-    let options = format!(
+    let mut options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        relative_to(spec.lower, base).display(),
+        relative_to(lower, base).display(),
         relative_to(spec.upper, base).display(),
         relative_to(spec.work, base).display()
     );
+    if !extra.is_empty() {
+        options.push(',');
+        options.push_str(extra);
+    }
     mount(
         Some("overlay"),
         spec.target,
@@ -203,7 +240,9 @@ fn remount_readonly(target: &Path) -> Result<()> {
         .sys(|| format!("making {} read-only", target.display()))
 }
 
-fn build_dev(t: &Path, console: Option<&Path>) -> Result<()> {
+/// Builds /dev. `bind_nodes`: bind-mount the host's device nodes instead of
+/// creating them (mknod is not allowed in a user namespace).
+fn build_dev(t: &Path, console: Option<&Path>, bind_nodes: bool) -> Result<()> {
     let dev = t.join("dev");
     do_mount(
         "tmpfs",
@@ -215,6 +254,12 @@ fn build_dev(t: &Path, console: Option<&Path>) -> Result<()> {
     let mode = Mode::from_bits_truncate(0o666);
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
+        if bind_nodes {
+            let host = Path::new("/dev").join(name);
+            fs::File::create(&path).ctx("creating", &path)?;
+            bind(&host, &path, MsFlags::empty())?;
+            continue;
+        }
         mknod(&path, SFlag::S_IFCHR, mode, makedev(*major, *minor))
             .sys(|| format!("creating device node {}", path.display()))?;
         // mknod applies the umask; the nodes must be usable by everyone.
@@ -318,6 +363,8 @@ pub struct RootfsDirs {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub target: PathBuf,
+    /// Mount point of the idmapped image rootfs (user namespace only).
+    pub lower: PathBuf,
 }
 
 impl RootfsDirs {
@@ -326,11 +373,17 @@ impl RootfsDirs {
             upper: container_dir.join("upper"),
             work: container_dir.join("work"),
             target: container_dir.join("rootfs"),
+            lower: container_dir.join("lower"),
         }
     }
 
-    pub fn create(&self) -> Result<()> {
-        for dir in [&self.upper, &self.work, &self.target] {
+    /// Creates the directories; `lower` only when `userns`.
+    pub fn create(&self, userns: bool) -> Result<()> {
+        let lower = userns.then_some(&self.lower);
+        for dir in [&self.upper, &self.work, &self.target]
+            .into_iter()
+            .chain(lower)
+        {
             fs::create_dir_all(dir).ctx("creating", dir)?;
         }
         Ok(())

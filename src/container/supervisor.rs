@@ -5,10 +5,13 @@
 //! waits on a status pipe (fd 3). The supervisor:
 //!
 //! ```text
-//! supervisor                                   PID 1 (forked, new PID namespace)
+//! supervisor                                   PID 1 (cloned, new PID namespace)
 //! create cgroups with limits
 //! open the console pty, console.log
-//! unshare(PID); fork ───────────────────────▶ unshare(mnt uts ipc net)
+//! clone3(NEWPID [| NEWUSER]) ────────────────▶ [userns: wait for the id maps]
+//! [userns: uid_map, gid_map, idmapped
+//!  mounts of the layers ── SCM_RIGHTS ──────▶ setresuid/setresgid(0)]
+//!                                             unshare(mnt uts ipc net)
 //!            ◀───────────── 'R' (namespaces ready)
 //! move PID 1 into its cgroups                 build the mount tree (overlay,
 //! network: veth into PID 1's netns            /proc, /sys, /dev) meanwhile
@@ -23,6 +26,10 @@
 //!
 //! Any failure before the exec is reported on fd 3 as "error MESSAGE" and
 //! everything created so far is removed.
+//!
+//! PID 1 is created with a raw `clone3` (fork-like: no new stack) so that,
+//! with `--userns`, it starts in a new user namespace as well, which then
+//! owns every namespace PID 1 creates (see [`crate::container::userns`]).
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -38,19 +45,20 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{openpty, Winsize};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
-    dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, read, sethostname, setsid,
-    ForkResult, Pid,
+    dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, read, sethostname, setsid, Pid,
 };
 
 use crate::container::capabilities::drop_host_capabilities;
 use crate::container::cgroups::{CgroupLayout, ContainerCgroup};
-use crate::container::config::ContainerConfig;
+use crate::container::config::{ContainerConfig, UsernsConfig};
 use crate::container::network;
-use crate::container::rootfs::{self, RootfsDirs, RootfsSpec};
+use crate::container::rootfs::{self, IdmappedLayers, RootfsDirs, RootfsSpec};
 use crate::container::state::{process_start_time, unix_now, ExitRecord, RuntimeState};
+use crate::container::userns::{self, Cloned};
 use crate::error::{Error, IoContext, Result, SysContext};
 use crate::host::Host;
 use crate::image::ImageStore;
@@ -59,8 +67,8 @@ use crate::image::ImageStore;
 pub const STATUS_FD: RawFd = 3;
 
 /// Namespaces PID 1 creates for itself before its network is wired. The PID
-/// namespace comes from the supervisor's `unshare` (it applies to children);
-/// the cgroup namespace comes after PID 1 joined its cgroups.
+/// (and user) namespace comes from the supervisor's `clone3`; the cgroup
+/// namespace comes after PID 1 joined its cgroups.
 pub const CONTAINER_NAMESPACES: [CloneFlags; 4] = [
     CloneFlags::CLONE_NEWNS,
     CloneFlags::CLONE_NEWUTS,
@@ -123,7 +131,7 @@ fn launch(host: &Host, config: &ContainerConfig) -> Result<Launched> {
     };
     image.resolve_command(&command[0])?;
     let dirs = RootfsDirs::new(&dir);
-    dirs.create()?;
+    dirs.create(config.userns.is_some())?;
 
     let layout = CgroupLayout::detect()?;
     let cgroup = ContainerCgroup::new(&layout, &host.cgroup_parent(), &config.name);
@@ -168,9 +176,37 @@ fn spawn_init(
     termios.output_flags.remove(OutputFlags::ONLCR);
     tcsetattr(&pty.slave, SetArg::TCSANOW, &termios).sys(|| "setting console mode".into())?;
     let console_path = nix::unistd::ttyname(&pty.slave).sys(|| "naming the console pty".into())?;
+    if let Some(map) = &config.userns {
+        // Root inside must be able to reopen /dev/console: make the pty its own.
+        nix::unistd::fchown(
+            &pty.slave,
+            Some(nix::unistd::Uid::from_raw(map.uid_base)),
+            Some(nix::unistd::Gid::from_raw(map.gid_base)),
+        )
+        .sys(|| format!("handing the console pty to uid {}", map.uid_base))?;
+    }
 
     let (to_child_r, to_child_w) = pipe2(OFlag::O_CLOEXEC).sys(|| "creating a pipe".into())?;
     let (from_child_r, from_child_w) = pipe2(OFlag::O_CLOEXEC).sys(|| "creating a pipe".into())?;
+
+    // With a user namespace, the supervisor passes PID 1 its idmapped layers
+    // over this socket once the id maps are written.
+    let idmap_sock = match config.userns {
+        Some(_) => Some(
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .sys(|| "creating the idmap socket pair".into())?,
+        ),
+        None => None,
+    };
+    let (idmap_parent, idmap_child) = match idmap_sock {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
+    };
 
     let argv = cstrings(command)?;
     let envp = cstrings(CONTAINER_ENV)?;
@@ -179,16 +215,28 @@ fn spawn_init(
         dirs.upper.clone(),
         dirs.work.clone(),
         dirs.target.clone(),
+        dirs.lower.clone(),
     );
 
-    unshare(CloneFlags::CLONE_NEWPID).sys(|| "creating the PID namespace".into())?;
+    let mut flags = libc::CLONE_NEWPID;
+    if config.userns.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
     // SAFETY: the supervisor is single-threaded here (no runtime or thread was
     // started yet), so the child may allocate and run ordinary code.
-    let child = match unsafe { fork() }.sys(|| "forking PID 1".into())? {
-        ForkResult::Child => {
+    let cloned = unsafe { userns::clone_process(flags) }.sys(|| {
+        if config.userns.is_some() {
+            "creating PID 1 in new user and PID namespaces".into()
+        } else {
+            "creating PID 1 in a new PID namespace".into()
+        }
+    })?;
+    let child = match cloned {
+        Cloned::Child => {
             drop(to_child_w);
             drop(from_child_r);
             drop(pty.master);
+            drop(idmap_parent);
             let init = InitArgs {
                 hostname: &config.hostname,
                 lower: &spec_paths.0,
@@ -199,6 +247,8 @@ fn spawn_init(
                 console_fd: pty.slave,
                 argv: &argv,
                 envp: &envp,
+                idmap: idmap_child,
+                lower_mount_point: &spec_paths.4,
             };
             let Err(err) = init_main(init, to_child_r, &from_child_w);
             let mut report = File::from(from_child_w);
@@ -207,11 +257,12 @@ fn spawn_init(
             // parent's atexit handlers or destructors a second time.
             unsafe { libc::_exit(127) }
         }
-        ForkResult::Parent { child } => child,
+        Cloned::Parent(child) => child,
     };
     drop(to_child_r);
     drop(from_child_w);
     drop(pty.slave);
+    drop(idmap_child);
     let mut from_child = File::from(from_child_r);
     let mut to_child = File::from(to_child_w);
 
@@ -220,6 +271,13 @@ fn spawn_init(
         let _ = waitpid(child, None);
         Error::Invalid(message)
     };
+
+    if let (Some(map), Some(sock)) = (&config.userns, &idmap_parent) {
+        if let Err(e) = share_idmap(child, map, dir, lower, sock) {
+            return Err(fail(e.to_string()));
+        }
+    }
+    drop(idmap_parent);
 
     let mut ready = [0u8; 1];
     match from_child.read(&mut ready) {
@@ -273,6 +331,23 @@ fn spawn_init(
     })
 }
 
+/// Gives PID 1 (waiting in its new user namespace) its id maps and the
+/// idmapped mounts of the container's directory and of the image's rootfs.
+fn share_idmap(
+    child: Pid,
+    map: &UsernsConfig,
+    dir: &Path,
+    lower: &Path,
+    sock: &OwnedFd,
+) -> Result<()> {
+    userns::write_maps(child, map)?;
+    let ns = userns::open_userns(child)?;
+    let dir_tree = userns::idmapped_clone(dir, &ns, false)?;
+    // The image is shared by every container made from it: read-only.
+    let lower_tree = userns::idmapped_clone(lower, &ns, true)?;
+    userns::send_fds(sock, &[dir_tree.as_raw_fd(), lower_tree.as_raw_fd()])
+}
+
 fn cstrings<S: AsRef<str>>(items: &[S]) -> Result<Vec<CString>> {
     items
         .iter()
@@ -294,10 +369,30 @@ struct InitArgs<'a> {
     console_fd: OwnedFd,
     argv: &'a [CString],
     envp: &'a [CString],
+    /// With a user namespace: the socket the idmapped layers arrive on.
+    idmap: Option<OwnedFd>,
+    /// Where the idmapped image rootfs is attached.
+    lower_mount_point: &'a Path,
 }
 
 /// PID 1 before its exec. Only returns on error.
 fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible> {
+    let idmapped = match &args.idmap {
+        Some(sock) => {
+            // Blocks until the supervisor wrote the id maps.
+            let mut trees = userns::recv_fds(sock, 2)?.into_iter();
+            let (Some(container_dir), Some(lower)) = (trees.next(), trees.next()) else {
+                return Err(Error::Invalid("PID 1 got no idmapped mounts".into()));
+            };
+            userns::become_root()?;
+            Some(IdmappedLayers {
+                container_dir,
+                lower,
+                lower_mount_point: args.lower_mount_point.to_path_buf(),
+            })
+        }
+        None => None,
+    };
     let mut flags = CloneFlags::empty();
     for ns in CONTAINER_NAMESPACES {
         flags |= ns;
@@ -313,6 +408,7 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         work: args.work,
         target: args.target,
         console: Some(args.console),
+        idmapped,
     })?;
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
