@@ -605,13 +605,16 @@ fn dump_memory<W: Write, P: Write>(
     Ok(())
 }
 
+/// A descriptor already recorded: host pid, fd number, file id.
+type SeenFd = (i32, i32, u64);
+
 /// Open file descriptions seen so far, so descriptors that share one (after
 /// dup or fork) share one File record.
 #[derive(Default)]
 struct FileTable {
     next_id: u64,
-    /// (dev, ino) -> [(host pid, fd, file id)]
-    seen: HashMap<(u64, u64), Vec<(i32, i32, u64)>>,
+    /// (dev, ino) -> the descriptors seen on it
+    seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes_done: Vec<u64>,
 }
 

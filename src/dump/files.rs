@@ -175,5 +175,5 @@ fn describe(o: &FdObject) -> String {
     if is_deleted(o) {
         return format!("the deleted file {target}");
     }
-    format!("{target}")
+    target.to_string()
 }
