@@ -153,13 +153,6 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             return Err(err);
         }
     };
-    // The image is complete: put it in place before the container is touched again.
-    if let Err(e) = fs::rename(&partial, &opts.image_dir) {
-        drop(tracees);
-        let _ = cgroup.thaw();
-        let _ = fs::remove_dir_all(&partial);
-        return Err(Error::io("moving the image into place", &opts.image_dir, e));
-    }
     let frozen_ms;
     if opts.leave_running {
         for t in tracees {
@@ -168,6 +161,13 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         let _ = cgroup.thaw();
         frozen_ms = ms(frozen_at.elapsed());
     } else {
+        // The container goes away: its image must be durable first.
+        if let Err(e) = sync_image(&partial) {
+            drop(tracees);
+            let _ = cgroup.thaw();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
         kill_traced(tracees);
         frozen_ms = ms(frozen_at.elapsed());
         crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
@@ -177,6 +177,11 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             }
         })?;
     }
+    // A container left running was thawed before the image was synced: the
+    // frozen window does not wait for the disk. The image is in place only
+    // once it is durable.
+    sync_image(&partial)?;
+    fs::rename(&partial, &opts.image_dir).ctx("moving the image into place", &opts.image_dir)?;
     let bytes = dir_size(&opts.image_dir);
     Ok(CheckpointSummary {
         image: opts.image_dir.clone(),
@@ -188,6 +193,20 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         bytes,
         left_running: opts.leave_running,
     })
+}
+
+/// Flushes an image's files to disk.
+fn sync_image(dir: &Path) -> Result<()> {
+    for file in [
+        cr_formats::layout::RECORDS_FILE,
+        cr_formats::layout::PAGES_FILE,
+    ] {
+        let path = dir.join(file);
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .ctx("syncing", &path)?;
+    }
+    Ok(())
 }
 
 /// Kills the seized tasks. A traced task's death is reported to its tracer

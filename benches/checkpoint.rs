@@ -1,0 +1,220 @@
+//! Checkpoint of a container holding 1 GiB of touched memory (half random
+//! bytes, half zero pages), beside a plain `process_vm_readv` reader of the
+//! same memory in the same run.
+//!
+//! Prints: frozen time, dump throughput, image size / RSS, and the reader's
+//! bandwidth. Targets (issue 3): frozen time at most 0.25 s, image at most
+//! 0.52 of RSS without compression. Restore figures come with `cr restore`.
+//!
+//! Run as root: `cargo bench --bench checkpoint`.
+
+use std::fs;
+use std::io::IoSliceMut;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+
+const WORKLOAD: &str = "import os, time\n\
+half = 512 << 20\n\
+rnd = bytearray(os.urandom(half))\n\
+zero = bytearray(half)\n\
+for i in range(0, half, 4096):\n    zero[i] = 0\n\
+open('/root/ready', 'w').write('1')\n\
+while True:\n    time.sleep(1)\n";
+
+fn main() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark runs as root"
+    );
+    let cr = cr_binary();
+    let root = PathBuf::from(format!("/var/tmp/cr-bench-ckpt-{}", std::process::id()));
+    let _cleanup = Cleanup {
+        cr: cr.clone(),
+        root: root.clone(),
+    };
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(&cr)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("running cr");
+        assert!(
+            out.status.success(),
+            "cr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "image",
+        "build-minimal",
+        "py",
+        "--with",
+        "/usr/bin/python3",
+        "--tree",
+        "/usr/lib/python3.11",
+    ]);
+    run(&[
+        "run",
+        "mem",
+        "--image",
+        "py",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        WORKLOAD,
+    ]);
+    let upper_ready = root.join("containers/mem/upper/root/ready");
+    let t = Instant::now();
+    while !upper_ready.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "workload did not get ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&["status", "mem", "--json"])).expect("json");
+    let pid = status["pid"].as_i64().expect("pid") as i32;
+    let rss = vm_rss(pid);
+
+    // The limit: one reader copying every present page of the process.
+    let (bytes_read, secs) = read_all_memory(pid);
+    let reader_gbs = bytes_read as f64 / secs / 1e9;
+
+    let mut results = Vec::new();
+    for (label, compress) in [("none", "none"), ("zstd", "zstd")] {
+        let image = root.join(format!("img-{label}"));
+        let t = Instant::now();
+        let out = run(&[
+            "checkpoint",
+            "mem",
+            "--leave-running",
+            "--json",
+            "--compress",
+            compress,
+            "--image",
+            image.to_str().expect("utf-8"),
+        ]);
+        let wall = t.elapsed().as_secs_f64();
+        let s: serde_json::Value = serde_json::from_str(&out).expect("summary json");
+        results.push((label, s, wall));
+    }
+
+    println!(
+        "checkpoint of 1 GiB touched memory (512 MiB random, 512 MiB zero pages), RSS {:.0} MiB",
+        rss as f64 / (1 << 20) as f64
+    );
+    println!("  limit: process_vm_readv of every present page   {reader_gbs:6.2} GB/s ({:.0} MiB in {:.3} s)", bytes_read as f64 / (1 << 20) as f64, secs);
+    for (label, s, wall) in results {
+        let frozen = s["frozen_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        let stored = s["pages_written"].as_u64().unwrap_or(0) * 4096;
+        let bytes = s["bytes"].as_u64().unwrap_or(0);
+        let gbs = stored as f64 / frozen.max(1e-9) / 1e9;
+        println!(
+            "  compression {label:4}: frozen {frozen:.3} s (target 0.25: {}), dump {gbs:.2} GB/s = {:.2} of the reader, image {:.0} MiB = {:.3} of RSS (target 0.52: {}), wall {wall:.2} s",
+            if frozen <= 0.25 { "met" } else { "MISSED" },
+            gbs / reader_gbs,
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / rss as f64,
+            if (bytes as f64) <= 0.52 * rss as f64 { "met" } else { "MISSED" },
+        );
+    }
+}
+
+fn vm_rss(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Reads every readable private mapping of `pid` with process_vm_readv in
+/// 4 MiB calls; returns bytes read and seconds.
+fn read_all_memory(pid: i32) -> (u64, f64) {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut ranges = Vec::new();
+    for line in maps.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(range), Some(perms)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.contains("[vvar") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').expect("range");
+        ranges.push((
+            u64::from_str_radix(a, 16).expect("hex"),
+            u64::from_str_radix(b, 16).expect("hex"),
+        ));
+    }
+    let mut buf = vec![0u8; 4 << 20];
+    buf.iter_mut().step_by(4096).for_each(|b| *b = 1);
+    let mut total = 0u64;
+    let t = Instant::now();
+    for (start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(buf.len());
+            let remote = [RemoteIoVec {
+                base: at as usize,
+                len,
+            }];
+            let mut local = [IoSliceMut::new(&mut buf[..len])];
+            match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
+                Ok(n) if n > 0 => total += n as u64,
+                _ => {}
+            }
+            at += len as u64;
+        }
+    }
+    (total, t.elapsed().as_secs_f64())
+}
+
+fn cr_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let cr = dir.join("cr");
+    if !cr.exists() {
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--bin", "cr"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    cr
+}
+
+struct Cleanup {
+    cr: PathBuf,
+    root: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.cr)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["destroy", "mem"])
+            .output();
+        if let Ok(host) = cr::host::Host::open(&self.root) {
+            let parent = host.cgroup_parent();
+            if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+                for e in entries.flatten() {
+                    let _ = fs::remove_dir(e.path().join(&parent));
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
