@@ -8,14 +8,17 @@
 //!
 //! Run as root: `cargo bench --bench checkpoint`.
 
+mod common;
 use std::fs;
 use std::io::IoSliceMut;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
+
+use common::{cr_binary, Cleanup};
 
 const WORKLOAD: &str = "import os, time\n\
 half = 512 << 20\n\
@@ -35,6 +38,7 @@ fn main() {
     let _cleanup = Cleanup {
         cr: cr.clone(),
         root: root.clone(),
+        bridge: None,
     };
     let run = |args: &[&str]| -> String {
         let out = Command::new(&cr)
@@ -179,42 +183,4 @@ fn read_all_memory(pid: i32) -> (u64, f64) {
         }
     }
     (total, t.elapsed().as_secs_f64())
-}
-
-fn cr_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let cr = dir.join("cr");
-    if !cr.exists() {
-        let status = Command::new("cargo")
-            .args(["build", "--release", "--bin", "cr"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    cr
-}
-
-struct Cleanup {
-    cr: PathBuf,
-    root: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.cr)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["destroy", "mem"])
-            .output();
-        if let Ok(host) = cr::host::Host::open(&self.root) {
-            let parent = host.cgroup_parent();
-            if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
-                for e in entries.flatten() {
-                    let _ = fs::remove_dir(e.path().join(&parent));
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.root);
-    }
 }

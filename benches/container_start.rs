@@ -10,6 +10,7 @@
 //! Run as root: `cargo bench --bench container_start`. Prints medians and
 //! the 50 ms target beside them.
 
+mod common;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, execv, fork, pipe2, pivot_root, ForkResult};
+
+use common::{cr_binary, Cleanup};
 
 const RUNS: usize = 30;
 const TARGET_MS: f64 = 50.0;
@@ -34,6 +37,7 @@ fn main() {
     let _cleanup = Cleanup {
         cr: cr.clone(),
         root: root.clone(),
+        bridge: Some("crbench0"),
     };
     let cr_at = |args: &[&str]| {
         let out = Command::new(&cr)
@@ -189,61 +193,5 @@ fn bare_start(rootfs: &Path) -> f64 {
             let _ = waitpid(child, None);
             elapsed
         }
-    }
-}
-
-fn cr_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    // target/<profile>/deps/container_start-HASH -> target/<profile>/cr
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let cr = dir.join("cr");
-    if !cr.exists() {
-        let status = Command::new("cargo")
-            .args(["build", "--release", "--bin", "cr"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    cr
-}
-
-struct Cleanup {
-    cr: PathBuf,
-    root: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new(&self.cr)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["list", "--json"])
-            .output()
-        {
-            if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
-                for c in list {
-                    if let Some(name) = c["name"].as_str() {
-                        let _ = Command::new(&self.cr)
-                            .arg("--root")
-                            .arg(&self.root)
-                            .args(["destroy", name])
-                            .output();
-                    }
-                }
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", "crbench0"])
-            .output();
-        if let Ok(host) = cr::host::Host::open(&self.root) {
-            let parent = host.cgroup_parent();
-            if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
-                for e in entries.flatten() {
-                    let _ = fs::remove_dir(e.path().join(&parent));
-                }
-            }
-            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
-        }
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
