@@ -372,3 +372,55 @@ fn damaged_images_are_refused_with_the_record_they_hit() {
         "{err}"
     );
 }
+
+#[test]
+fn the_containers_own_files_travel_in_the_image() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let h = TestHost::new();
+    h.run(
+        "files",
+        TestImage::Busybox,
+        None,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo mine > /root/note; rm /etc/hostname; mkdir -p /srv/a; exec sleep 1000",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(3), || h
+        .cr(&["exec", "files", "--", "test", "-d", "/srv/a"])
+        .status
+        .success()));
+    let image = h.root.join("img-files");
+    h.ok(&[
+        "checkpoint",
+        "files",
+        "--image",
+        image.to_str().expect("utf-8"),
+    ]);
+    assert!(image.join("upper.tar").is_file());
+
+    // Put the layer back into a fresh directory and look at it.
+    let upper = h.root.join("restored-upper");
+    cr::container::upper::extract(&image, &upper).expect("extracting the upper layer");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("root/note")).expect("note"),
+        "mine\n"
+    );
+    let whiteout = std::fs::symlink_metadata(upper.join("etc/hostname")).expect("whiteout");
+    assert!(
+        whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+        "deleting an image file must stay deleted"
+    );
+    assert!(upper.join("srv/a").is_dir());
+    // A second extract replaces the layer and leaves no side directories.
+    cr::container::upper::extract(&image, &upper).expect("extracting again");
+    let siblings: Vec<_> = std::fs::read_dir(&h.root)
+        .expect("root")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restored-upper"))
+        .collect();
+    assert_eq!(siblings, ["restored-upper"]);
+}

@@ -87,6 +87,15 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<i32> {
         stats.zero_pages,
         stats.data_pages * 4096
     );
+    let upper = args.image.join(crate::container::upper::UPPER_ARCHIVE);
+    match std::fs::metadata(&upper) {
+        Ok(meta) => println!(
+            "container files: {} ({} bytes, tar with xattrs)",
+            upper.display(),
+            meta.len()
+        ),
+        Err(_) => println!("container files: none in this image"),
+    }
     Ok(0)
 }
 

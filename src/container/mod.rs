@@ -21,6 +21,7 @@ pub mod start;
 pub mod state;
 pub mod stop;
 pub mod supervisor;
+pub mod upper;
 pub mod userns;
 
 use std::path::{Path, PathBuf};

@@ -335,6 +335,8 @@ fn dump_frozen(
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;
+    // Every task is stopped: the files match the memory just saved.
+    crate::container::upper::archive(&container.dir.join("upper"), dir)?;
     for path in [&records_path, &pages_path] {
         File::open(path)
             .and_then(|f| f.sync_all())
