@@ -349,7 +349,8 @@ fn check_syscall_insn(pid: Pid, thread: &Thread, regs: &user_regs_struct) -> Res
 /// The highest page-aligned range of `len` bytes in `[lo, hi)` that keeps
 /// `margin` bytes away from every range of `busy` (in any order, may overlap).
 pub fn find_free_range(busy: &[(u64, u64)], len: u64, margin: u64, hi: u64) -> Option<u64> {
-    let lo = margin;
+    // Never below the usual mmap_min_addr.
+    let lo = margin.max(0x10000);
     let mut sorted = busy.to_vec();
     sorted.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
