@@ -143,7 +143,9 @@ pub fn rebuild_process(
         .ok_or_else(|| invalid("the image has no address space (a zombie)".into()))?;
     let final_regs = final_registers(thread).map_err(invalid)?;
     let husk = |what: &'static str| move |source| RestoreError::Husk { pid, what, source };
-    let xsize = tracee.xstate_size().map_err(husk("reading the XSTATE size"))?;
+    let xsize = tracee
+        .xstate_size()
+        .map_err(husk("reading the XSTATE size"))?;
     if xsize != thread.xsave.0.len() {
         return Err(invalid(format!(
             "the image's XSTATE is {} bytes, this machine's {xsize}",
@@ -171,10 +173,8 @@ pub fn rebuild_process(
         .filter(|r| r.0 < TASK_TOP)
         .collect();
     let want = 2 * PAGE + block_len;
-    let gadget = find_free_range(&busy, want, MARGIN, TASK_TOP).ok_or(RestoreError::NoFreeRange {
-        pid,
-        len: want,
-    })?;
+    let gadget = find_free_range(&busy, want, MARGIN, TASK_TOP)
+        .ok_or(RestoreError::NoFreeRange { pid, len: want })?;
     let scratch = gadget + PAGE;
     let hop = gadget + 2 * PAGE;
     {
@@ -193,11 +193,13 @@ pub fn rebuild_process(
             )
             .map_err(husk("unregistering its rseq area"))?;
         }
-        let setup = |what, addr| move |source| RestoreError::Gadget {
-            pid,
-            what,
-            addr,
-            source,
+        let setup = |what, addr| {
+            move |source| RestoreError::Gadget {
+                pid,
+                what,
+                addr,
+                source,
+            }
         };
         map_exact(&mut rs, gadget, libc::PROT_READ | libc::PROT_EXEC)
             .map_err(setup("gadget", gadget))?;
@@ -235,11 +237,13 @@ pub fn rebuild_process(
     restore_signal_state(&mut rs, pid, process, thread, scratch)?;
 
     // Step 7: nothing of the restorer stays mapped.
-    let cleanup = |what, addr| move |source| RestoreError::Cleanup {
-        pid,
-        what,
-        addr,
-        source,
+    let cleanup = |what, addr| {
+        move |source| RestoreError::Cleanup {
+            pid,
+            what,
+            addr,
+            source,
+        }
     };
     rs.remote_munmap(scratch, PAGE)
         .map_err(cleanup("scratch", scratch))?;
@@ -426,10 +430,7 @@ fn move_vdso(
         .filter(|v| matches!(v.kind, VmaKind::Vvar | VmaKind::Vdso))
         .collect();
     image.sort_by_key(|v| v.start);
-    let husk_shape: Vec<(u64, bool)> = block
-        .iter()
-        .map(|p| (p.1 - p.0, p.2 == "[vdso]"))
-        .collect();
+    let husk_shape: Vec<(u64, bool)> = block.iter().map(|p| (p.1 - p.0, p.2 == "[vdso]")).collect();
     let image_shape: Vec<(u64, bool)> = image
         .iter()
         .map(|v| (v.end - v.start, v.kind == VmaKind::Vdso))
@@ -450,7 +451,11 @@ fn move_vdso(
     let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
     for (from_base, to_base) in [(base, hop), (hop, target)] {
         for (start, end, name) in block {
-            let (from, to, len) = (from_base + start - base, to_base + start - base, end - start);
+            let (from, to, len) = (
+                from_base + start - base,
+                to_base + start - base,
+                end - start,
+            );
             let got = rs
                 .remote_mremap(from, len, len, flags, to)
                 .map_err(|source| RestoreError::VdsoMove {
@@ -564,14 +569,13 @@ fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) ->
         }
     }
     if let Some((path, fd)) = open {
-        rs.remote_close(fd)
-            .map_err(|source| RestoreError::MapVma {
-                pid,
-                start: 0,
-                end: 0,
-                kind: format!("closing {}", String::from_utf8_lossy(&path)),
-                source,
-            })?;
+        rs.remote_close(fd).map_err(|source| RestoreError::MapVma {
+            pid,
+            start: 0,
+            end: 0,
+            kind: format!("closing {}", String::from_utf8_lossy(&path)),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -599,11 +603,13 @@ fn write_pages(pid: Pid, vmas: &[Vma], pages: &[Pages<'_>]) -> Result<()> {
                 len,
             });
         }
-        let err = |addr, len| move |source| RestoreError::Pages {
-            pid,
-            addr,
-            len,
-            source,
+        let err = |addr, len| {
+            move |source| RestoreError::Pages {
+                pid,
+                addr,
+                len,
+                source,
+            }
         };
         match run.data {
             Some(data) => {
@@ -652,7 +658,10 @@ fn set_mm_map(rs: &mut RemoteSyscall<'_>, pid: Pid, mm: &MmState, scratch: u64) 
     let exe_fd = if mm.exe_file.as_bytes().is_empty() {
         None
     } else {
-        Some(remote_open(rs, pid, scratch, mm.exe_file.as_bytes()).map_err(err("opening the exe"))?)
+        Some(
+            remote_open(rs, pid, scratch, mm.exe_file.as_bytes())
+                .map_err(err("opening the exe"))?,
+        )
     };
     let mut map = Vec::with_capacity(PRCTL_MM_MAP_SIZE);
     for w in [
