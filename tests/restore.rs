@@ -209,31 +209,37 @@ fn check_rebuilt(
     snap: &[(u64, Vec<u8>)],
     dumped: &DumpedProcess,
 ) {
-    let rseq = dumped.threads[0]
-        .rseq
-        .map(|r| (r.addr, r.addr + u64::from(r.len)))
-        .unwrap_or((0, 0));
     let now = maps_of(husk);
     assert_eq!(
         now, original_maps,
         "the rebuilt address space differs from the checkpointed one"
     );
     for (addr, want) in snap {
-        let mut got = vec![0u8; want.len()];
-        let n = read_memory(husk, *addr, &mut got).expect("reading the rebuilt memory");
-        assert_eq!(n, want.len(), "short read of the rebuilt mapping {addr:#x}");
-        let differs = |(i, (a, b)): &(usize, (&u8, &u8))| {
-            let at = addr + *i as u64;
-            a != b && !(rseq.0 <= at && at < rseq.1)
-        };
-        if let Some((i, _)) = got.iter().zip(want).enumerate().find(differs) {
-            panic!(
-                "rebuilt memory differs at {:#x} (mapping {addr:#x}): {:#04x} != {:#04x}",
-                addr + i as u64,
-                got[i],
-                want[i]
-            );
-        }
+        check_bytes(husk, *addr, want, dumped, "mapping");
+    }
+}
+
+/// Panics unless `husk` holds `want` at `addr`, bytes of the registered
+/// rseq area apart (the kernel writes the current CPU into it).
+fn check_bytes(husk: Pid, addr: u64, want: &[u8], dumped: &DumpedProcess, what: &str) {
+    let rseq = dumped.threads[0]
+        .rseq
+        .map(|r| (r.addr, r.addr + u64::from(r.len)))
+        .unwrap_or((0, 0));
+    let mut got = vec![0u8; want.len()];
+    let n = read_memory(husk, addr, &mut got).expect("reading the rebuilt memory");
+    assert_eq!(n, want.len(), "short read of the rebuilt {what} {addr:#x}");
+    let differs = |(i, (a, b)): &(usize, (&u8, &u8))| {
+        let at = addr + *i as u64;
+        a != b && !(rseq.0 <= at && at < rseq.1)
+    };
+    if let Some((i, _)) = got.iter().zip(want).enumerate().find(differs) {
+        panic!(
+            "rebuilt memory differs at {:#x} ({what} {addr:#x}): {:#04x} != {:#04x}",
+            addr + i as u64,
+            got[i],
+            want[i]
+        );
     }
 }
 
@@ -346,10 +352,7 @@ fn rebuilt_memory_matches_the_dump_byte_for_byte() {
     // Every dumped page is in place...
     for p in &pages {
         let want = p.data.expect("data");
-        let mut got = vec![0u8; want.len()];
-        let n = read_memory(husk_pid, p.vaddr, &mut got).expect("read");
-        assert_eq!(n, want.len());
-        assert!(got == want, "page run {:#x} differs", p.vaddr);
+        check_bytes(husk_pid, p.vaddr, want, &dumped, "page run");
     }
     // ...and so is every other byte of every mapping.
     check_rebuilt(husk_pid, &maps, &snap, &dumped);
