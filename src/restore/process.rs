@@ -34,7 +34,8 @@
 //!                                                        args/env, auxv, exe_fd
 //!        ▼
 //!  rt_sigaction ×62 (recorded or SIG_DFL), sigaltstack, 5  thread state, run
-//!  setitimer ×3, set_tid_address, set_robust_list, rseq    by the thread itself
+//!  setitimer ×3, set_tid_address, set_robust_list,         by the thread itself
+//!  PR_SET_NAME (comm), rseq
 //!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
@@ -779,6 +780,15 @@ fn restore_signal_state(
     };
     rs.inject(libc::SYS_set_robust_list, [rl.head, len, 0, 0, 0, 0])
         .map_err(err("set_robust_list".into()))?;
+    let comm = thread.comm.as_bytes();
+    if !comm.is_empty() {
+        // The kernel keeps at most 15 bytes and a NUL.
+        let mut name = comm[..comm.len().min(15)].to_vec();
+        name.push(0);
+        write_memory(pid, scratch, &name).map_err(err("PR_SET_NAME".into()))?;
+        rs.remote_prctl(libc::PR_SET_NAME, scratch, 0, 0, 0)
+            .map_err(err("prctl(PR_SET_NAME)".into()))?;
+    }
     if let Some(r) = &thread.rseq {
         rs.inject(
             libc::SYS_rseq,
