@@ -19,6 +19,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod inject;
+pub mod restore;
 pub mod size;
 
 pub use error::{Error, Result};

@@ -740,3 +740,53 @@ fn pipe_data(host_pid: i32, fd: i32, pipe: u64) -> Result<PipeData> {
         data: Blob(data),
     })
 }
+
+/// One process dumped into memory by [`dump_process`].
+#[derive(Debug, Clone)]
+pub struct DumpedProcess {
+    pub process: Process,
+    pub threads: Vec<Thread>,
+    pub vmas: Vec<cr_formats::schema::Vma>,
+    /// The pages restore needs: (address, contents), a whole number of pages each.
+    pub pages: Vec<(u64, Vec<u8>)>,
+}
+
+/// Dumps one single-threaded process outside any container (tests and
+/// tools): `tracee` is its seized, stopped main thread. Descriptors are not
+/// collected.
+pub fn dump_process(host_pid: i32, tracee: &mut Tracee) -> Result<DumpedProcess> {
+    let status = procfs::read_status(host_pid)?;
+    let pid = status.pid_in_ns();
+    let mut maps = Vec::new();
+    for m in procfs::read_maps(host_pid)? {
+        let kind = mm::classify(pid, &status.name, &m)?;
+        maps.push((m, kind));
+    }
+    let task = Task {
+        host_pid,
+        tids: procfs::read_tids(host_pid)?,
+        status,
+        fds: Vec::new(),
+        maps,
+    };
+    let process = collect_process(&task, &HashMap::new(), &mut [&mut *tracee])?;
+    let threads = vec![collect_thread(pid, tracee)?];
+    let pagemap_path = format!("/proc/{host_pid}/pagemap");
+    let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;
+    let mut vmas = Vec::new();
+    let mut pages = Vec::new();
+    for (m, kind) in &task.maps {
+        vmas.push(mm::vma_record(pid, m, kind.clone()));
+        for (addr, n) in mm::dirty_runs(&pagemap, pid, m, kind)? {
+            let mut buf = vec![0u8; (n * PAGE_SIZE) as usize];
+            mm::read_pages(host_pid, addr, &mut buf)?;
+            pages.push((addr, buf));
+        }
+    }
+    Ok(DumpedProcess {
+        process,
+        threads,
+        vmas,
+        pages,
+    })
+}
