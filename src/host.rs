@@ -65,6 +65,28 @@ impl Host {
         self.containers_dir().join(name)
     }
 
+    /// Where the checkpoint images of container `name` live; `cr destroy`
+    /// keeps them.
+    pub fn checkpoints_dir(&self, name: &str) -> PathBuf {
+        self.root.join("checkpoints").join(name)
+    }
+
+    /// Ids of the complete checkpoints of container `name`, oldest first
+    /// (ids are UTC times and sort as such).
+    pub fn checkpoint_ids(&self, name: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.checkpoints_dir(name)) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !id.ends_with(".partial") && e.path().join("records.img").is_file() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort();
+        ids
+    }
+
     /// The cgroup directory name under which this host's containers live.
     pub fn cgroup_parent(&self) -> String {
         if self.root == Path::new(DEFAULT_ROOT) {

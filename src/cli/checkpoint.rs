@@ -54,46 +54,23 @@ pub enum CheckpointCommand {
     Rm { name: String, id: String },
 }
 
-/// The checkpoints area of one container.
-pub fn checkpoints_dir(host: &Host, name: &str) -> PathBuf {
-    host.root().join("checkpoints").join(name)
-}
-
-/// Checkpoint ids of a container, oldest first (ids sort by time).
-pub fn list_ids(host: &Host, name: &str) -> anyhow::Result<Vec<String>> {
-    let dir = checkpoints_dir(host, name);
-    let mut ids = Vec::new();
-    if let Ok(entries) = fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if e.path().join(cr_formats::layout::RECORDS_FILE).is_file()
-                && !id.ends_with(".partial")
-            {
-                ids.push(id);
-            }
-        }
-    }
-    ids.sort();
-    Ok(ids)
-}
-
 pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
     match args.command {
         Some(CheckpointCommand::List { name, json }) => {
             validate_name("container", &name)?;
-            let ids = list_ids(host, &name)?;
+            let ids = host.checkpoint_ids(&name);
             if json {
                 let list: Vec<_> = ids
                     .iter()
                     .map(|id| {
-                        let path = checkpoints_dir(host, &name).join(id);
+                        let path = host.checkpoints_dir(&name).join(id);
                         serde_json::json!({"id": id, "path": path, "bytes": dir_size(&path)})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for id in ids {
-                    let path = checkpoints_dir(host, &name).join(&id);
+                    let path = host.checkpoints_dir(&name).join(&id);
                     println!(
                         "{id}  {:>8}  {}",
                         HumanSize(dir_size(&path)).to_string(),
@@ -108,7 +85,7 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
             if id.contains('/') || id.starts_with('.') {
                 return Err(Error::Invalid(format!("invalid checkpoint id {id:?}")).into());
             }
-            let path = checkpoints_dir(host, &name).join(&id);
+            let path = host.checkpoints_dir(&name).join(&id);
             if !path.join(cr_formats::layout::RECORDS_FILE).is_file() {
                 return Err(Error::Invalid(format!(
                     "container {name:?} has no checkpoint {id:?} (see `cr checkpoint list {name}`)"
@@ -123,7 +100,7 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
             let container = Container::open(host, &name)?;
             let image_dir = match args.image {
                 Some(dir) => dir,
-                None => checkpoints_dir(host, &name).join(timestamp_id()),
+                None => host.checkpoints_dir(&name).join(timestamp_id()),
             };
             let opts = CheckpointOptions {
                 image_dir,

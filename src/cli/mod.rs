@@ -67,7 +67,26 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Internal: the per-container supervisor started by `cr start`.
     #[command(name = "__supervise", hide = true)]
-    Supervise(run::NameArg),
+    Supervise(SuperviseArgs),
+    /// Rebuild a container from a checkpoint image and resume it.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    pub name: String,
+    /// Rebuild the process tree of this checkpoint image.
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Container to restore (it may have been destroyed since).
+    pub name: String,
+    /// Image directory (default: the container's newest checkpoint).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
 }
 
 /// Runs one command; returns the process exit code.
@@ -92,7 +111,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(args) => logs::logs(&host, args),
         Command::Checkpoint(args) => checkpoint::run(&host, args),
         Command::Inspect(args) => inspect::inspect(args),
-        Command::Supervise(args) => Ok(crate::container::supervisor::run(&host, &args.name)?),
+        Command::Supervise(args) => Ok(crate::container::supervisor::run(
+            &host,
+            &args.name,
+            args.restore.as_deref(),
+        )?),
+        Command::Restore(args) => {
+            let (pid, image) =
+                crate::restore::container::restore(&host, &args.name, args.image.as_deref())?;
+            println!(
+                "{} restored from {} (PID 1 is host PID {pid})",
+                args.name,
+                image.display()
+            );
+            Ok(0)
+        }
     }
 }
 

@@ -93,7 +93,7 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
 }
 
 /// Refuses an address another container of this host already has.
-fn check_address_free(host: &Host, address: Ipv4Cidr) -> Result<()> {
+pub fn check_address_free(host: &Host, address: Ipv4Cidr) -> Result<()> {
     for name in host.container_names()? {
         let Ok(other) = ContainerConfig::load(&host.container_dir(&name).join("config.toml"))
         else {

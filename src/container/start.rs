@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
@@ -17,6 +18,12 @@ use crate::error::{Error, IoContext, Result, SysContext};
 
 /// Starts the container; returns the host PID of its PID 1.
 pub fn start(container: &Container) -> Result<Pid> {
+    start_with(container, None)
+}
+
+/// Starts the container, or with `restore`, rebuilds it from that checkpoint
+/// image; returns the host PID of its PID 1.
+pub fn start_with(container: &Container, restore: Option<&Path>) -> Result<Pid> {
     let (status, _) = container.status()?;
     if status != Status::Stopped {
         return Err(Error::WrongState {
@@ -42,6 +49,11 @@ pub fn start(container: &Container) -> Result<Pid> {
         .arg(container.host.root())
         .arg("__supervise")
         .arg(&container.name)
+        .args(
+            restore
+                .iter()
+                .flat_map(|dir| [std::ffi::OsStr::new("--restore"), dir.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);

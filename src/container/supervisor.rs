@@ -62,6 +62,7 @@ use crate::container::userns::{self, Cloned};
 use crate::error::{Error, IoContext, Result, SysContext};
 use crate::host::Host;
 use crate::image::ImageStore;
+use crate::restore::{self, image::LoadedImage};
 
 /// The fd on which the supervisor reports to `cr start`.
 pub const STATUS_FD: RawFd = 3;
@@ -93,7 +94,9 @@ struct Launched {
 
 /// Entry point of `cr __supervise NAME`. Never returns on success paths that
 /// matter: it exits when PID 1 exits.
-pub fn run(host: &Host, name: &str) -> Result<i32> {
+/// `restore` names a checkpoint image: PID 1 then rebuilds the image's
+/// process tree instead of executing the container's command.
+pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
     // SAFETY: fd 3 was set up by `cr start` (dup2 in pre_exec) as the write
     // end of the status pipe, and nothing else in this process owns it.
     let mut status = File::from(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
@@ -104,8 +107,16 @@ pub fn run(host: &Host, name: &str) -> Result<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }.sys(|| format!("ignoring {sig}"))?;
     }
-    match launch(host, &config) {
+    let image = match restore.map(LoadedImage::load).transpose() {
+        Ok(image) => image,
+        Err(err) => {
+            let _ = writeln!(status, "error {}", one_line(&err.to_string()));
+            return Ok(1);
+        }
+    };
+    match launch(host, &config, image.as_ref()) {
         Ok(launched) => {
+            drop(image);
             let _ = writeln!(status, "ok {}", launched.init);
             drop(status);
             monitor(host, &config, launched)
@@ -121,7 +132,11 @@ fn one_line(text: &str) -> String {
     text.replace('\n', " ")
 }
 
-fn launch(host: &Host, config: &ContainerConfig) -> Result<Launched> {
+fn launch(
+    host: &Host,
+    config: &ContainerConfig,
+    restore: Option<&LoadedImage>,
+) -> Result<Launched> {
     let dir = host.container_dir(&config.name);
     let image = ImageStore::new(host.images_dir()).get(&config.image)?;
     let command = if config.command.is_empty() {
@@ -142,14 +157,22 @@ fn launch(host: &Host, config: &ContainerConfig) -> Result<Launched> {
         )));
     }
     cgroup.create(&config.limits)?;
-    let launched =
-        spawn_init(config, &image.rootfs, &dirs, &command, &cgroup, &dir).inspect_err(|_| {
-            let _ = cgroup.kill_all();
-            let _ = cgroup.remove();
-            if let Some(net) = &config.network {
-                let _ = network::teardown(net);
-            }
-        })?;
+    let launched = spawn_init(
+        config,
+        &image.rootfs,
+        &dirs,
+        &command,
+        &cgroup,
+        &dir,
+        restore,
+    )
+    .inspect_err(|_| {
+        let _ = cgroup.kill_all();
+        let _ = cgroup.remove();
+        if let Some(net) = &config.network {
+            let _ = network::teardown(net);
+        }
+    })?;
     Ok(launched)
 }
 
@@ -160,6 +183,7 @@ fn spawn_init(
     command: &[String],
     cgroup: &ContainerCgroup,
     dir: &Path,
+    restore: Option<&LoadedImage>,
 ) -> Result<Launched> {
     let pty = openpty(
         Some(&Winsize {
@@ -249,6 +273,7 @@ fn spawn_init(
                 envp: &envp,
                 idmap: idmap_child,
                 lower_mount_point: &spec_paths.4,
+                restore,
             };
             let Err(err) = init_main(init, to_child_r, &from_child_w);
             let mut report = File::from(from_child_w);
@@ -304,10 +329,16 @@ fn spawn_init(
         return Err(fail("PID 1 exited before it was told to start".into()));
     }
     drop(to_child);
-    let mut message = String::new();
-    let _ = from_child.read_to_string(&mut message);
-    if !message.is_empty() {
-        return Err(fail(message));
+    if let Some(image) = restore {
+        if let Err(e) = restore::tree::take_over(image, cgroup, &mut from_child) {
+            return Err(fail(e.to_string()));
+        }
+    } else {
+        let mut message = String::new();
+        let _ = from_child.read_to_string(&mut message);
+        if !message.is_empty() {
+            return Err(fail(message));
+        }
     }
 
     let init_start_time = process_start_time(child.as_raw()).ok_or_else(|| {
@@ -373,6 +404,8 @@ struct InitArgs<'a> {
     idmap: Option<OwnedFd>,
     /// Where the idmapped image rootfs is attached.
     lower_mount_point: &'a Path,
+    /// Rebuild this image's process tree instead of executing `argv`.
+    restore: Option<&'a LoadedImage>,
 }
 
 /// PID 1 before its exec. Only returns on error.
@@ -430,6 +463,9 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
     rootfs::pivot(args.target)?;
     sethostname(args.hostname).sys(|| format!("setting hostname {:?}", args.hostname))?;
     drop_host_capabilities()?;
+    if let Some(image) = args.restore {
+        return restore::tree::husk_main(image, ready);
+    }
     close_extra_fds();
     execve(&args.argv[0], args.argv, args.envp).sys(|| format!("executing {:?}", args.argv[0]))
 }

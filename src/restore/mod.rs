@@ -11,7 +11,10 @@
 //!
 //! Only the single-threaded core is here so far: see [`process`].
 
+pub mod container;
+pub mod image;
 pub mod process;
+pub mod tree;
 
 use cr_formats::schema::VmaKind;
 use nix::unistd::Pid;

@@ -1,0 +1,418 @@
+//! Rebuilding a container's process tree.
+//!
+//! Two sides, in two processes:
+//!
+//! ```text
+//! PID 1 (restorer code, in the container's        supervisor (host side)
+//! namespaces, after pivot_root)
+//! open every file of the image at fds >= 1000,
+//! create every pipe and refill it
+//! become(1):
+//!   setsid/setpgid as recorded
+//!   clone3(set_tid = [child pid]) for each
+//!   child, which runs become(child) itself
+//!   dup3 its files to their recorded numbers,
+//!   close everything else
+//!   write 'H' to the report pipe ──────────────▶  count one 'H' per process
+//!   pause() forever (a husk)                      seize + interrupt every husk
+//!                                                 rebuild each (restore::process:
+//!                                                 memory, registers, signal state)
+//!                                                 detach all: the container runs on
+//! ```
+//!
+//! A descriptor shared by several processes (the same open file, after dup
+//! or fork) is opened once before the first clone and inherited, so offsets
+//! and flags stay shared as they were. What a husk cannot set up is
+//! reported on the report pipe as a message instead of 'H'.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use cr_formats::schema::{FileKind, PipeEnd};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
+
+use crate::container::cgroups::ContainerCgroup;
+use crate::dump::procfs;
+use crate::error::{Error, Result};
+use crate::inject::Tracee;
+use crate::restore::image::LoadedImage;
+use crate::restore::process::rebuild_process;
+
+/// Image descriptors must be below this; the restorer's own fds live above.
+pub const FIRST_PRIVATE_FD: RawFd = 900;
+/// Where the files of the image are parked before they are handed out.
+const TABLE_FD: RawFd = 1000;
+
+/// Checks what this restore can rebuild, before anything is created.
+pub fn check(image: &LoadedImage) -> Result<()> {
+    for p in image.processes.values() {
+        let pid = p.process.pid;
+        let comm = &p.process.comm;
+        let refuse =
+            |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
+        if p.threads.len() != 1 {
+            return Err(refuse(format!(
+                "it has {} threads; restoring multi-threaded processes is not supported yet",
+                p.threads.len()
+            )));
+        }
+        let c = &p.process.creds;
+        if [
+            c.uid.real,
+            c.uid.effective,
+            c.uid.saved,
+            c.gid.real,
+            c.gid.effective,
+            c.gid.saved,
+        ] != [0; 6]
+        {
+            return Err(refuse(
+                "it runs as another user than root; restoring credentials is not supported yet"
+                    .into(),
+            ));
+        }
+        for fd in &p.fds {
+            if fd.fd >= FIRST_PRIVATE_FD {
+                return Err(refuse(format!(
+                    "fd {} is above {FIRST_PRIVATE_FD}, which restore does not handle yet",
+                    fd.fd
+                )));
+            }
+            let file = image.files.get(&fd.file).ok_or_else(|| {
+                refuse(format!(
+                    "fd {} names file {} that the image lacks",
+                    fd.fd, fd.file
+                ))
+            })?;
+            if let FileKind::Fifo { path, .. } = &file.kind {
+                return Err(refuse(format!(
+                    "fd {} is the FIFO {path}; restoring FIFOs is not supported yet",
+                    fd.fd
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PID 1's side: builds the tree of husks. Only returns on error.
+pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
+    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(FIRST_PRIVATE_FD))
+        .map_err(|e| Error::sys("moving the report pipe", e))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(moved) };
+    let table = open_table(image)?;
+    become_process(1, image, &table, report)
+}
+
+/// Opens every file and pipe of the image once, at fds >= 1000.
+fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
+    let mut table = HashMap::new();
+    let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
+    let mut ids: Vec<_> = image.files.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let file = &image.files[&id];
+        let flags = OFlag::from_bits_truncate(file.flags as i32)
+            & !(OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_EXCL
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY);
+        let fd = match &file.kind {
+            FileKind::Regular { path, pos, .. } => {
+                let fd = open(&path.to_string(), flags)?;
+                // SAFETY: lseek on an fd we just opened.
+                unsafe { libc::lseek(fd, *pos as libc::off_t, libc::SEEK_SET) };
+                fd
+            }
+            FileKind::Directory { path, .. } => {
+                open(&path.to_string(), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
+            }
+            FileKind::CharDevice { path, .. } => {
+                // The console of the checkpointed container was a pty of the
+                // host; the restored container has its own, at /dev/console.
+                let path = path.to_string();
+                let path = if path.starts_with("/dev/pts/") {
+                    "/dev/console".to_string()
+                } else {
+                    path
+                };
+                open(&path, flags | OFlag::O_NOCTTY)?
+            }
+            FileKind::Pipe { pipe, end } => {
+                let (r, w) = match pipes.get(pipe) {
+                    Some(ends) => *ends,
+                    None => {
+                        let ends = new_pipe(image, *pipe)?;
+                        pipes.insert(*pipe, ends);
+                        ends
+                    }
+                };
+                let fd = match end {
+                    PipeEnd::Read => r,
+                    PipeEnd::Write => w,
+                };
+                if flags.contains(OFlag::O_NONBLOCK) {
+                    // SAFETY: F_SETFL on an fd we own.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+                }
+                fd
+            }
+            FileKind::Fifo { path, .. } => {
+                return Err(Error::Invalid(format!(
+                    "restoring the FIFO {path} is not supported yet"
+                )));
+            }
+        };
+        table.insert(id, park(fd)?);
+    }
+    Ok(table)
+}
+
+/// Moves an fd to the private range (>= 1000), close-on-exec.
+fn park(fd: RawFd) -> Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; the old one is closed.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, TABLE_FD) };
+    let high = Errno::result(high).map_err(|e| Error::sys("parking a restored file", e))?;
+    // SAFETY: closing the original fd we own.
+    unsafe { libc::close(fd) };
+    Ok(high)
+}
+
+fn open(path: &str, flags: OFlag) -> Result<RawFd> {
+    let c = CString::new(path)
+        .map_err(|_| Error::Invalid(format!("path {path:?} contains a NUL byte")))?;
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags.bits(), 0) };
+    Errno::result(fd).map_err(|e| Error::sys(format!("opening {path}"), e))
+}
+
+/// A new pipe with the image's capacity and contents.
+fn new_pipe(image: &LoadedImage, pipe: u64) -> Result<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    Errno::result(rc).map_err(|e| Error::sys("creating a pipe", e))?;
+    if let Some(data) = image.pipes.get(&pipe) {
+        // SAFETY: F_SETPIPE_SZ on our own pipe.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, data.capacity as libc::c_int) };
+        let mut bytes = &data.data.0[..];
+        while !bytes.is_empty() {
+            // SAFETY: writing from a live slice to our pipe.
+            let n = unsafe { libc::write(fds[1], bytes.as_ptr().cast(), bytes.len()) };
+            let n = Errno::result(n).map_err(|e| Error::sys("refilling a pipe", e))?;
+            bytes = &bytes[n as usize..];
+        }
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1, 80 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 80);
+
+/// fork(2) with a chosen PID in the caller's PID namespace.
+fn fork_with_pid(pid: i32) -> Result<i32> {
+    let tid: [libc::pid_t; 1] = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: args is a valid clone_args of the size passed, set_tid points
+    // at a live array of one pid; stack 0 makes this behave as fork(2). PID 1
+    // is single-threaded.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    Errno::result(rc)
+        .map(|r| r as i32)
+        .map_err(|e| Error::sys(format!("creating process {pid} (clone3 with set_tid)"), e))
+}
+
+/// Becomes the husk of image process `pid`; only returns on error.
+fn become_process(
+    pid: i32,
+    image: &LoadedImage,
+    table: &HashMap<u64, RawFd>,
+    report: OwnedFd,
+) -> Result<Infallible> {
+    let p = &image.processes[&pid];
+    let rec = &p.process;
+    // SAFETY: getsid/getpgid/setsid/setpgid take and return plain integers.
+    unsafe {
+        if rec.sid == pid && libc::getsid(0) != pid && libc::setsid() < 0 {
+            return Err(Error::sys(format!("process {pid}: setsid"), Errno::last()));
+        }
+        if libc::getpgid(0) != rec.pgid && libc::setpgid(0, rec.pgid) < 0 {
+            return Err(Error::sys(
+                format!("process {pid}: joining process group {}", rec.pgid),
+                Errno::last(),
+            ));
+        }
+    }
+    for child in image.children_of(pid) {
+        if fork_with_pid(child)? == 0 {
+            let result = become_process(child, image, table, report);
+            return result;
+        }
+    }
+    let mut keep: HashSet<RawFd> = HashSet::new();
+    keep.insert(report.as_raw_fd());
+    for fd in &p.fds {
+        let from = *table.get(&fd.file).ok_or_else(|| {
+            Error::Invalid(format!("process {pid}: fd {} names an unknown file", fd.fd))
+        })?;
+        let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 between two fds of this process.
+        let rc = unsafe { libc::dup3(from, fd.fd, flags) };
+        Errno::result(rc)
+            .map_err(|e| Error::sys(format!("process {pid}: placing fd {}", fd.fd), e))?;
+        keep.insert(fd.fd);
+    }
+    close_all_but(&keep);
+    // SAFETY: write one byte from a live buffer to the report pipe.
+    let rc = unsafe { libc::write(report.as_raw_fd(), b"H".as_ptr().cast(), 1) };
+    Errno::result(rc).map_err(|e| Error::sys(format!("process {pid}: reporting readiness"), e))?;
+    drop(report);
+    loop {
+        // SAFETY: pause takes no arguments; the restorer interrupts it.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Closes every fd of this process not in `keep`.
+fn close_all_but(keep: &HashSet<RawFd>) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: closing an fd of this process that nothing will use.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// The supervisor's side: waits for every husk, rebuilds each process and
+/// lets them all run. Returns the host PID of each container PID.
+pub fn take_over(
+    image: &LoadedImage,
+    cgroup: &ContainerCgroup,
+    report: &mut File,
+) -> Result<HashMap<i32, i32>> {
+    wait_for_husks(image.processes.len(), report)?;
+    let mut host_pid = HashMap::new();
+    for pid in cgroup.pids()? {
+        let status = procfs::read_status(pid.as_raw())?;
+        host_pid.insert(status.pid_in_ns(), pid.as_raw());
+    }
+    let mut tracees = Vec::new();
+    for pid in image.processes.keys() {
+        let host = *host_pid.get(pid).ok_or_else(|| {
+            Error::Invalid(format!(
+                "restored process {pid} is not in the container's cgroup"
+            ))
+        })?;
+        let mut tracee = Tracee::seize_and_interrupt(Pid::from_raw(host))?;
+        tracee.wait_stop(Some(Duration::from_secs(10)))?;
+        tracees.push((*pid, tracee));
+    }
+    for (pid, tracee) in tracees.iter_mut() {
+        let p = &image.processes[pid];
+        rebuild_process(
+            tracee,
+            &p.process,
+            &p.threads,
+            &p.vmas,
+            &image.pages_of(*pid),
+        )
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "rebuilding process {pid} ({}): {e}",
+                p.process.comm
+            ))
+        })?;
+    }
+    for (pid, tracee) in tracees {
+        tracee
+            .detach()
+            .map_err(|e| Error::Invalid(format!("resuming process {pid}: {e}")))?;
+    }
+    Ok(host_pid)
+}
+
+/// Reads one 'H' per husk from the report pipe; anything else is an error
+/// message from the tree.
+fn wait_for_husks(count: usize, report: &mut File) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    let mut buf = [0u8; 256];
+    while seen < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => {
+                return Err(Error::Invalid(format!(
+                    "only {seen} of {count} restored processes got ready in 30 s"
+                )))
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("waiting for the restored processes", e)),
+            Ok(_) => {}
+        }
+        let n = report
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", "the restore report pipe", e))?;
+        if n == 0 {
+            return Err(Error::Invalid(format!(
+                "the restored tree exited after {seen} of {count} processes got ready"
+            )));
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'H' {
+                seen += 1;
+            } else {
+                let mut message = String::from_utf8_lossy(&buf[i..n]).into_owned();
+                let mut rest = String::new();
+                let _ = report.read_to_string(&mut rest);
+                message.push_str(&rest);
+                return Err(Error::Invalid(message));
+            }
+        }
+    }
+    Ok(())
+}
