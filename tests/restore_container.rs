@@ -196,3 +196,31 @@ fn a_damaged_image_is_refused_and_nothing_is_built() {
     assert!(!h.root.join("containers/dmg").exists());
     assert!(h.container_cgroups("dmg").is_empty());
 }
+
+#[test]
+fn process_attributes_come_back() {
+    let h = TestHost::new();
+    h.run(
+        "attrs",
+        TestImage::Busybox,
+        None,
+        &[],
+        &["/bin/sh", "-c", "mkdir -p /srv/work; cd /srv/work; umask 027; ulimit -n 512; renice -n 5 $$ >/dev/null; exec sleep 1000"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let read = |h: &TestHost| {
+        let status = h.exec("attrs", &["cat", "/proc/1/status"]);
+        let umask = status.lines().find(|l| l.starts_with("Umask:")).unwrap_or_default().to_string();
+        let limits = h.exec("attrs", &["cat", "/proc/1/limits"]);
+        let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().to_string();
+        let cwd = h.exec("attrs", &["readlink", "/proc/1/cwd"]);
+        let stat = h.exec("attrs", &["cat", "/proc/1/stat"]);
+        let nice = stat.rsplit(')').next().unwrap_or_default().split_whitespace().nth(16).unwrap_or_default().to_string();
+        (umask, nofile, cwd, nice)
+    };
+    let before = read(&h);
+    assert!(before.0.contains("0027"), "{before:?}");
+    h.ok(&["checkpoint", "attrs"]);
+    h.ok(&["restore", "attrs"]);
+    assert_eq!(read(&h), before);
+}

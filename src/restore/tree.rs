@@ -299,6 +299,7 @@ fn become_process(
         keep.insert(fd.fd);
     }
     close_all_but(&keep);
+    set_attributes(p)?;
     // SAFETY: write one byte from a live buffer to the report pipe.
     let rc = unsafe { libc::write(report.as_raw_fd(), b"H".as_ptr().cast(), 1) };
     Errno::result(rc).map_err(|e| Error::sys(format!("process {pid}: reporting readiness"), e))?;
@@ -307,6 +308,44 @@ fn become_process(
         // SAFETY: pause takes no arguments; the restorer interrupts it.
         unsafe { libc::pause() };
     }
+}
+
+/// Process attributes the husk sets on itself; they survive the rebuild,
+/// which only replaces memory and registers.
+fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
+    let rec = &p.process;
+    let pid = rec.pid;
+    let cwd = rec.cwd.to_string();
+    if !cwd.is_empty() {
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("process {pid}: entering its working directory {cwd}"), e))?;
+    }
+    // SAFETY: umask, setrlimit, personality, setpriority and prctl take
+    // plain integers or a pointer to a live rlimit.
+    unsafe {
+        libc::umask(rec.umask as libc::mode_t);
+        for rl in &rec.rlimits {
+            let lim = libc::rlimit { rlim_cur: rl.cur, rlim_max: rl.max };
+            if libc::setrlimit(rl.resource as _, &lim) != 0 {
+                // Raising a hard limit needs CAP_SYS_RESOURCE, which the
+                // container may lack: keep the hard limit, restore the soft one.
+                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(rl.resource as _, &mut now) == 0 {
+                    now.rlim_cur = rl.cur.min(now.rlim_max);
+                    libc::setrlimit(rl.resource as _, &now);
+                }
+            }
+        }
+        if libc::personality(0xffff_ffff) as u32 != rec.personality {
+            libc::personality(rec.personality as libc::c_ulong);
+        }
+        if let Some(thread) = p.threads.first() {
+            libc::setpriority(libc::PRIO_PROCESS, 0, thread.sched.nice);
+        }
+        if rec.creds.no_new_privs {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        }
+    }
+    Ok(())
 }
 
 /// Closes every fd of this process not in `keep`.
