@@ -1,7 +1,8 @@
 //! `cr restore NAME`: rebuild a container from a checkpoint image.
 //!
 //! ```text
-//! load and verify the image (every checksum, the trailer, the page store)
+//! load and verify the image's records (every checksum, the trailer); the
+//!   supervisor verifies the page store as it reads it
 //! check that this restore can rebuild every process (refuse before building)
 //! container directory: reuse a stopped one, or recreate it from the config
 //!   the image carries (a destroyed container comes back with its IP and MAC)
@@ -40,7 +41,9 @@ pub fn restore(host: &Host, name: &str, image_dir: Option<&Path>) -> Result<(Pid
             host.checkpoints_dir(name).join(newest)
         }
     };
-    let image = LoadedImage::load(&image_dir)?;
+    // The records say what will be built; the supervisor reads (and
+    // verifies) the page store once, when it rebuilds the memory.
+    let image = LoadedImage::load_records(&image_dir)?;
     if image.manifest.container != name || image.config.name != name {
         return Err(Error::Invalid(format!(
             "image {} is a checkpoint of container {:?}, not {name:?}",

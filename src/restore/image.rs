@@ -47,7 +47,16 @@ pub struct LoadedImage {
 }
 
 impl LoadedImage {
+    /// Reads and verifies the records and the page store.
     pub fn load(dir: &Path) -> Result<Self> {
+        let mut image = Self::load_records(dir)?;
+        image.pages = load_pages(dir)?;
+        Ok(image)
+    }
+
+    /// Reads and verifies the records only (no pages): enough to check what
+    /// a restore will build.
+    pub fn load_records(dir: &Path) -> Result<Self> {
         let records_path = cr_formats::layout::records_path(dir);
         let file = File::open(&records_path).ctx("opening checkpoint image", &records_path)?;
         let image = cr_formats::read_records(BufReader::new(file)).map_err(|e| {
@@ -110,14 +119,13 @@ impl LoadedImage {
                 dir.display()
             )));
         }
-        let pages = load_pages(dir)?;
         Ok(LoadedImage {
             manifest: image.manifest,
             config,
             processes,
             files,
             pipes,
-            pages,
+            pages: HashMap::new(),
         })
     }
 
