@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use cr::dump::checkpoint::{dump_process, DumpedProcess};
 use cr::inject::{read_memory, Tracee};
-use cr::restore::process::{rebuild_process, Pages};
+use cr::restore::process::{finish, prepare, rebuild_process, write_pages, Pages};
 use cr_formats::schema::{SyscallRestart, VmaKind};
+use cr_formats::{PageOwner, PageReader, PageWriter, PageWriterOptions};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -356,17 +357,40 @@ fn rebuilt_memory_matches_the_dump_byte_for_byte() {
         .expect("no heap");
     let _ = kill_shell(child, tracee);
 
+    // Through the real page store: small chunks, zero pages as Zero runs.
+    let owner = PageOwner::Mm {
+        pid: dumped.process.pid,
+    };
+    let mut opts = PageWriterOptions::new(7);
+    opts.chunk_size = 64 * 1024;
+    let mut stream = Vec::new();
+    let mut writer = PageWriter::new(&mut stream, opts).expect("page writer");
+    for (addr, data) in &dumped.pages {
+        writer.write_pages(owner, *addr, data).expect("write pages");
+    }
+    let (_, stats) = writer.finish().expect("finish pages");
+    assert!(stats.chunks > 1, "{stats:?}");
+
     let mut husk = spawn_husk(&pipe_w, &mut reaper);
     let husk_pid = husk.tid();
+    let prepared = prepare(&mut husk, &dumped.process, &dumped.threads, &dumped.vmas)
+        .unwrap_or_else(|e| panic!("prepare: {e}"));
+    let mut reader = PageReader::new(&stream[..]).expect("page reader");
+    let mut zero_runs = 0;
+    while let Some(chunk) = reader.next_chunk().expect("chunk") {
+        let runs: Vec<Pages<'_>> = chunk
+            .runs()
+            .filter(|r| r.owner == owner)
+            .map(Pages::from)
+            .collect();
+        zero_runs += runs.iter().filter(|r| r.data.is_none()).count();
+        write_pages(prepared.pid, &dumped.vmas, &runs).unwrap_or_else(|e| panic!("pages: {e}"));
+    }
+    assert!(reader.is_complete());
+    assert!(zero_runs > 0, "no zero runs: the test misses a case");
+    finish(&mut husk, &prepared, &dumped.process, &dumped.threads)
+        .unwrap_or_else(|e| panic!("finish: {e}"));
     let pages = pages_of(&dumped);
-    rebuild_process(
-        &mut husk,
-        &dumped.process,
-        &dumped.threads,
-        &dumped.vmas,
-        &pages,
-    )
-    .unwrap_or_else(|e| panic!("rebuild_process: {e}"));
 
     // Every dumped page is in place...
     for p in &pages {
