@@ -45,6 +45,10 @@
 //!  (restart rule below); the caller detaches
 //! ```
 //!
+//! Entry points: [`rebuild_process`] does it all with every page in memory;
+//! a restore streaming a page store calls [`prepare`] (steps 0-3a),
+//! [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
+//!
 //! **Restart rule.** A checkpointed thread stopped inside a restartable
 //! syscall shows `rax = -ERESTART*`, `orig_rax = nr`, `rip` just after the
 //! `syscall` instruction. A fresh husk's kernel knows nothing of that
