@@ -584,3 +584,47 @@ fn rebuilt_sleep_sleeps_only_the_time_it_had_left() {
         "the rebuilt sleep slept {slept:?}, about 0.8 s were left"
     );
 }
+
+#[test]
+fn rebuild_errors_name_the_step_the_vma_and_the_errno() {
+    require_env();
+    let mut reaper = Reaper(Vec::new());
+    let (_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+    let mut child = Command::new(BUSYBOX)
+        .args(["sleep", "5"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning busybox sleep");
+    let pid = Pid::from_raw(child.id() as i32);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut tracee = stop_shell(pid, false);
+    let dumped = dump_process(pid.as_raw(), &mut tracee).expect("dump");
+    let _ = child.kill();
+    drop(tracee);
+    let _ = child.wait();
+
+    // A file that is gone: the error names the VMA, its file and ENOENT.
+    let mut vmas = dumped.vmas.clone();
+    let file = vmas
+        .iter_mut()
+        .find(|v| matches!(v.kind, VmaKind::File { .. }))
+        .expect("no file mapping");
+    let start = file.start;
+    if let VmaKind::File { path, .. } = &mut file.kind {
+        *path = "/nonexistent/cr-restore-test".into();
+    }
+    let mut husk = spawn_husk(&pipe_w, &mut reaper);
+    let pages = pages_of(&dumped);
+    let err = rebuild_process(&mut husk, &dumped.process, &dumped.threads, &vmas, &pages)
+        .expect_err("a missing file must fail");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, cr::restore::RestoreError::MapVma { start: s, .. } if s == start),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("/nonexistent/cr-restore-test") && msg.contains("ENOENT"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{start:#x}")), "{msg}");
+}
