@@ -9,7 +9,9 @@
 //!                                                              caller detaches
 //! ```
 //!
-//! Only the single-threaded core is here so far: see [`process`].
+//! Only the single-threaded core is here so far: see [`process`]. Not yet:
+//! threads, descriptors, the process tree, credentials, namespaces,
+//! pending signals, POSIX timers, shared memory.
 
 pub mod container;
 pub mod image;
@@ -56,7 +58,7 @@ pub enum RestoreError {
         #[source]
         source: InjectError,
     },
-    /// Step 2: the husk's [vvar]/[vdso] block is missing or does not match
+    /// Step 2: the husk's `[vvar]`/`[vdso]` block is missing or does not match
     /// the image's.
     #[error("process {pid}: vDSO: {what}")]
     VdsoLayout { pid: Pid, what: String },

@@ -45,6 +45,10 @@
 //!  (restart rule below); the caller detaches
 //! ```
 //!
+//! Entry points: [`rebuild_process`] does it all with every page in memory;
+//! a restore streaming a page store calls [`prepare`] (steps 0-3a),
+//! [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
+//!
 //! **Restart rule.** A checkpointed thread stopped inside a restartable
 //! syscall shows `rax = -ERESTART*`, `orig_rax = nr`, `rip` just after the
 //! `syscall` instruction. A fresh husk's kernel knows nothing of that
@@ -123,6 +127,10 @@ impl<'a> From<PageRunRef<'a>> for Pages<'a> {
 /// the tracee is still stopped with the checkpointed registers; the caller
 /// detaches it and it runs on where it was checkpointed. On failure the husk
 /// is left half-built and must be killed.
+///
+/// The same as [`prepare`], [`write_pages`] (once, with every run) and
+/// [`finish`]; a restore that streams a page store calls those three itself,
+/// [`write_pages`] once per chunk.
 pub fn rebuild_process(
     tracee: &mut Tracee,
     process: &Process,
@@ -130,19 +138,35 @@ pub fn rebuild_process(
     vmas: &[Vma],
     pages: &[Pages<'_>],
 ) -> Result<()> {
+    let husk = prepare(tracee, process, threads, vmas)?;
+    write_pages(husk.pid, vmas, pages)?;
+    finish(tracee, &husk, process, threads)
+}
+
+/// A husk between [`prepare`] and [`finish`]: its address space has the
+/// image's mappings (not yet their contents) plus the restorer's gadget and
+/// scratch pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedHusk {
+    pub pid: Pid,
+    /// The r-x page holding `syscall` (known-gadget mode).
+    pub gadget: u64,
+    /// The rw- page for syscall arguments.
+    pub scratch: u64,
+}
+
+/// Steps 0 to 3a: checks the image, neutralises the husk, sets up the
+/// gadget, empties the address space, moves the vDSO and maps every VMA.
+pub fn prepare(
+    tracee: &mut Tracee,
+    process: &Process,
+    threads: &[Thread],
+    vmas: &[Vma],
+) -> Result<PreparedHusk> {
     let pid = tracee.tgid();
     let invalid = |what: String| RestoreError::Invalid { pid, what };
-    let [thread] = threads else {
-        return Err(invalid(format!(
-            "{} threads in the image; only single-threaded processes can be rebuilt yet",
-            threads.len()
-        )));
-    };
-    let mm = process
-        .mm
-        .as_ref()
-        .ok_or_else(|| invalid("the image has no address space (a zombie)".into()))?;
-    let final_regs = final_registers(thread).map_err(invalid)?;
+    let (thread, _mm) = single_thread(pid, process, threads)?;
+    final_registers(thread).map_err(invalid)?;
     let husk = |what: &'static str| move |source| RestoreError::Husk { pid, what, source };
     let xsize = tracee
         .xstate_size()
@@ -226,10 +250,53 @@ pub fn rebuild_process(
     }
     move_vdso(&mut rs, pid, &block, vmas, hop)?;
 
-    // Step 3: the image's mappings, then their pages.
+    // Step 3a: the image's mappings (their pages come with write_pages).
     map_vmas(&mut rs, pid, vmas, scratch)?;
-    write_pages(pid, vmas, pages)?;
+    Ok(PreparedHusk {
+        pid,
+        gadget,
+        scratch,
+    })
+}
+
+/// The image's only thread and its mm, or the reason it cannot be rebuilt.
+fn single_thread<'a>(
+    pid: Pid,
+    process: &'a Process,
+    threads: &'a [Thread],
+) -> Result<(&'a Thread, &'a MmState)> {
+    let invalid = |what: String| RestoreError::Invalid { pid, what };
+    let [thread] = threads else {
+        return Err(invalid(format!(
+            "{} threads in the image; only single-threaded processes can be rebuilt yet",
+            threads.len()
+        )));
+    };
+    let mm = process
+        .mm
+        .as_ref()
+        .ok_or_else(|| invalid("the image has no address space (a zombie)".into()))?;
+    Ok((thread, mm))
+}
+
+/// Steps 4 to 7, once every page is written: mm fields, thread state,
+/// unmapping the restorer's pages, final registers.
+pub fn finish(
+    tracee: &mut Tracee,
+    husk: &PreparedHusk,
+    process: &Process,
+    threads: &[Thread],
+) -> Result<()> {
+    let PreparedHusk {
+        pid,
+        gadget,
+        scratch,
+    } = *husk;
+    let invalid = |what: String| RestoreError::Invalid { pid, what };
+    let (thread, mm) = single_thread(pid, process, threads)?;
+    let final_regs = final_registers(thread).map_err(invalid)?;
     check_syscall_insn(pid, thread, &final_regs)?;
+    let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
 
     // Step 4: the mm fields.
     set_mm_map(&mut rs, pid, mm, scratch)?;
@@ -302,6 +369,10 @@ pub fn final_registers(thread: &Thread) -> Result<user_regs_struct, String> {
         b.copy_from_slice(c);
         *w = u64::from_ne_bytes(b);
     }
+    let rewind = |rip: u64| {
+        rip.checked_sub(2)
+            .ok_or_else(|| format!("thread {}: rip {rip:#x} cannot be rewound", thread.tid))
+    };
     let mut r = regs_from_array(&words);
     r.fs_base = thread.fs_base;
     r.gs_base = thread.gs_base;
@@ -309,11 +380,11 @@ pub fn final_registers(thread: &Thread) -> Result<user_regs_struct, String> {
         SyscallRestart::None => {}
         SyscallRestart::Restart { nr } => {
             r.rax = nr;
-            r.rip -= 2;
+            r.rip = rewind(r.rip)?;
         }
         SyscallRestart::RestartBlock { nr } => {
             r.rax = nr;
-            r.rip -= 2;
+            r.rip = rewind(r.rip)?;
             match nr as i64 {
                 libc::SYS_nanosleep if r.rsi != 0 => r.rdi = r.rsi,
                 libc::SYS_clock_nanosleep if r.r10 != 0 && r.rsi & TIMER_ABSTIME == 0 => {
@@ -588,9 +659,11 @@ fn kind_name(kind: &VmaKind) -> String {
     }
 }
 
-/// Step 3b: page contents. Zero runs matter only over file mappings (fresh
-/// anonymous memory is zero already).
-fn write_pages(pid: Pid, vmas: &[Vma], pages: &[Pages<'_>]) -> Result<()> {
+/// Step 3b: page contents, after [`prepare`], in any number of calls (one
+/// per page-store chunk). Zero runs matter only over file mappings (fresh
+/// anonymous memory is zero already). Runs of other owners must be left
+/// out by the caller.
+pub fn write_pages(pid: Pid, vmas: &[Vma], pages: &[Pages<'_>]) -> Result<()> {
     for run in pages {
         let len = run.nr_pages * PAGE;
         let end = run.vaddr + len;
