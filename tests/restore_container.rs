@@ -147,26 +147,35 @@ fn pipes_come_back_with_their_data() {
 #[test]
 fn what_restore_cannot_rebuild_is_refused_before_building() {
     let h = TestHost::new();
-    let script = "import threading, time\n\
-        threading.Thread(target=lambda: time.sleep(1000), daemon=True).start()\n\
-        time.sleep(1000)\n";
+    // A process running as another user: restoring credentials is not built yet.
+    let script = "import os, time\nos.setgid(65534)\nos.setuid(65534)\ntime.sleep(1000)\n";
     h.run(
-        "threads",
+        "user",
         TestImage::Python,
         None,
         &[],
         &["/usr/bin/python3", "-c", script],
     );
     std::thread::sleep(Duration::from_millis(500));
-    h.ok(&["checkpoint", "threads"]);
-    h.ok(&["destroy", "threads"]);
-    let err = h.fails(&["restore", "threads"]);
+    // A checkpoint that would stop the container is refused: it keeps running.
+    let err = h.fails(&["checkpoint", "user"]);
     assert!(
-        err.contains("multi-threaded") && err.contains("not supported yet"),
+        err.contains("not be restorable") && err.contains("keeps running"),
+        "{err}"
+    );
+    assert_eq!(h.state("user"), "running");
+    assert!(h.ok(&["checkpoint", "list", "user"]).trim().is_empty());
+    // With --leave-running the image is written; restoring it is refused
+    // before anything is built.
+    h.ok(&["checkpoint", "user", "--leave-running"]);
+    h.ok(&["destroy", "user"]);
+    let err = h.fails(&["restore", "user"]);
+    assert!(
+        err.contains("another user") && err.contains("not supported yet"),
         "{err}"
     );
     assert!(
-        !h.root.join("containers/threads").exists(),
+        !h.root.join("containers/user").exists(),
         "a refused restore left a container behind"
     );
 
@@ -210,12 +219,27 @@ fn process_attributes_come_back() {
     std::thread::sleep(Duration::from_millis(300));
     let read = |h: &TestHost| {
         let status = h.exec("attrs", &["cat", "/proc/1/status"]);
-        let umask = status.lines().find(|l| l.starts_with("Umask:")).unwrap_or_default().to_string();
+        let umask = status
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .unwrap_or_default()
+            .to_string();
         let limits = h.exec("attrs", &["cat", "/proc/1/limits"]);
-        let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().to_string();
+        let nofile = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_string();
         let cwd = h.exec("attrs", &["readlink", "/proc/1/cwd"]);
         let stat = h.exec("attrs", &["cat", "/proc/1/stat"]);
-        let nice = stat.rsplit(')').next().unwrap_or_default().split_whitespace().nth(16).unwrap_or_default().to_string();
+        let nice = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(16)
+            .unwrap_or_default()
+            .to_string();
         (umask, nofile, cwd, nice)
     };
     let before = read(&h);

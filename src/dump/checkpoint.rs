@@ -142,7 +142,19 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     let frozen_at = Instant::now();
     cgroup.freeze()?;
     let mut tracees: Vec<Tracee> = Vec::new();
-    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees);
+    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees).and_then(|done| {
+        if !opts.leave_running {
+            // The container is about to be stopped: make sure the image is
+            // one `cr restore` can bring back, or keep the container.
+            let image = crate::restore::image::LoadedImage::load_records(&partial)?;
+            crate::restore::tree::check(&image).map_err(|e| {
+                Error::Invalid(format!(
+                    "the checkpoint would not be restorable, so the container was not stopped and keeps running ({e}); `--leave-running` writes such an image anyway"
+                ))
+            })?;
+        }
+        Ok(done)
+    });
     let (stats, tasks) = match dumped {
         Ok(done) => done,
         Err(err) => {

@@ -317,18 +317,29 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
     let pid = rec.pid;
     let cwd = rec.cwd.to_string();
     if !cwd.is_empty() {
-        nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("process {pid}: entering its working directory {cwd}"), e))?;
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| {
+            Error::sys(
+                format!("process {pid}: entering its working directory {cwd}"),
+                e,
+            )
+        })?;
     }
     // SAFETY: umask, setrlimit, personality, setpriority and prctl take
     // plain integers or a pointer to a live rlimit.
     unsafe {
         libc::umask(rec.umask as libc::mode_t);
         for rl in &rec.rlimits {
-            let lim = libc::rlimit { rlim_cur: rl.cur, rlim_max: rl.max };
+            let lim = libc::rlimit {
+                rlim_cur: rl.cur,
+                rlim_max: rl.max,
+            };
             if libc::setrlimit(rl.resource as _, &lim) != 0 {
                 // Raising a hard limit needs CAP_SYS_RESOURCE, which the
                 // container may lack: keep the hard limit, restore the soft one.
-                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 if libc::getrlimit(rl.resource as _, &mut now) == 0 {
                     now.rlim_cur = rl.cur.min(now.rlim_max);
                     libc::setrlimit(rl.resource as _, &now);
