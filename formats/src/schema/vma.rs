@@ -20,7 +20,8 @@ pub struct Vma {
     pub flags: u32,
     /// `MADV_*` advice to replay, one bit per advice number.
     pub madvise: u64,
-    /// Offset in the backing object, in pages.
+    /// Offset in the backing object, in bytes (as `/proc/PID/maps` and
+    /// `mmap(2)` give it).
     pub pgoff: u64,
     pub kind: VmaKind,
     /// Whether its contents are in the page store (under the process's
