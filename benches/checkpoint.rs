@@ -132,7 +132,10 @@ fn main() {
     println!("  limit: process_vm_readv of every present page   {reader_gbs:6.2} GB/s ({:.0} MiB in {:.3} s)", bytes_read as f64 / (1 << 20) as f64, secs);
     for (label, s, wall) in results {
         let frozen = s["frozen_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-        let stored = s["pages_written"].as_u64().unwrap_or(0) * 4096;
+        // Memory processed: stored pages and the zero pages found.
+        let stored = (s["pages_written"].as_u64().unwrap_or(0)
+            + s["zero_pages"].as_u64().unwrap_or(0))
+            * 4096;
         let bytes = s["bytes"].as_u64().unwrap_or(0);
         let gbs = stored as f64 / frozen.max(1e-9) / 1e9;
         println!(

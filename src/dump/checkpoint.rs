@@ -155,7 +155,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
         Ok(done)
     });
-    let (stats, tasks) = match dumped {
+    let (stats, tasks, pending) = match dumped {
         Ok(done) => done,
         Err(err) => {
             // The container goes on as if nothing happened.
@@ -172,9 +172,14 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
         let _ = cgroup.thaw();
         frozen_ms = ms(frozen_at.elapsed());
+        // The page store is still being written: the container runs meanwhile.
+        if let Err(e) = pending.wait() {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
     } else {
         // The container goes away: its image must be durable first.
-        if let Err(e) = sync_image(&partial) {
+        if let Err(e) = pending.wait().and_then(|()| sync_image(&partial)) {
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
@@ -205,6 +210,96 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         bytes,
         left_running: opts.leave_running,
     })
+}
+
+/// Where page-store bytes go while the container is frozen: a thread
+/// writes them to the file, so the frozen window pays for copying memory
+/// out of the container, not for the copy into the page cache (which costs
+/// as much again). At most [`BACKLOG_CHUNKS`] buffers wait; beyond that the
+/// dump waits for the disk.
+struct BackgroundFile {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+/// 4 MiB buffers waiting for the writer thread at most (2 GiB).
+const BACKLOG_CHUNKS: usize = 512;
+const BACKGROUND_BUF: usize = 4 << 20;
+
+/// The writer thread of a [`BackgroundFile`].
+pub struct PendingWrite {
+    handle: std::thread::JoinHandle<std::io::Result<()>>,
+    path: PathBuf,
+}
+
+impl BackgroundFile {
+    fn spawn(file: File, path: PathBuf) -> Result<(Self, PendingWrite)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKLOG_CHUNKS);
+        let handle = std::thread::Builder::new()
+            .name("page-writer".into())
+            .spawn(move || {
+                let mut file = file;
+                for block in rx {
+                    file.write_all(&block)?;
+                }
+                Ok(())
+            })
+            .ctx("starting the page writer for", &path)?;
+        Ok((
+            BackgroundFile {
+                tx: Some(tx),
+                buf: Vec::with_capacity(BACKGROUND_BUF),
+            },
+            PendingWrite { handle, path },
+        ))
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKGROUND_BUF));
+        match &self.tx {
+            Some(tx) => tx
+                .send(block)
+                .map_err(|_| std::io::Error::other("the page writer stopped")),
+            None => Err(std::io::Error::other("the page writer is closed")),
+        }
+    }
+}
+
+impl Write for BackgroundFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BACKGROUND_BUF {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for BackgroundFile {
+    fn drop(&mut self) {
+        let _ = self.send();
+        self.tx = None;
+    }
+}
+
+impl PendingWrite {
+    /// Waits until every byte is written.
+    fn wait(self) -> Result<()> {
+        match self.handle.join() {
+            Ok(result) => result.ctx("writing the page store", &self.path),
+            Err(_) => Err(Error::Invalid(format!(
+                "the page writer for {} panicked",
+                self.path.display()
+            ))),
+        }
+    }
 }
 
 /// Flushes an image's files to disk.
@@ -274,7 +369,7 @@ fn dump_frozen(
     dir: &Path,
     opts: &CheckpointOptions,
     tracees: &mut Vec<Tracee>,
-) -> Result<(PageCounts, TaskCounts)> {
+) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     // Processes may have come or gone between the survey and the freeze.
     let tasks = survey(cgroup)?;
     for task in &tasks {
@@ -321,7 +416,8 @@ fn dump_frozen(
         RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
     let mut page_opts = PageWriterOptions::new(image_id);
     page_opts.compression = opts.compression;
-    let mut pages = PageWriter::new(BufWriter::with_capacity(4 << 20, pages_file), page_opts)?;
+    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
+    let mut pages = PageWriter::new(background, page_opts)?;
 
     let host_to_ns: HashMap<i32, i32> = tasks
         .iter()
@@ -349,14 +445,10 @@ fn dump_frozen(
     let (_, page_stats) = pages.finish()?;
     // Every task is stopped: the files match the memory just saved.
     crate::container::upper::archive(&container.dir.join("upper"), dir)?;
-    for path in [&records_path, &pages_path] {
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .ctx("syncing", path)?;
-    }
     Ok((
         (page_stats.data_pages, page_stats.zero_pages),
         (tasks.len(), threads),
+        pending,
     ))
 }
 
