@@ -248,3 +248,18 @@ fn process_attributes_come_back() {
     h.ok(&["restore", "attrs"]);
     assert_eq!(read(&h), before);
 }
+
+#[test]
+fn a_user_namespace_container_comes_back_with_its_id_map() {
+    let h = TestHost::new();
+    h.run("uns", TestImage::Busybox, None, &["--userns"], TICKER);
+    assert!(wait_until(Duration::from_secs(5), || count(&h, "uns") >= 3));
+    let map = h.exec("uns", &["cat", "/proc/self/uid_map"]);
+    h.ok(&["checkpoint", "uns"]);
+    let at_checkpoint = *ticks(&h, "uns").last().expect("ticks");
+    h.ok(&["restore", "uns"]);
+    assert!(wait_until(Duration::from_secs(5), || count(&h, "uns")
+        > at_checkpoint + 2));
+    assert_eq!(h.exec("uns", &["cat", "/proc/self/uid_map"]), map);
+    assert_eq!(h.exec("uns", &["id", "-u"]).trim(), "0");
+}

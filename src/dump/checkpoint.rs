@@ -544,11 +544,14 @@ fn collect_process(
             });
         }
     }
-    let ids = |v: [u32; 4]| IdSet {
-        real: v[0],
-        effective: v[1],
-        saved: v[2],
-        fs: v[3],
+    // Ids as the container sees them (its user namespace, if it has one).
+    let uid_map = procfs::IdMap::read(host, "uid_map")?;
+    let gid_map = procfs::IdMap::read(host, "gid_map")?;
+    let ids = |v: [u32; 4], map: &procfs::IdMap| IdSet {
+        real: map.to_inside(v[0]),
+        effective: map.to_inside(v[1]),
+        saved: map.to_inside(v[2]),
+        fs: map.to_inside(v[3]),
     };
     Ok(Process {
         pid,
@@ -566,9 +569,9 @@ fn collect_process(
         cwd: link("cwd"),
         root: link("root"),
         creds: Credentials {
-            uid: ids(st.uid),
-            gid: ids(st.gid),
-            groups: st.groups.clone(),
+            uid: ids(st.uid, &uid_map),
+            gid: ids(st.gid, &gid_map),
+            groups: st.groups.iter().map(|g| gid_map.to_inside(*g)).collect(),
             caps: CapSets {
                 inheritable: st.cap_inh,
                 permitted: st.cap_prm,

@@ -313,6 +313,45 @@ pub fn parse_stat_mm(text: &str) -> Result<[u64; 10], String> {
     ])
 }
 
+/// An id mapping of a user namespace as `/proc/PID/uid_map` shows it to
+/// the host: (id inside, id outside, count) lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdMap(pub Vec<(u32, u32, u32)>);
+
+impl IdMap {
+    pub fn parse(text: &str) -> Self {
+        IdMap(
+            text.lines()
+                .filter_map(|l| {
+                    let v: Vec<u32> = l
+                        .split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect();
+                    (v.len() == 3).then(|| (v[0], v[1], v[2]))
+                })
+                .collect(),
+        )
+    }
+
+    /// `/proc/PID/{uid,gid}_map` of a process.
+    pub fn read(pid: i32, file: &str) -> Result<Self, DumpError> {
+        let path = format!("/proc/{pid}/{file}");
+        fs::read_to_string(&path)
+            .map(|t| Self::parse(&t))
+            .map_err(|e| DumpError::proc(pid, &path, e))
+    }
+
+    /// The id inside the namespace of a host id (the overflow id 65534 when
+    /// it is not mapped, as the kernel shows it).
+    pub fn to_inside(&self, host: u32) -> u32 {
+        self.0
+            .iter()
+            .find(|(_, outside, count)| host >= *outside && host - outside < *count)
+            .map(|(inside, outside, _)| inside + (host - outside))
+            .unwrap_or(65534)
+    }
+}
+
 /// Thread ids of a process (`/proc/PID/task`), sorted.
 pub fn read_tids(pid: i32) -> Result<Vec<i32>, DumpError> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
@@ -368,6 +407,16 @@ mod tests {
         let spaced = parse_maps("1000-2000 rw-s 00000000 00:05 99 /memfd:a b (deleted)").unwrap();
         assert_eq!(spaced[0].name, "/memfd:a b (deleted)");
         assert!(spaced[0].shared);
+    }
+
+    #[test]
+    fn id_maps() {
+        let m = IdMap::parse("         0     100000      65536\n");
+        assert_eq!(m.to_inside(100000), 0);
+        assert_eq!(m.to_inside(101000), 1000);
+        assert_eq!(m.to_inside(0), 65534);
+        let init = IdMap::parse("         0          0 4294967295\n");
+        assert_eq!(init.to_inside(1000), 1000);
     }
 
     #[test]
