@@ -13,6 +13,7 @@
 //! Later stages (freeze, dump, restore, migrate, agent) plug in beside these.
 
 pub mod cli;
+pub mod clone3;
 pub mod container;
 pub mod dump;
 pub mod error;

@@ -52,13 +52,14 @@ use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, read, sethostname, setsid, Pid,
 };
 
+use crate::clone3::{fork_into, Cloned};
 use crate::container::capabilities::drop_host_capabilities;
 use crate::container::cgroups::{CgroupLayout, ContainerCgroup};
 use crate::container::config::{ContainerConfig, UsernsConfig};
 use crate::container::network;
 use crate::container::rootfs::{self, IdmappedLayers, RootfsDirs, RootfsSpec};
 use crate::container::state::{process_start_time, unix_now, ExitRecord, RuntimeState};
-use crate::container::userns::{self, Cloned};
+use crate::container::userns;
 use crate::error::{Error, IoContext, Result, SysContext};
 use crate::host::Host;
 use crate::image::ImageStore;
@@ -248,7 +249,7 @@ fn spawn_init(
     }
     // SAFETY: the supervisor is single-threaded here (no runtime or thread was
     // started yet), so the child may allocate and run ordinary code.
-    let cloned = unsafe { userns::clone_process(flags) }.sys(|| {
+    let cloned = unsafe { fork_into(flags, None) }.sys(|| {
         if config.userns.is_some() {
             "creating PID 1 in new user and PID namespaces".into()
         } else {

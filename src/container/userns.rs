@@ -83,57 +83,6 @@ pub fn allocate(host: &Host, name: &str) -> Result<UsernsConfig> {
         })
 }
 
-/// `struct clone_args` of clone3(2), as far as cr uses it (version 0, 64 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-}
-
-// CLONE_ARGS_SIZE_VER0 and MOUNT_ATTR_SIZE_VER0 of the kernel's uapi.
-const _: () = assert!(std::mem::size_of::<CloneArgs>() == 64);
-const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
-
-/// What [`clone_process`] returned in each process.
-pub enum Cloned {
-    Child,
-    Parent(Pid),
-}
-
-/// clone3 without a new stack: like fork(2), but the child starts in the new
-/// namespaces `flags` asks for (`CLONE_NEW*`); it gets SIGCHLD on exit.
-///
-/// # Safety
-/// As for fork(2): the caller must be single-threaded, so that the child may
-/// allocate and run ordinary code.
-pub unsafe fn clone_process(flags: libc::c_int) -> nix::Result<Cloned> {
-    let args = CloneArgs {
-        flags: flags as u32 as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: `args` is a valid, fully initialised clone_args of the size
-    // passed; stack 0 makes the child run on a copy of this stack, as fork.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match Errno::result(rc)? {
-        0 => Ok(Cloned::Child),
-        pid => Ok(Cloned::Parent(Pid::from_raw(pid as libc::pid_t))),
-    }
-}
-
 /// Writes `uid_map` and `gid_map` of `pid` (a process in a new user namespace).
 pub fn write_maps(pid: Pid, userns: &UsernsConfig) -> Result<()> {
     for (file, gid) in [("uid_map", false), ("gid_map", true)] {

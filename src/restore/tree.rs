@@ -216,46 +216,17 @@ fn new_pipe(image: &LoadedImage, pipe: u64) -> Result<(RawFd, RawFd)> {
     Ok((fds[0], fds[1]))
 }
 
-/// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1, 80 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<CloneArgs>() == 80);
-
-/// fork(2) with a chosen PID in the caller's PID namespace.
+/// fork(2) with a chosen PID in the caller's PID namespace; 0 in the child.
 fn fork_with_pid(pid: i32) -> Result<i32> {
-    let tid: [libc::pid_t; 1] = [pid];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: args is a valid clone_args of the size passed, set_tid points
-    // at a live array of one pid; stack 0 makes this behave as fork(2). PID 1
-    // is single-threaded.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    Errno::result(rc)
-        .map(|r| r as i32)
-        .map_err(|e| Error::sys(format!("creating process {pid} (clone3 with set_tid)"), e))
+    // SAFETY: PID 1 of a restore is single-threaded.
+    match unsafe { crate::clone3::fork_into(0, Some(pid)) } {
+        Ok(crate::clone3::Cloned::Child) => Ok(0),
+        Ok(crate::clone3::Cloned::Parent(child)) => Ok(child.as_raw()),
+        Err(e) => Err(Error::sys(
+            format!("creating process {pid} (clone3 with set_tid)"),
+            e,
+        )),
+    }
 }
 
 /// Becomes the husk of image process `pid`; only returns on error.
