@@ -67,6 +67,7 @@ struct Task {
 /// its objects. Refuses with the first one it cannot.
 fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
+    let held_locks = procfs::read_locks();
     for pid in cgroup.pids()? {
         let pid = pid.as_raw();
         let status = procfs::read_status(pid)?;
@@ -92,6 +93,17 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         for entry in procfs::read_fds(pid)? {
             let kind = files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
             fds.push((entry, kind));
+        }
+        if let Some(lock) = held_locks.iter().find(|(p, _)| *p == pid) {
+            return Err(DumpError::Unsupported {
+                pid: status.pid_in_ns(),
+                comm,
+                what: format!(
+                    "it holds a file lock ({}), which cr cannot move yet",
+                    lock.1
+                ),
+            }
+            .into());
         }
         let mut maps = Vec::new();
         for m in procfs::read_maps(pid)? {
@@ -505,6 +517,25 @@ fn collect_process(
             });
         }
     }
+    // Parent-death signal (written to memory) and dumpable (returned).
+    let at = scratch.addr();
+    scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_PDEATHSIG as u64, at, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)?;
+    let mut word = [0u8; 4];
+    scratch.read(0, &mut word).map_err(inject_err)?;
+    let pdeath_sig = i32::from_ne_bytes(word);
+    let dumpable = scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)? as u32;
     let mut itimers = [Timer::default(); 3];
     for (which, timer) in itimers.iter_mut().enumerate() {
         let addr = scratch.addr();
@@ -584,8 +615,8 @@ fn collect_process(
         },
         umask: st.umask,
         personality,
-        dumpable: 1,
-        pdeath_sig: 0,
+        dumpable,
+        pdeath_sig,
         child_subreaper: false,
         rlimits,
         mm: Some(MmState {

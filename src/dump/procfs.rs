@@ -313,6 +313,27 @@ pub fn parse_stat_mm(text: &str) -> Result<[u64; 10], String> {
     ])
 }
 
+/// File locks of the whole host (`/proc/locks`): the holder's host PID and
+/// the line describing the lock (kind, mode, inode, range).
+pub fn read_locks() -> Vec<(i32, String)> {
+    parse_locks(&fs::read_to_string("/proc/locks").unwrap_or_default())
+}
+
+pub fn parse_locks(text: &str) -> Vec<(i32, String)> {
+    text.lines()
+        .filter(|l| !l.contains("->")) // waiters, not holders
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+            let pid = f.get(4)?.parse().ok()?;
+            Some((
+                pid,
+                format!("{} {} lock on inode {}", f.get(1)?, f.get(3)?, f.get(5)?),
+            ))
+        })
+        .collect()
+}
+
 /// An id mapping of a user namespace as `/proc/PID/uid_map` shows it to
 /// the host: (id inside, id outside, count) lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -407,6 +428,17 @@ mod tests {
         let spaced = parse_maps("1000-2000 rw-s 00000000 00:05 99 /memfd:a b (deleted)").unwrap();
         assert_eq!(spaced[0].name, "/memfd:a b (deleted)");
         assert!(spaced[0].shared);
+    }
+
+    #[test]
+    fn locks() {
+        let l = parse_locks("1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF\n2: FLOCK  ADVISORY  READ  99 00:2a:77 0 EOF\n2: -> FLOCK  ADVISORY  WRITE 100 00:2a:77 0 EOF\n");
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            l[0],
+            (1234, "POSIX WRITE lock on inode 08:01:5678".to_string())
+        );
+        assert_eq!(l[1].0, 99);
     }
 
     #[test]

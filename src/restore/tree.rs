@@ -326,6 +326,22 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
         if rec.creds.no_new_privs {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         }
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            rec.pdeath_sig as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if rec.dumpable <= 1 {
+            libc::prctl(
+                libc::PR_SET_DUMPABLE,
+                rec.dumpable as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+        }
     }
     Ok(())
 }

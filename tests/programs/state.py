@@ -2,7 +2,7 @@
 # after a real checkpoint and restore (in the spirit of CRIU's zdtm).
 # It sets everything up, writes /root/ready, waits for /root/go, then
 # checks everything and writes PASS or FAIL: <what> to /root/result.
-import mmap, os, resource, signal, sys, time
+import ctypes, mmap, os, resource, signal, sys, time
 
 checks = []
 
@@ -46,6 +46,9 @@ os.write(pw, b"in the pipe")
 os.set_inheritable(rd, True)
 
 # Process attributes.
+libc = ctypes.CDLL(None)
+libc.prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
+libc.prctl(4, 0)  # PR_SET_DUMPABLE
 os.umask(0o027)
 resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
 
@@ -72,5 +75,9 @@ check("append", open("log", "rb").read(), b"before\nafter\n")
 check("pipe data", os.read(pr, 100), b"in the pipe")
 check("umask", os.umask(0o022), 0o027)
 check("rlimit", resource.getrlimit(resource.RLIMIT_NOFILE), (300, 300))
+pdeath = ctypes.c_int(0)
+libc.prctl(2, ctypes.byref(pdeath))  # PR_GET_PDEATHSIG
+check("parent-death signal", pdeath.value, signal.SIGUSR1)
+check("dumpable", libc.prctl(3), 0)  # PR_GET_DUMPABLE
 open("/root/result", "w").write("PASS\n" if not checks else "FAIL: " + "; ".join(checks) + "\n")
 time.sleep(1000)
