@@ -184,19 +184,7 @@ fn enter_gives_a_shell_on_a_pty() {
         &["--hostname", "enterme"],
         SLEEP,
     );
-    let mut child = h
-        .cr_cmd(&["enter", "ent"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning cr enter");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hostname; tty; exit 3\n")
-        .expect("writing");
-    let out = child.wait_with_output().expect("waiting");
+    let out = h.enter("ent", b"hostname; tty; exit 3\n");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("enterme"), "{text}");
     assert!(text.contains("/dev/pts/"), "not on a pty: {text}");
@@ -818,19 +806,7 @@ fn userns_root_inside_is_unprivileged_outside() {
     );
 
     // cr enter: a shell as root inside, on a pty of the container.
-    let mut child = h
-        .cr_cmd(&["enter", "un"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawning cr enter");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"echo uid=$(id -u); tty; exit 4\n")
-        .expect("writing");
-    let out = child.wait_with_output().expect("waiting");
+    let out = h.enter("un", b"echo uid=$(id -u); tty; exit 4\n");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("uid=0"), "{text}");
     assert!(text.contains("/dev/pts/"), "not on a pty: {text}");

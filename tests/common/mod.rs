@@ -206,6 +206,24 @@ impl TestHost {
         self.ok(&args)
     }
 
+    /// `cr enter NAME` with `input` typed into the shell; its output.
+    pub fn enter(&self, name: &str, input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cr_cmd(&["enter", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning cr enter");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("writing to cr enter");
+        child.wait_with_output().expect("waiting for cr enter")
+    }
+
     pub fn state(&self, name: &str) -> String {
         let out = self.ok(&["status", name, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
