@@ -117,8 +117,12 @@ fn main() {
     let t = Instant::now();
     run(&["restore", "mem", "--image", image.to_str().expect("utf-8")]);
     let restore_secs = t.elapsed().as_secs_f64();
-    let restored: serde_json::Value = serde_json::from_str(&run(&["status", "mem", "--json"])).expect("json");
-    assert_eq!(restored["state"], "running", "the restored container does not run");
+    let restored: serde_json::Value =
+        serde_json::from_str(&run(&["status", "mem", "--json"])).expect("json");
+    assert_eq!(
+        restored["state"], "running",
+        "the restored container does not run"
+    );
     let restored_rss = vm_rss(restored["pid"].as_i64().expect("pid") as i32);
 
     println!(

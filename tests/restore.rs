@@ -467,8 +467,9 @@ fn rebuilt_memory_matches_the_dump_byte_for_byte() {
     }
     assert!(reader.is_complete());
     assert!(zero_runs > 0, "no zero runs: the test misses a case");
-    finish(&mut husk, &prepared, &dumped.process, &dumped.threads)
+    let others = finish(&mut husk, prepared, &dumped.process, &dumped.threads)
         .unwrap_or_else(|e| panic!("finish: {e}"));
+    assert!(others.is_empty(), "a single-threaded process got threads");
     let pages = pages_of(&dumped);
 
     // Every dumped page is in place...
@@ -554,11 +555,17 @@ fn rebuilt_sleep_sleeps_only_the_time_it_had_left() {
     let mut husk = spawn_husk(&pipe_w, &mut reaper);
     let husk_pid = husk.tid();
     let pages = pages_of(&dumped);
-    // Refused before anything is touched: two threads.
+    // Refused before anything is touched: the same thread twice, and no
+    // thread group leader.
     let two = [dumped.threads[0].clone(), dumped.threads[0].clone()];
     let err = rebuild_process(&mut husk, &dumped.process, &two, &dumped.vmas, &pages)
-        .expect_err("two threads must be refused");
-    assert!(err.to_string().contains("2 threads"), "{err}");
+        .expect_err("a duplicated thread must be refused");
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    let mut orphan = dumped.threads[0].clone();
+    orphan.tid += 1;
+    let err = rebuild_process(&mut husk, &dumped.process, &[orphan], &dumped.vmas, &pages)
+        .expect_err("a process without its leader must be refused");
+    assert!(err.to_string().contains("thread group leader"), "{err}");
     rebuild_process(
         &mut husk,
         &dumped.process,

@@ -147,31 +147,157 @@ fn pipes_come_back_with_their_data() {
 #[test]
 fn what_restore_cannot_rebuild_is_refused_before_building() {
     let h = TestHost::new();
-    let script = "import threading, time\n\
-        threading.Thread(target=lambda: time.sleep(1000), daemon=True).start()\n\
+    // A process that runs as nobody: credentials are not restored yet.
+    let script = "import os, time\n\
+        os.setgid(65534)\n\
+        os.setuid(65534)\n\
         time.sleep(1000)\n";
     h.run(
-        "threads",
+        "nobody",
         TestImage::Python,
         None,
         &[],
         &["/usr/bin/python3", "-c", script],
     );
-    std::thread::sleep(Duration::from_millis(500));
-    h.ok(&["checkpoint", "threads"]);
-    h.ok(&["destroy", "threads"]);
-    let err = h.fails(&["restore", "threads"]);
     assert!(
-        err.contains("multi-threaded") && err.contains("not supported yet"),
+        wait_until(Duration::from_secs(5), || h
+            .exec("nobody", &["cat", "/proc/1/status"])
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))),
+        "python did not become nobody"
+    );
+    h.ok(&["checkpoint", "nobody"]);
+    h.ok(&["destroy", "nobody"]);
+    let err = h.fails(&["restore", "nobody"]);
+    assert!(
+        err.contains("process 1") && err.contains("another user than root"),
         "{err}"
     );
     assert!(
-        !h.root.join("containers/threads").exists(),
+        !h.root.join("containers/nobody").exists(),
         "a refused restore left a container behind"
     );
 
     let err = h.fails(&["restore", "nosuch"]);
     assert!(err.contains("no checkpoint"), "{err}");
+}
+
+/// Three threads, each named through /proc, count in a variable of their
+/// own (two in `time.sleep`, one waiting on an Event with a timeout: a
+/// futex); the main thread writes every counter to /root/count.
+const THREADS: &str = r#"
+import os, threading, time
+counts = [0, 0, 0]
+def work(k):
+    with open('/proc/self/task/%d/comm' % threading.get_native_id(), 'w') as f:
+        f.write('worker%d' % k)
+    n = 0
+    ev = threading.Event()
+    while True:
+        n += 1
+        counts[k] = n
+        if k == 1:
+            ev.wait(0.05)
+        else:
+            time.sleep(0.05)
+for k in range(3):
+    threading.Thread(target=work, args=(k,), daemon=True).start()
+while True:
+    with open('/root/count.tmp', 'w') as f:
+        f.write(' '.join(map(str, counts)) + '\n')
+    os.rename('/root/count.tmp', '/root/count')
+    time.sleep(0.1)
+"#;
+
+fn counters(h: &TestHost, name: &str) -> Vec<u64> {
+    let out = h.cr(&["exec", name, "--", "cat", "/root/count"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// "TID comm" for every thread of the container's PID 1.
+fn tasks(h: &TestHost, name: &str) -> Vec<String> {
+    let out = h.exec(
+        name,
+        &[
+            "/bin/sh",
+            "-c",
+            "for t in /proc/1/task/*; do echo ${t##*/} $(cat $t/comm); done",
+        ],
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_multithreaded_python_goes_on_in_every_thread() {
+    let h = TestHost::new();
+    h.run(
+        "mt",
+        TestImage::Python,
+        None,
+        &[],
+        &["/usr/bin/python3", "-c", THREADS],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && c.iter().all(|n| *n > 10)
+        }),
+        "the threads do not count: {:?}",
+        counters(&h, "mt")
+    );
+    let before_tasks = tasks(&h, "mt");
+    assert_eq!(before_tasks.len(), 4, "{before_tasks:?}");
+    for k in 0..3 {
+        assert!(
+            before_tasks
+                .iter()
+                .any(|t| t.ends_with(&format!(" worker{k}"))),
+            "{before_tasks:?}"
+        );
+    }
+    let before = counters(&h, "mt");
+    h.ok(&["checkpoint", "mt"]);
+    assert_eq!(h.state("mt"), "stopped");
+
+    h.ok(&["restore", "mt"]);
+    assert_eq!(h.state("mt"), "running");
+    // Same threads, same TIDs, same names.
+    assert_eq!(tasks(&h, "mt"), before_tasks);
+    let first = counters(&h, "mt");
+    assert_eq!(first.len(), 3, "{first:?}");
+    for k in 0..3 {
+        // From where it was, not from 0.
+        assert!(
+            first[k] >= before[k],
+            "thread {k} restarted: {before:?} before the checkpoint, {first:?} after"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && (0..3).all(|k| c[k] > first[k] + 5)
+        }),
+        "not every thread goes on: {before:?} before, {first:?} just after, {:?} now",
+        counters(&h, "mt")
+    );
+    assert_eq!(tasks(&h, "mt"), before_tasks);
+
+    // And once more from the same state after a second checkpoint.
+    let again = counters(&h, "mt");
+    h.ok(&["checkpoint", "mt"]);
+    h.ok(&["restore", "mt"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && (0..3).all(|k| c[k] > again[k] + 5)
+        }),
+        "a restored process cannot be checkpointed and restored again: {again:?}, {:?}",
+        counters(&h, "mt")
+    );
+    assert_eq!(tasks(&h, "mt"), before_tasks);
 }
 
 #[test]
@@ -210,12 +336,27 @@ fn process_attributes_come_back() {
     std::thread::sleep(Duration::from_millis(300));
     let read = |h: &TestHost| {
         let status = h.exec("attrs", &["cat", "/proc/1/status"]);
-        let umask = status.lines().find(|l| l.starts_with("Umask:")).unwrap_or_default().to_string();
+        let umask = status
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .unwrap_or_default()
+            .to_string();
         let limits = h.exec("attrs", &["cat", "/proc/1/limits"]);
-        let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().to_string();
+        let nofile = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_string();
         let cwd = h.exec("attrs", &["readlink", "/proc/1/cwd"]);
         let stat = h.exec("attrs", &["cat", "/proc/1/stat"]);
-        let nice = stat.rsplit(')').next().unwrap_or_default().split_whitespace().nth(16).unwrap_or_default().to_string();
+        let nice = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(16)
+            .unwrap_or_default()
+            .to_string();
         (umask, nofile, cwd, nice)
     };
     let before = read(&h);

@@ -364,6 +364,24 @@ impl Tracee {
         self.options
     }
 
+    /// `PTRACE_SETOPTIONS` on a stopped thread (`PTRACE_O_TRACESYSGOOD`
+    /// stays set). Threads auto-attached later inherit them.
+    pub fn set_options(&mut self, options: SeizeOptions) -> Result<()> {
+        self.require_stopped("PTRACE_SETOPTIONS")?;
+        // SAFETY: PTRACE_SETOPTIONS takes the options as an integer.
+        unsafe {
+            ptrace_raw(
+                libc::PTRACE_SETOPTIONS,
+                "PTRACE_SETOPTIONS",
+                self.tid,
+                0,
+                options.bits(),
+            )
+        }?;
+        self.options = options;
+        Ok(())
+    }
+
     /// The current ptrace-stop, or None while running.
     pub fn stop(&self) -> Option<Stop> {
         self.stop

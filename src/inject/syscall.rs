@@ -109,6 +109,9 @@ pub fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_clock_nanosleep => "clock_nanosleep",
         libc::SYS_rt_sigreturn => "rt_sigreturn",
         libc::SYS_exit => "exit",
+        libc::SYS_clone3 => "clone3",
+        libc::SYS_setpriority => "setpriority",
+        libc::SYS_setitimer => "setitimer",
         _ => "syscall",
     }
 }

@@ -15,9 +15,13 @@
 //!   close everything else
 //!   write 'H' to the report pipe ──────────────▶  count one 'H' per process
 //!   pause() forever (a husk)                      seize + interrupt every husk
+//!                                                 (PTRACE_O_TRACECLONE)
 //!                                                 rebuild each (restore::process:
-//!                                                 memory, registers, signal state)
-//!                                                 detach all: the container runs on
+//!                                                 its other threads by clone3
+//!                                                 with their TIDs, memory,
+//!                                                 registers, signal state)
+//!                                                 detach every thread: the
+//!                                                 container runs on
 //! ```
 //!
 //! A descriptor shared by several processes (the same open file, after dup
@@ -42,7 +46,7 @@ use nix::unistd::Pid;
 use crate::container::cgroups::ContainerCgroup;
 use crate::dump::procfs;
 use crate::error::{Error, Result};
-use crate::inject::Tracee;
+use crate::inject::{SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
 use crate::restore::process::rebuild_process;
 
@@ -58,10 +62,20 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         let comm = &p.process.comm;
         let refuse =
             |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
-        if p.threads.len() != 1 {
+        if !p.threads.iter().any(|t| t.tid == pid) {
             return Err(refuse(format!(
-                "it has {} threads; restoring multi-threaded processes is not supported yet",
+                "none of its {} threads is its thread group leader",
                 p.threads.len()
+            )));
+        }
+        if let Some(t) = p
+            .threads
+            .iter()
+            .find(|t| t.creds.as_ref().is_some_and(|c| *c != p.process.creds))
+        {
+            return Err(refuse(format!(
+                "thread {} has credentials of its own; restoring them is not supported yet",
+                t.tid
             )));
         }
         let c = &p.process.creds;
@@ -317,18 +331,29 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
     let pid = rec.pid;
     let cwd = rec.cwd.to_string();
     if !cwd.is_empty() {
-        nix::unistd::chdir(cwd.as_str()).map_err(|e| Error::sys(format!("process {pid}: entering its working directory {cwd}"), e))?;
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| {
+            Error::sys(
+                format!("process {pid}: entering its working directory {cwd}"),
+                e,
+            )
+        })?;
     }
     // SAFETY: umask, setrlimit, personality, setpriority and prctl take
     // plain integers or a pointer to a live rlimit.
     unsafe {
         libc::umask(rec.umask as libc::mode_t);
         for rl in &rec.rlimits {
-            let lim = libc::rlimit { rlim_cur: rl.cur, rlim_max: rl.max };
+            let lim = libc::rlimit {
+                rlim_cur: rl.cur,
+                rlim_max: rl.max,
+            };
             if libc::setrlimit(rl.resource as _, &lim) != 0 {
                 // Raising a hard limit needs CAP_SYS_RESOURCE, which the
                 // container may lack: keep the hard limit, restore the soft one.
-                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut now = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 if libc::getrlimit(rl.resource as _, &mut now) == 0 {
                     now.rlim_cur = rl.cur.min(now.rlim_max);
                     libc::setrlimit(rl.resource as _, &now);
@@ -338,7 +363,12 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
         if libc::personality(0xffff_ffff) as u32 != rec.personality {
             libc::personality(rec.personality as libc::c_ulong);
         }
-        if let Some(thread) = p.threads.first() {
+        let leader = p
+            .threads
+            .iter()
+            .find(|t| t.tid == pid)
+            .or(p.threads.first());
+        if let Some(thread) = leader {
             libc::setpriority(libc::PRIO_PROCESS, 0, thread.sched.nice);
         }
         if rec.creds.no_new_privs {
@@ -378,6 +408,14 @@ pub fn take_over(
         let status = procfs::read_status(pid.as_raw())?;
         host_pid.insert(status.pid_in_ns(), pid.as_raw());
     }
+    // Every husk is single-threaded; the rebuild adds the other threads,
+    // which PTRACE_O_TRACECLONE attaches (and stops) as they are born. On
+    // failure every tracee, threads included, is detached when dropped and
+    // the caller kills the container.
+    let options = SeizeOptions {
+        trace_clone: true,
+        ..SeizeOptions::default()
+    };
     let mut tracees = Vec::new();
     for pid in image.processes.keys() {
         let host = *host_pid.get(pid).ok_or_else(|| {
@@ -385,13 +423,13 @@ pub fn take_over(
                 "restored process {pid} is not in the container's cgroup"
             ))
         })?;
-        let mut tracee = Tracee::seize_and_interrupt(Pid::from_raw(host))?;
+        let mut tracee = Tracee::seize_and_interrupt_with(Pid::from_raw(host), options)?;
         tracee.wait_stop(Some(Duration::from_secs(10)))?;
-        tracees.push((*pid, tracee));
+        tracees.push((*pid, tracee, Vec::new()));
     }
-    for (pid, tracee) in tracees.iter_mut() {
+    for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
-        rebuild_process(
+        *threads = rebuild_process(
             tracee,
             &p.process,
             &p.threads,
@@ -405,12 +443,26 @@ pub fn take_over(
             ))
         })?;
     }
-    for (pid, tracee) in tracees {
-        tracee
-            .detach()
-            .map_err(|e| Error::Invalid(format!("resuming process {pid}: {e}")))?;
+    // Detach everything, even past a failure, and report the first one.
+    let mut first_error = None;
+    for (pid, tracee, threads) in tracees {
+        for thread in threads {
+            let tid = thread.tid();
+            if let Err(e) = thread.detach() {
+                first_error.get_or_insert_with(|| {
+                    Error::Invalid(format!("resuming process {pid}, thread {tid}: {e}"))
+                });
+            }
+        }
+        if let Err(e) = tracee.detach() {
+            first_error
+                .get_or_insert_with(|| Error::Invalid(format!("resuming process {pid}: {e}")));
+        }
     }
-    Ok(host_pid)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(host_pid),
+    }
 }
 
 /// Reads one 'H' per husk from the report pipe; anything else is an error
