@@ -1,24 +1,32 @@
-//! Rebuilding one process inside a husk, by syscall injection only.
+//! Rebuilding one process, with all its threads, inside a husk, by syscall
+//! injection only.
 //!
-//! A *husk* is a stopped process whose only job is to become the
-//! checkpointed one: a fork of cr, seized by the restorer. Nothing of the
-//! checkpointed program ever runs inside cr: everything below is done from
-//! outside, through [`RemoteSyscall`] (ptrace), and memory writes through
-//! `process_vm_writev` or `/proc/PID/mem`.
+//! A *husk* is a stopped single-threaded process whose only job is to
+//! become the checkpointed one: a fork of cr, seized by the restorer. Its
+//! thread becomes the image's thread group leader (TID = PID). Nothing of
+//! the checkpointed program ever runs inside cr: everything below is done
+//! from outside, through [`RemoteSyscall`] (ptrace), and memory writes
+//! through `process_vm_writev` or `/proc/PID/mem`.
 //!
 //! ```text
 //!  husk address space                          steps
 //!  ┌───────────────────────────────┐
 //!  │ cr's text, heap, stacks, libs │  0  take the husk's regs; set
 //!  │ [vvar][vvar_vclock][vdso]     │     orig_rax = -1 (no restart games);
-//!  └───────────────────────────────┘     unregister its rseq area
-//!        │ patch mode (gadget at rip)
+//!  └───────────────────────────────┘     unregister its rseq area; make sure
+//!        │ patch mode (gadget at rip)    it is traced with PTRACE_O_TRACECLONE
 //!        ▼
 //!  ┌──────────┬──────────┐              1  free range F (outside the image's
 //!  │ gadget   │ scratch  │ at F            VMAs and the husk's maps, 1 MiB
 //!  │ r-x 0f05 │ rw-      │                 margins): mmap gadget r-x, write
 //!  └──────────┴──────────┘                 `0f 05` via /proc/PID/mem; scratch
 //!        │ known-gadget mode from now on (PTRACE_SYSCALL)
+//!        ▼
+//!  in the leader, per other thread T of the image:  1b clone3(CLONE_VM|FS|
+//!  clone_args + set_tid=[T] in scratch ──► clone3       FILES|SIGHAND|THREAD|
+//!  PTRACE_EVENT_CLONE: the kernel attached T, which     SYSVSEM, set_tid=[T],
+//!  sits in PTRACE_EVENT_STOP before its first           no stack): T born
+//!  instruction (its rip: gadget+2, never run)           with its recorded TID
 //!        ▼
 //!  munmap everything but F and the vvar/vdso block   2  then mremap the
 //!  [vvar][vvar_vclock][vdso] ── hop (F+2 pages) ──►     block, piece by
@@ -33,21 +41,39 @@
 //!  prctl(PR_SET_MM, PR_SET_MM_MAP, scratch, 104)       4  code/data/brk/stack/
 //!                                                        args/env, auxv, exe_fd
 //!        ▼
-//!  rt_sigaction ×62 (recorded or SIG_DFL), sigaltstack, 5  thread state, run
-//!  setitimer ×3, set_tid_address, set_robust_list,         by the thread itself
-//!  PR_SET_NAME (comm), rseq
+//!  leader: rt_sigaction ×62 (recorded or SIG_DFL),      5  process-wide state
+//!  setitimer ×3                                            once, then each
+//!  every thread, injected in that thread (gadget F):       thread's own state,
+//!  sigaltstack, set_tid_address, set_robust_list,          run by the thread
+//!  PR_SET_NAME (comm), rseq; setpriority if its nice       itself
+//!  differs from the leader's
 //!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
-//!  the gadget ever runs)                                   address space
+//!  the gadget ever runs; the other threads stay stopped)   address space
 //!        ▼
-//!  PTRACE_SETREGSET xstate, PTRACE_SETSIGMASK, SETREGS  6  final registers
-//!  (restart rule below); the caller detaches
+//!  every thread: PTRACE_SETREGSET xstate,               6  final registers
+//!  PTRACE_SETSIGMASK, SETREGS (restart rule below);
+//!  the caller detaches every thread
 //! ```
 //!
+//! **Threads.** A new thread gets nothing per-thread from the leader that
+//! matters: with CLONE_VM the kernel gives it no rseq area, no alternate
+//! signal stack and no robust list, and `clear_child_tid` is 0; step 5
+//! sets each from the image and step 6 replaces its registers (so its
+//! rip, rsp and fs_base at birth never matter: clone3 accepts `stack = 0`
+//! with CLONE_VM, the child simply starts on the leader's rsp, and it never
+//! runs before detach). The clones come right after step 1 because the
+//! injected clone3 needs the gadget and the scratch page (for `clone_args`
+//! and `set_tid`), and before step 2 so that a TID already taken fails the
+//! rebuild before any of the image is mapped. `set_tid` names the TID in
+//! the husk's PID namespace (the container's). The restart rule below
+//! applies to every thread on its own (threads of python or redis sit in
+//! futex waits, epoll_wait, nanosleep...).
+//!
 //! Entry points: [`rebuild_process`] does it all with every page in memory;
-//! a restore streaming a page store calls [`prepare`] (steps 0-3a),
-//! [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
+//! a restore streaming a page store calls [`prepare`] (steps 0-3a, with
+//! 1b), [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
 //!
 //! **Restart rule.** A checkpointed thread stopped inside a restartable
 //! syscall shows `rax = -ERESTART*`, `orig_rax = nr`, `rip` just after the
@@ -102,7 +128,7 @@ const PRCTL_MM_MAP_SIZE: usize = 104;
 const CLONE_ARGS_SIZE: usize = 80;
 /// A thread of the same process: what glibc's `pthread_create` passes,
 /// minus the TLS and tid pointers (the registers and `set_tid_address` put
-/// those back) .
+/// those back).
 const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
     | libc::CLONE_FILES
