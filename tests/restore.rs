@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use cr::dump::checkpoint::{dump_process, DumpedProcess};
-use cr::inject::{read_memory, Tracee};
+use cr::dump::checkpoint::{dump_process, dump_threads, DumpedProcess};
+use cr::inject::{list_threads, read_memory, Tracee};
 use cr::restore::process::{finish, prepare, rebuild_process, write_pages, Pages};
 use cr_formats::schema::{SyscallRestart, VmaKind};
 use cr_formats::{PageOwner, PageReader, PageWriter, PageWriterOptions};
@@ -408,6 +408,106 @@ fn rebuilt_dynamic_python_counts_on() {
         "only {files} file mappings: not a dynamic python?"
     );
     eprintln!("python dumped in {:?}", c.dumped.threads[0].syscall);
+}
+
+/// A python whose counting happens in a thread other than the leader (the
+/// leader waits on an Event: a futex without timeout; a third thread sleeps
+/// in a loop) is dumped with all its threads and rebuilt in a husk seized
+/// without PTRACE_O_TRACECLONE: every thread comes back with its TID and
+/// the counting thread goes on from its own stack and TLS.
+#[test]
+fn rebuilt_threads_get_their_tids_and_go_on() {
+    require_env();
+    let python = "/usr/bin/python3";
+    assert!(
+        std::path::Path::new(python).exists(),
+        "missing prerequisite: {python} (apt-get install -y python3)"
+    );
+    let script = "import threading, time\n\
+        def count():\n    i = 0\n    while True:\n        i += 1\n        print(i, flush=True)\n        time.sleep(0.2)\n\
+        def idle():\n    while True:\n        time.sleep(0.05)\n\
+        threading.Thread(target=idle, daemon=True).start()\n\
+        threading.Thread(target=count, daemon=True).start()\n\
+        threading.Event().wait()\n";
+    let mut reaper = Reaper(Vec::new());
+    let (mut child, rx, pipe_w) = spawn_counter(python, &["-S", "-c", script]);
+    let pid = Pid::from_raw(child.id() as i32);
+    let first = rx.recv_timeout(Duration::from_secs(5)).expect("no output");
+    assert_eq!(first, 1);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let tids = list_threads(pid).expect("threads");
+    assert_eq!(tids.len(), 3, "{tids:?}");
+    let mut tracees: Vec<Tracee> = tids
+        .iter()
+        .map(|t| Tracee::seize_and_interrupt(*t).expect("seize"))
+        .collect();
+    for t in &mut tracees {
+        t.wait_stop(Some(Duration::from_secs(5))).expect("stop");
+    }
+    tracees.sort_by_key(|t| t.tid() != pid);
+    let dumped = dump_threads(pid.as_raw(), &mut tracees).expect("dump");
+    assert_eq!(dumped.threads.len(), 3);
+    let restarts: Vec<_> = dumped.threads.iter().map(|t| t.syscall).collect();
+    // Kill it; its traced threads are reaped here, then the leader.
+    let _ = child.kill();
+    for t in &tids[..] {
+        if *t != pid {
+            let _ = nix::sys::wait::waitpid(*t, Some(nix::sys::wait::WaitPidFlag::__WALL));
+        }
+    }
+    drop(tracees);
+    let _ = child.wait();
+    let printed = drain(&rx);
+    let last = *printed.last().expect("nothing printed");
+
+    let mut husk = spawn_husk(&pipe_w, &mut reaper);
+    let husk_pid = husk.tid();
+    assert!(!husk.options().trace_clone);
+    let pages = pages_of(&dumped);
+    let others = rebuild_process(
+        &mut husk,
+        &dumped.process,
+        &dumped.threads,
+        &dumped.vmas,
+        &pages,
+    )
+    .unwrap_or_else(|e| panic!("rebuild_process: {e}"));
+    assert_eq!(others.len(), 2);
+    let mut now = vec![husk_pid];
+    now.extend(others.iter().map(|t| t.tid()));
+    now.sort();
+    // The husk is the leader (its own PID); the others have their TIDs.
+    let mut want: Vec<Pid> = dumped
+        .threads
+        .iter()
+        .map(|t| Pid::from_raw(t.tid))
+        .filter(|t| *t != pid)
+        .chain([husk_pid])
+        .collect();
+    want.sort();
+    assert_eq!(now, want, "the rebuilt threads' TIDs");
+    assert_eq!(list_threads(husk_pid).expect("threads"), want);
+    for t in others {
+        t.detach().expect("detach a thread");
+    }
+    husk.detach().expect("detach");
+
+    let mut next = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next.len() < 5 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(n) => next.push(n),
+            Err(e) => panic!(
+                "the rebuilt threads printed only {next:?} after {last} ({e}); dumped in {restarts:?}"
+            ),
+        }
+    }
+    assert_eq!(next[0], last + 1, "{next:?} after {last}");
+    for w in next.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "not a sequence: {next:?} after {last}");
+    }
+    assert_eq!(list_threads(husk_pid).expect("threads").len(), 3);
 }
 
 #[test]
