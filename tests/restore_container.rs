@@ -266,6 +266,13 @@ fn a_multithreaded_python_goes_on_in_every_thread() {
     assert_eq!(h.state("mt"), "running");
     // Same threads, same TIDs, same names.
     assert_eq!(tasks(&h, "mt"), before_tasks);
+    // Nothing of the restorer (its fds are >= 900) is left open.
+    let fds = h.exec("mt", &["ls", "/proc/1/fd"]);
+    assert!(
+        fds.split_whitespace()
+            .all(|fd| fd.parse::<i32>().is_ok_and(|fd| fd < 900)),
+        "{fds}"
+    );
     let first = counters(&h, "mt");
     assert_eq!(first.len(), 3, "{first:?}");
     for k in 0..3 {

@@ -46,7 +46,7 @@ use nix::unistd::Pid;
 use crate::container::cgroups::ContainerCgroup;
 use crate::dump::procfs;
 use crate::error::{Error, Result};
-use crate::inject::{SeizeOptions, Tracee};
+use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
 use crate::restore::process::rebuild_process;
 
@@ -425,6 +425,19 @@ pub fn take_over(
         })?;
         let mut tracee = Tracee::seize_and_interrupt_with(Pid::from_raw(host), options)?;
         tracee.wait_stop(Some(Duration::from_secs(10)))?;
+        // The husk may be stopped between its 'H' and closing the report
+        // pipe: close every private fd from outside, so none is left in the
+        // restored process.
+        RemoteSyscall::new(&mut tracee)
+            .inject(
+                libc::SYS_close_range,
+                [FIRST_PRIVATE_FD as u64, u64::from(u32::MAX), 0, 0, 0, 0],
+            )
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "restored process {pid}: closing the restorer's descriptors: {e}"
+                ))
+            })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
     for (pid, tracee, threads) in tracees.iter_mut() {
