@@ -461,10 +461,28 @@ fn rebuilt_threads_get_their_tids_and_go_on() {
     let printed = drain(&rx);
     let last = *printed.last().expect("nothing printed");
 
+    let pages = pages_of(&dumped);
+    // A TID that is taken (this test's own PID) fails the rebuild at the
+    // clone, with a typed error naming the thread, before any memory of the
+    // image is mapped.
+    let taken = std::process::id() as i32;
+    let mut clash = dumped.threads.clone();
+    clash[1].tid = taken;
+    let mut husk = spawn_husk(&pipe_w, &mut reaper);
+    let err = rebuild_process(&mut husk, &dumped.process, &clash, &dumped.vmas, &pages)
+        .expect_err("a taken TID must fail");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, cr::restore::RestoreError::Thread { tid, .. } if tid == taken),
+        "{msg}"
+    );
+    assert!(msg.contains("clone3") && msg.contains("EEXIST"), "{msg}");
+    assert_eq!(list_threads(husk.tid()).expect("threads").len(), 1);
+    drop(husk);
+
     let mut husk = spawn_husk(&pipe_w, &mut reaper);
     let husk_pid = husk.tid();
     assert!(!husk.options().trace_clone);
-    let pages = pages_of(&dumped);
     let others = rebuild_process(
         &mut husk,
         &dumped.process,
