@@ -307,6 +307,118 @@ fn a_multithreaded_python_goes_on_in_every_thread() {
     assert_eq!(tasks(&h, "mt"), before_tasks);
 }
 
+/// Rewrites the records of image `dir`, changing every record with `edit`.
+fn edit_records(dir: &std::path::Path, mut edit: impl FnMut(&mut cr_formats::schema::Record)) {
+    use cr_formats::{read_records, RecordWriter};
+    let path = dir.join("records.img");
+    let image = read_records(std::fs::File::open(&path).expect("records.img")).expect("read");
+    let out = std::io::BufWriter::new(std::fs::File::create(&path).expect("rewrite"));
+    let mut w = RecordWriter::new(out, &image.manifest).expect("writer");
+    for mut e in image.entries {
+        if matches!(e.record, cr_formats::schema::Record::Manifest(_)) {
+            continue;
+        }
+        edit(&mut e.record);
+        w.write(&e.record).expect("write record");
+    }
+    w.finish().expect("finish records");
+}
+
+#[test]
+fn a_failed_thread_rebuild_leaves_nothing_running_or_traced() {
+    let h = TestHost::new();
+    // PID 1 is a shell; the threaded python is its child.
+    h.run(
+        "clash",
+        TestImage::Python,
+        None,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "/usr/bin/python3 -c \"$0\" & wait",
+            THREADS,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "clash");
+            c.len() == 3 && c.iter().all(|n| *n > 3)
+        }),
+        "the threads do not count: {:?}",
+        counters(&h, "clash")
+    );
+    let good = h.root.join("img-good");
+    h.ok(&[
+        "checkpoint",
+        "clash",
+        "--image",
+        good.to_str().expect("utf-8"),
+    ]);
+    let bad = h.root.join("img-bad");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&good)
+        .arg(&bad)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    // The python's last thread gets TID 1, which the shell (PID 1) holds at
+    // restore: its clone3 fails after the other thread was created.
+    let mut python = None;
+    let mut last = None;
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Process(p) = r {
+            if p.pid != 1 {
+                python = Some(p.pid);
+            }
+        }
+    });
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Thread(t) = r {
+            if Some(t.pid) == python && t.tid != t.pid {
+                last = Some(t.tid);
+            }
+        }
+    });
+    let (python, last) = (python.expect("python"), last.expect("threads"));
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Thread(t) = r {
+            if t.pid == python && t.tid == last {
+                t.tid = 1;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = h.fails(&["restore", "clash", "--image", bad.to_str().expect("utf-8")]);
+    // Killed and reaped at once: no wait on a traced zombie.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the failed restore took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!("rebuilding process {python}"))
+            && err.contains("thread 1")
+            && err.contains("clone3")
+            && err.contains("EEXIST"),
+        "{err}"
+    );
+    assert_eq!(h.state("clash"), "stopped");
+    // Nothing of it is left (no husk, no traced zombie): the good image
+    // restores into the same container.
+    h.ok(&["restore", "clash", "--image", good.to_str().expect("utf-8")]);
+    let first = counters(&h, "clash");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "clash");
+            c.len() == 3 && first.len() == 3 && (0..3).all(|k| c[k] > first[k] + 3)
+        }),
+        "{first:?} {:?}",
+        counters(&h, "clash")
+    );
+}
+
 #[test]
 fn a_damaged_image_is_refused_and_nothing_is_built() {
     let h = TestHost::new();

@@ -409,9 +409,9 @@ pub fn take_over(
         host_pid.insert(status.pid_in_ns(), pid.as_raw());
     }
     // Every husk is single-threaded; the rebuild adds the other threads,
-    // which PTRACE_O_TRACECLONE attaches (and stops) as they are born. On
-    // failure every tracee, threads included, is detached when dropped and
-    // the caller kills the container.
+    // which PTRACE_O_TRACECLONE attaches (and stops) as they are born. A
+    // failed rebuild kills and reaps every husk (see `abandon`); the caller
+    // then kills the container.
     let options = SeizeOptions {
         trace_clone: true,
         ..SeizeOptions::default()
@@ -440,21 +440,26 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
-    for (pid, tracee, threads) in tracees.iter_mut() {
+    for i in 0..tracees.len() {
+        let (pid, tracee, threads) = &mut tracees[i];
         let p = &image.processes[pid];
-        *threads = rebuild_process(
+        match rebuild_process(
             tracee,
             &p.process,
             &p.threads,
             &p.vmas,
             &image.pages_of(*pid),
-        )
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "rebuilding process {pid} ({}): {e}",
-                p.process.comm
-            ))
-        })?;
+        ) {
+            Ok(rebuilt) => *threads = rebuilt,
+            Err(e) => {
+                let e = Error::Invalid(format!(
+                    "rebuilding process {pid} ({}): {e}",
+                    p.process.comm
+                ));
+                abandon(tracees);
+                return Err(e);
+            }
+        }
     }
     // Detach everything, even past a failure, and report the first one.
     let mut first_error = None;
@@ -475,6 +480,25 @@ pub fn take_over(
     match first_error {
         Some(e) => Err(e),
         None => Ok(host_pid),
+    }
+}
+
+/// After a failed rebuild: half-built husks must never run. Every husk is
+/// killed (its whole thread group), then every traced thread is reaped
+/// (each leader after its threads, PID 1 last), so that nothing stays
+/// attached and no zombie waits for the supervisor. (The threads of the process whose rebuild failed were
+/// detached already; they die with it.)
+fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
+    for (_, tracee, _) in &tracees {
+        let _ = nix::sys::signal::kill(tracee.tgid(), nix::sys::signal::Signal::SIGKILL);
+    }
+    // PID 1 last: its exit waits until every task of its PID namespace is
+    // reaped, traced ones included.
+    for (_, tracee, threads) in tracees.into_iter().rev() {
+        for thread in threads {
+            let _ = thread.reap_killed(Duration::from_secs(5));
+        }
+        let _ = tracee.reap_killed(Duration::from_secs(5));
     }
 }
 
