@@ -280,23 +280,60 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 64 MiB of heap, each page marked differently, checked against its
+/// checksum every round by the main thread ("ok N" or "bad N" in
+/// /root/heap), while three threads sleep in a loop.
+const LARGE_HEAP: &str = r#"
+import threading, time, zlib
+data = bytearray(b'x' * (64 << 20))
+for j in range(0, len(data), 4096):
+    data[j] = (j // 4096) % 251
+want = zlib.crc32(data)
+def spin():
+    while True:
+        time.sleep(0.05)
+for _ in range(3):
+    threading.Thread(target=spin, daemon=True).start()
+i = 0
+while True:
+    i += 1
+    state = 'ok' if zlib.crc32(data) == want else 'bad'
+    with open('/root/heap', 'w') as f:
+        f.write('%s %d' % (state, i))
+    with open('/root/count', 'w') as f:
+        f.write(str(i))
+    time.sleep(0.1)
+"#;
+
+/// What the large-heap script last wrote to /root/heap (retried while the
+/// file is caught between truncation and write).
+fn heap_state(h: &TestHost, name: &str) -> String {
+    let mut state = String::new();
+    wait_until(Duration::from_secs(3), || {
+        let out = h.cr(&["exec", name, "--", "cat", "/root/heap"]);
+        state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        !state.is_empty()
+    });
+    state
+}
+
 #[test]
 fn multithreaded_process_with_a_large_heap() {
     let h = TestHost::new();
-    let script = "import threading, time\n\
-        data = bytearray(b'x' * (64 << 20))\n\
-        def spin():\n    while True: time.sleep(0.05)\n\
-        for _ in range(3): threading.Thread(target=spin, daemon=True).start()\n\
-        i = 0\n\
-        while True:\n    i += 1\n    open('/root/count', 'w').write(str(i))\n    time.sleep(0.1)\n";
     h.run(
         "py",
         TestImage::Python,
         None,
         &[],
-        &["/usr/bin/python3", "-c", script],
+        &["/usr/bin/python3", "-c", LARGE_HEAP],
     );
     assert!(wait_until(Duration::from_secs(10), || count(&h, "py") > 2));
+    assert!(
+        heap_state(&h, "py").starts_with("ok "),
+        "{}",
+        heap_state(&h, "py")
+    );
+    let at_checkpoint = count(&h, "py");
     let summary = checkpoint_json(&h, &["py", "--leave-running", "--compress", "zstd"]);
     assert_eq!(summary["threads"], 4, "{summary}");
     assert!(
@@ -313,13 +350,39 @@ fn multithreaded_process_with_a_large_heap() {
         wait_until(Duration::from_secs(3), || count(&h, "py") > before),
         "python stopped"
     );
-    let img = inspect(summary["image"].as_str().expect("image"));
+    let image = summary["image"].as_str().expect("image").to_string();
+    let img = inspect(&image);
     let threads = records_of(&img, "Thread");
     assert_eq!(threads.len(), 4);
     assert!(
         threads.iter().all(|t| !t["rseq"].is_null()),
         "glibc registers rseq in every thread"
     );
+
+    // Stop it and bring it back from the image: the heap is intact, every
+    // thread is there and the main loop goes on from the checkpoint.
+    h.ok(&["stop", "py", "--time", "0"]);
+    h.ok(&["restore", "py", "--image", &image]);
+    assert_eq!(h.state("py"), "running");
+    let mut resumed = 0;
+    wait_until(Duration::from_secs(3), || {
+        resumed = count(&h, "py");
+        resumed > 0
+    });
+    // From the checkpoint's iteration on: neither restarted nor the count
+    // the left-running container reached afterwards.
+    assert!(
+        resumed >= at_checkpoint && resumed <= before + 30,
+        "the restored loop is at {resumed}; the checkpoint was taken between {at_checkpoint} and {before}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&h, "py") > resumed + 3),
+        "the restored python does not go on"
+    );
+    let state = heap_state(&h, "py");
+    assert!(state.starts_with("ok "), "the restored heap: {state}");
+    let tasks = h.exec("py", &["ls", "/proc/1/task"]);
+    assert_eq!(tasks.split_whitespace().count(), 4, "{tasks}");
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use cr::dump::checkpoint::{dump_process, DumpedProcess};
-use cr::inject::{read_memory, Tracee};
+use cr::dump::checkpoint::{dump_process, dump_threads, DumpedProcess};
+use cr::inject::{list_threads, read_memory, Tracee};
 use cr::restore::process::{finish, prepare, rebuild_process, write_pages, Pages};
 use cr_formats::schema::{SyscallRestart, VmaKind};
 use cr_formats::{PageOwner, PageReader, PageWriter, PageWriterOptions};
@@ -410,6 +410,124 @@ fn rebuilt_dynamic_python_counts_on() {
     eprintln!("python dumped in {:?}", c.dumped.threads[0].syscall);
 }
 
+/// A python whose counting happens in a thread other than the leader (the
+/// leader waits on an Event: a futex without timeout; a third thread sleeps
+/// in a loop) is dumped with all its threads and rebuilt in a husk seized
+/// without PTRACE_O_TRACECLONE: every thread comes back with its TID and
+/// the counting thread goes on from its own stack and TLS.
+#[test]
+fn rebuilt_threads_get_their_tids_and_go_on() {
+    require_env();
+    let python = "/usr/bin/python3";
+    assert!(
+        std::path::Path::new(python).exists(),
+        "missing prerequisite: {python} (apt-get install -y python3)"
+    );
+    let script = "import threading, time\n\
+        def count():\n    i = 0\n    while True:\n        i += 1\n        print(i, flush=True)\n        time.sleep(0.2)\n\
+        def idle():\n    while True:\n        time.sleep(0.05)\n\
+        threading.Thread(target=idle, daemon=True).start()\n\
+        threading.Thread(target=count, daemon=True).start()\n\
+        threading.Event().wait()\n";
+    let mut reaper = Reaper(Vec::new());
+    let (mut child, rx, pipe_w) = spawn_counter(python, &["-S", "-c", script]);
+    let pid = Pid::from_raw(child.id() as i32);
+    let first = rx.recv_timeout(Duration::from_secs(5)).expect("no output");
+    assert_eq!(first, 1);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let tids = list_threads(pid).expect("threads");
+    assert_eq!(tids.len(), 3, "{tids:?}");
+    let mut tracees: Vec<Tracee> = tids
+        .iter()
+        .map(|t| Tracee::seize_and_interrupt(*t).expect("seize"))
+        .collect();
+    for t in &mut tracees {
+        t.wait_stop(Some(Duration::from_secs(5))).expect("stop");
+    }
+    tracees.sort_by_key(|t| t.tid() != pid);
+    let dumped = dump_threads(pid.as_raw(), &mut tracees).expect("dump");
+    assert_eq!(dumped.threads.len(), 3);
+    let restarts: Vec<_> = dumped.threads.iter().map(|t| t.syscall).collect();
+    // Kill it; its traced threads are reaped here, then the leader.
+    let _ = child.kill();
+    for t in &tids[..] {
+        if *t != pid {
+            let _ = nix::sys::wait::waitpid(*t, Some(nix::sys::wait::WaitPidFlag::__WALL));
+        }
+    }
+    drop(tracees);
+    let _ = child.wait();
+    let printed = drain(&rx);
+    let last = *printed.last().expect("nothing printed");
+
+    let pages = pages_of(&dumped);
+    // A TID that is taken (this test's own PID) fails the rebuild at the
+    // clone, with a typed error naming the thread, before any memory of the
+    // image is mapped.
+    let taken = std::process::id() as i32;
+    let mut clash = dumped.threads.clone();
+    clash[1].tid = taken;
+    let mut husk = spawn_husk(&pipe_w, &mut reaper);
+    let err = rebuild_process(&mut husk, &dumped.process, &clash, &dumped.vmas, &pages)
+        .expect_err("a taken TID must fail");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, cr::restore::RestoreError::Thread { tid, .. } if tid == taken),
+        "{msg}"
+    );
+    assert!(msg.contains("clone3") && msg.contains("EEXIST"), "{msg}");
+    assert_eq!(list_threads(husk.tid()).expect("threads").len(), 1);
+    drop(husk);
+
+    let mut husk = spawn_husk(&pipe_w, &mut reaper);
+    let husk_pid = husk.tid();
+    assert!(!husk.options().trace_clone);
+    let others = rebuild_process(
+        &mut husk,
+        &dumped.process,
+        &dumped.threads,
+        &dumped.vmas,
+        &pages,
+    )
+    .unwrap_or_else(|e| panic!("rebuild_process: {e}"));
+    assert_eq!(others.len(), 2);
+    let mut now = vec![husk_pid];
+    now.extend(others.iter().map(|t| t.tid()));
+    now.sort();
+    // The husk is the leader (its own PID); the others have their TIDs.
+    let mut want: Vec<Pid> = dumped
+        .threads
+        .iter()
+        .map(|t| Pid::from_raw(t.tid))
+        .filter(|t| *t != pid)
+        .chain([husk_pid])
+        .collect();
+    want.sort();
+    assert_eq!(now, want, "the rebuilt threads' TIDs");
+    assert_eq!(list_threads(husk_pid).expect("threads"), want);
+    for t in others {
+        t.detach().expect("detach a thread");
+    }
+    husk.detach().expect("detach");
+
+    let mut next = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next.len() < 5 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(n) => next.push(n),
+            Err(e) => panic!(
+                "the rebuilt threads printed only {next:?} after {last} ({e}); dumped in {restarts:?}"
+            ),
+        }
+    }
+    assert_eq!(next[0], last + 1, "{next:?} after {last}");
+    for w in next.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "not a sequence: {next:?} after {last}");
+    }
+    assert_eq!(list_threads(husk_pid).expect("threads").len(), 3);
+}
+
 #[test]
 fn rebuilt_memory_matches_the_dump_byte_for_byte() {
     require_env();
@@ -467,8 +585,9 @@ fn rebuilt_memory_matches_the_dump_byte_for_byte() {
     }
     assert!(reader.is_complete());
     assert!(zero_runs > 0, "no zero runs: the test misses a case");
-    finish(&mut husk, &prepared, &dumped.process, &dumped.threads)
+    let others = finish(&mut husk, prepared, &dumped.process, &dumped.threads)
         .unwrap_or_else(|e| panic!("finish: {e}"));
+    assert!(others.is_empty(), "a single-threaded process got threads");
     let pages = pages_of(&dumped);
 
     // Every dumped page is in place...
@@ -554,11 +673,17 @@ fn rebuilt_sleep_sleeps_only_the_time_it_had_left() {
     let mut husk = spawn_husk(&pipe_w, &mut reaper);
     let husk_pid = husk.tid();
     let pages = pages_of(&dumped);
-    // Refused before anything is touched: two threads.
+    // Refused before anything is touched: the same thread twice, and no
+    // thread group leader.
     let two = [dumped.threads[0].clone(), dumped.threads[0].clone()];
     let err = rebuild_process(&mut husk, &dumped.process, &two, &dumped.vmas, &pages)
-        .expect_err("two threads must be refused");
-    assert!(err.to_string().contains("2 threads"), "{err}");
+        .expect_err("a duplicated thread must be refused");
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    let mut orphan = dumped.threads[0].clone();
+    orphan.tid += 1;
+    let err = rebuild_process(&mut husk, &dumped.process, &[orphan], &dumped.vmas, &pages)
+        .expect_err("a process without its leader must be refused");
+    assert!(err.to_string().contains("thread group leader"), "{err}");
     rebuild_process(
         &mut husk,
         &dumped.process,

@@ -156,7 +156,13 @@ fn what_restore_cannot_rebuild_is_refused_before_building() {
         &[],
         &["/usr/bin/python3", "-c", script],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(5), || h
+            .exec("user", &["cat", "/proc/1/status"])
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))),
+        "python did not become nobody"
+    );
     // A checkpoint that would stop the container is refused: it keeps running.
     let err = h.fails(&["checkpoint", "user"]);
     assert!(
@@ -171,7 +177,9 @@ fn what_restore_cannot_rebuild_is_refused_before_building() {
     h.ok(&["destroy", "user"]);
     let err = h.fails(&["restore", "user"]);
     assert!(
-        err.contains("another user") && err.contains("not supported yet"),
+        err.contains("process 1")
+            && err.contains("another user")
+            && err.contains("not supported yet"),
         "{err}"
     );
     assert!(
@@ -181,6 +189,243 @@ fn what_restore_cannot_rebuild_is_refused_before_building() {
 
     let err = h.fails(&["restore", "nosuch"]);
     assert!(err.contains("no checkpoint"), "{err}");
+}
+
+/// Three threads, each named through /proc, count in a variable of their
+/// own (two in `time.sleep`, one waiting on an Event with a timeout: a
+/// futex); the main thread writes every counter to /root/count.
+const THREADS: &str = r#"
+import os, threading, time
+counts = [0, 0, 0]
+def work(k):
+    with open('/proc/self/task/%d/comm' % threading.get_native_id(), 'w') as f:
+        f.write('worker%d' % k)
+    n = 0
+    ev = threading.Event()
+    while True:
+        n += 1
+        counts[k] = n
+        if k == 1:
+            ev.wait(0.05)
+        else:
+            time.sleep(0.05)
+for k in range(3):
+    threading.Thread(target=work, args=(k,), daemon=True).start()
+while True:
+    with open('/root/count.tmp', 'w') as f:
+        f.write(' '.join(map(str, counts)) + '\n')
+    os.rename('/root/count.tmp', '/root/count')
+    time.sleep(0.1)
+"#;
+
+fn counters(h: &TestHost, name: &str) -> Vec<u64> {
+    let out = h.cr(&["exec", name, "--", "cat", "/root/count"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// "TID comm" for every thread of the container's PID 1.
+fn tasks(h: &TestHost, name: &str) -> Vec<String> {
+    let out = h.exec(
+        name,
+        &[
+            "/bin/sh",
+            "-c",
+            "for t in /proc/1/task/*; do echo ${t##*/} $(cat $t/comm); done",
+        ],
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_multithreaded_python_goes_on_in_every_thread() {
+    let h = TestHost::new();
+    h.run(
+        "mt",
+        TestImage::Python,
+        None,
+        &[],
+        &["/usr/bin/python3", "-c", THREADS],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && c.iter().all(|n| *n > 10)
+        }),
+        "the threads do not count: {:?}",
+        counters(&h, "mt")
+    );
+    let before_tasks = tasks(&h, "mt");
+    assert_eq!(before_tasks.len(), 4, "{before_tasks:?}");
+    for k in 0..3 {
+        assert!(
+            before_tasks
+                .iter()
+                .any(|t| t.ends_with(&format!(" worker{k}"))),
+            "{before_tasks:?}"
+        );
+    }
+    let before = counters(&h, "mt");
+    h.ok(&["checkpoint", "mt"]);
+    assert_eq!(h.state("mt"), "stopped");
+
+    h.ok(&["restore", "mt"]);
+    assert_eq!(h.state("mt"), "running");
+    // Same threads, same TIDs, same names.
+    assert_eq!(tasks(&h, "mt"), before_tasks);
+    // Nothing of the restorer (its fds are >= 900) is left open.
+    let fds = h.exec("mt", &["ls", "/proc/1/fd"]);
+    assert!(
+        fds.split_whitespace()
+            .all(|fd| fd.parse::<i32>().is_ok_and(|fd| fd < 900)),
+        "{fds}"
+    );
+    let first = counters(&h, "mt");
+    assert_eq!(first.len(), 3, "{first:?}");
+    for k in 0..3 {
+        // From where it was, not from 0.
+        assert!(
+            first[k] >= before[k],
+            "thread {k} restarted: {before:?} before the checkpoint, {first:?} after"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && (0..3).all(|k| c[k] > first[k] + 5)
+        }),
+        "not every thread goes on: {before:?} before, {first:?} just after, {:?} now",
+        counters(&h, "mt")
+    );
+    assert_eq!(tasks(&h, "mt"), before_tasks);
+
+    // And once more from the same state after a second checkpoint.
+    let again = counters(&h, "mt");
+    h.ok(&["checkpoint", "mt"]);
+    h.ok(&["restore", "mt"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "mt");
+            c.len() == 3 && (0..3).all(|k| c[k] > again[k] + 5)
+        }),
+        "a restored process cannot be checkpointed and restored again: {again:?}, {:?}",
+        counters(&h, "mt")
+    );
+    assert_eq!(tasks(&h, "mt"), before_tasks);
+}
+
+/// Rewrites the records of image `dir`, changing every record with `edit`.
+fn edit_records(dir: &std::path::Path, mut edit: impl FnMut(&mut cr_formats::schema::Record)) {
+    use cr_formats::{read_records, RecordWriter};
+    let path = dir.join("records.img");
+    let image = read_records(std::fs::File::open(&path).expect("records.img")).expect("read");
+    let out = std::io::BufWriter::new(std::fs::File::create(&path).expect("rewrite"));
+    let mut w = RecordWriter::new(out, &image.manifest).expect("writer");
+    for mut e in image.entries {
+        if matches!(e.record, cr_formats::schema::Record::Manifest(_)) {
+            continue;
+        }
+        edit(&mut e.record);
+        w.write(&e.record).expect("write record");
+    }
+    w.finish().expect("finish records");
+}
+
+#[test]
+fn a_failed_thread_rebuild_leaves_nothing_running_or_traced() {
+    let h = TestHost::new();
+    // PID 1 is a shell; the threaded python is its child.
+    h.run(
+        "clash",
+        TestImage::Python,
+        None,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "/usr/bin/python3 -c \"$0\" & wait",
+            THREADS,
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "clash");
+            c.len() == 3 && c.iter().all(|n| *n > 3)
+        }),
+        "the threads do not count: {:?}",
+        counters(&h, "clash")
+    );
+    let good = h.root.join("img-good");
+    h.ok(&[
+        "checkpoint",
+        "clash",
+        "--image",
+        good.to_str().expect("utf-8"),
+    ]);
+    let bad = h.root.join("img-bad");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&good)
+        .arg(&bad)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    // The python's last thread gets TID 1, which the shell (PID 1) holds at
+    // restore: its clone3 fails after the other thread was created.
+    let mut python = None;
+    let mut last = None;
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Process(p) = r {
+            if p.pid != 1 {
+                python = Some(p.pid);
+            }
+        }
+    });
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Thread(t) = r {
+            if Some(t.pid) == python && t.tid != t.pid {
+                last = Some(t.tid);
+            }
+        }
+    });
+    let (python, last) = (python.expect("python"), last.expect("threads"));
+    edit_records(&bad, |r| {
+        if let cr_formats::schema::Record::Thread(t) = r {
+            if t.pid == python && t.tid == last {
+                t.tid = 1;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = h.fails(&["restore", "clash", "--image", bad.to_str().expect("utf-8")]);
+    // Killed and reaped at once: no wait on a traced zombie.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the failed restore took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!("rebuilding process {python}"))
+            && err.contains("thread 1")
+            && err.contains("clone3")
+            && err.contains("EEXIST"),
+        "{err}"
+    );
+    assert_eq!(h.state("clash"), "stopped");
+    // Nothing of it is left (no husk, no traced zombie): the good image
+    // restores into the same container.
+    h.ok(&["restore", "clash", "--image", good.to_str().expect("utf-8")]);
+    let first = counters(&h, "clash");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let c = counters(&h, "clash");
+            c.len() == 3 && first.len() == 3 && (0..3).all(|k| c[k] > first[k] + 3)
+        }),
+        "{first:?} {:?}",
+        counters(&h, "clash")
+    );
 }
 
 #[test]

@@ -893,6 +893,12 @@ pub struct DumpedProcess {
 /// tools): `tracee` is its seized, stopped main thread. Descriptors are not
 /// collected.
 pub fn dump_process(host_pid: i32, tracee: &mut Tracee) -> Result<DumpedProcess> {
+    dump_threads(host_pid, std::slice::from_mut(tracee))
+}
+
+/// [`dump_process`] for a process with any number of threads: `tracees`
+/// holds every thread, seized and stopped, the leader first.
+pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProcess> {
     let status = procfs::read_status(host_pid)?;
     let pid = status.pid_in_ns();
     let mut maps = Vec::new();
@@ -907,8 +913,12 @@ pub fn dump_process(host_pid: i32, tracee: &mut Tracee) -> Result<DumpedProcess>
         fds: Vec::new(),
         maps,
     };
-    let process = collect_process(&task, &HashMap::new(), &mut [&mut *tracee])?;
-    let threads = vec![collect_thread(pid, tracee)?];
+    let mut refs: Vec<&mut Tracee> = tracees.iter_mut().collect();
+    let process = collect_process(&task, &HashMap::new(), &mut refs)?;
+    let mut threads = Vec::with_capacity(tracees.len());
+    for tracee in tracees.iter_mut() {
+        threads.push(collect_thread(pid, tracee)?);
+    }
     let pagemap_path = format!("/proc/{host_pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;
     let mut vmas = Vec::new();

@@ -364,6 +364,24 @@ impl Tracee {
         self.options
     }
 
+    /// `PTRACE_SETOPTIONS` on a stopped thread (`PTRACE_O_TRACESYSGOOD`
+    /// stays set). Threads auto-attached later inherit them.
+    pub fn set_options(&mut self, options: SeizeOptions) -> Result<()> {
+        self.require_stopped("PTRACE_SETOPTIONS")?;
+        // SAFETY: PTRACE_SETOPTIONS takes the options as an integer.
+        unsafe {
+            ptrace_raw(
+                libc::PTRACE_SETOPTIONS,
+                "PTRACE_SETOPTIONS",
+                self.tid,
+                0,
+                options.bits(),
+            )
+        }?;
+        self.options = options;
+        Ok(())
+    }
+
     /// The current ptrace-stop, or None while running.
     pub fn stop(&self) -> Option<Stop> {
         self.stop
@@ -603,6 +621,41 @@ impl Tracee {
     /// recorded signals again.
     pub fn detach(mut self) -> Result<()> {
         self.detach_inner()
+    }
+
+    /// Reaps this thread after its process was sent SIGKILL: a traced
+    /// thread that dies stays a zombie until its tracer waits for it (a
+    /// dying PID namespace would wait for it forever). Reap the other
+    /// threads first: the kernel reports a thread group leader only once
+    /// the rest of its group is gone.
+    pub fn reap_killed(mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.stop = None;
+        loop {
+            let status = match waitpid_until(self.tid, Some(deadline)) {
+                Ok(Some(status)) => status,
+                Ok(None) => {
+                    return Err(InjectError::Timeout {
+                        tid: self.tid,
+                        during: "reaping a killed thread",
+                        timeout,
+                    })
+                }
+                Err(InjectError::Wait {
+                    errno: Errno::ECHILD,
+                    ..
+                }) => {
+                    // Not ours to wait for any more (detached or reaped).
+                    self.attached = false;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if let Waited::Gone(_) = decode_status(status) {
+                self.attached = false;
+                return Ok(());
+            }
+        }
     }
 
     fn detach_inner(&mut self) -> Result<()> {

@@ -91,6 +91,7 @@ pub fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_mremap => "mremap",
         libc::SYS_mprotect => "mprotect",
         libc::SYS_close => "close",
+        libc::SYS_close_range => "close_range",
         libc::SYS_prctl => "prctl",
         libc::SYS_rt_sigaction => "rt_sigaction",
         libc::SYS_rt_sigprocmask => "rt_sigprocmask",
@@ -109,6 +110,9 @@ pub fn syscall_name(nr: i64) -> &'static str {
         libc::SYS_clock_nanosleep => "clock_nanosleep",
         libc::SYS_rt_sigreturn => "rt_sigreturn",
         libc::SYS_exit => "exit",
+        libc::SYS_clone3 => "clone3",
+        libc::SYS_setpriority => "setpriority",
+        libc::SYS_setitimer => "setitimer",
         _ => "syscall",
     }
 }

@@ -9,9 +9,9 @@
 //!                                                              caller detaches
 //! ```
 //!
-//! Only the single-threaded core is here so far: see [`process`]. Not yet:
-//! threads, descriptors, the process tree, credentials, namespaces,
-//! pending signals, POSIX timers, shared memory.
+//! One process, all its threads, is rebuilt by [`process`]; the container's
+//! tree of processes by [`tree`]. Not yet: credentials, pending signals,
+//! POSIX timers, shared memory.
 
 pub mod container;
 pub mod image;
@@ -136,7 +136,18 @@ pub enum RestoreError {
         #[source]
         source: InjectError,
     },
-    /// The image is not one this step can restore (multi-threaded, no mm,
+    /// A step done for one thread other than the leader: creating it with
+    /// its TID (step 1b), or setting its registers (step 6).
+    #[error("process {pid}, thread {tid}: {what}: {source}")]
+    Thread {
+        pid: Pid,
+        /// The TID inside the container's PID namespace.
+        tid: i32,
+        what: String,
+        #[source]
+        source: InjectError,
+    },
+    /// The image is not one this step can restore (no leader thread, no mm,
     /// malformed registers...).
     #[error("process {pid}: {what}")]
     Invalid { pid: Pid, what: String },

@@ -1,24 +1,32 @@
-//! Rebuilding one process inside a husk, by syscall injection only.
+//! Rebuilding one process, with all its threads, inside a husk, by syscall
+//! injection only.
 //!
-//! A *husk* is a stopped process whose only job is to become the
-//! checkpointed one: a fork of cr, seized by the restorer. Nothing of the
-//! checkpointed program ever runs inside cr: everything below is done from
-//! outside, through [`RemoteSyscall`] (ptrace), and memory writes through
-//! `process_vm_writev` or `/proc/PID/mem`.
+//! A *husk* is a stopped single-threaded process whose only job is to
+//! become the checkpointed one: a fork of cr, seized by the restorer. Its
+//! thread becomes the image's thread group leader (TID = PID). Nothing of
+//! the checkpointed program ever runs inside cr: everything below is done
+//! from outside, through [`RemoteSyscall`] (ptrace), and memory writes
+//! through `process_vm_writev` or `/proc/PID/mem`.
 //!
 //! ```text
 //!  husk address space                          steps
 //!  ┌───────────────────────────────┐
 //!  │ cr's text, heap, stacks, libs │  0  take the husk's regs; set
 //!  │ [vvar][vvar_vclock][vdso]     │     orig_rax = -1 (no restart games);
-//!  └───────────────────────────────┘     unregister its rseq area
-//!        │ patch mode (gadget at rip)
+//!  └───────────────────────────────┘     unregister its rseq area; make sure
+//!        │ patch mode (gadget at rip)    it is traced with PTRACE_O_TRACECLONE
 //!        ▼
 //!  ┌──────────┬──────────┐              1  free range F (outside the image's
 //!  │ gadget   │ scratch  │ at F            VMAs and the husk's maps, 1 MiB
 //!  │ r-x 0f05 │ rw-      │                 margins): mmap gadget r-x, write
 //!  └──────────┴──────────┘                 `0f 05` via /proc/PID/mem; scratch
 //!        │ known-gadget mode from now on (PTRACE_SYSCALL)
+//!        ▼
+//!  in the leader, per other thread T of the image:  1b clone3(CLONE_VM|FS|
+//!  clone_args + set_tid=[T] in scratch ──► clone3       FILES|SIGHAND|THREAD|
+//!  PTRACE_EVENT_CLONE: the kernel attached T, which     SYSVSEM, set_tid=[T],
+//!  sits in PTRACE_EVENT_STOP before its first           no stack): T born
+//!  instruction (its rip: gadget+2, never run)           with its recorded TID
 //!        ▼
 //!  munmap everything but F and the vvar/vdso block   2  then mremap the
 //!  [vvar][vvar_vclock][vdso] ── hop (F+2 pages) ──►     block, piece by
@@ -33,21 +41,39 @@
 //!  prctl(PR_SET_MM, PR_SET_MM_MAP, scratch, 104)       4  code/data/brk/stack/
 //!                                                        args/env, auxv, exe_fd
 //!        ▼
-//!  rt_sigaction ×62 (recorded or SIG_DFL), sigaltstack, 5  thread state, run
-//!  setitimer ×3, set_tid_address, set_robust_list,         by the thread itself
-//!  PR_SET_NAME (comm), rseq
+//!  leader: rt_sigaction ×62 (recorded or SIG_DFL),      5  process-wide state
+//!  setitimer ×3                                            once, then each
+//!  every thread, injected in that thread (gadget F):       thread's own state,
+//!  sigaltstack, set_tid_address, set_robust_list,          run by the thread
+//!  PR_SET_NAME (comm), rseq; setpriority if its nice       itself
+//!  differs from the leader's
 //!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
-//!  the gadget ever runs)                                   address space
+//!  the gadget ever runs; the other threads stay stopped)   address space
 //!        ▼
-//!  PTRACE_SETREGSET xstate, PTRACE_SETSIGMASK, SETREGS  6  final registers
-//!  (restart rule below); the caller detaches
+//!  every thread: PTRACE_SETREGSET xstate,               6  final registers
+//!  PTRACE_SETSIGMASK, SETREGS (restart rule below);
+//!  the caller detaches every thread
 //! ```
 //!
+//! **Threads.** A new thread gets nothing per-thread from the leader that
+//! matters: with CLONE_VM the kernel gives it no rseq area, no alternate
+//! signal stack and no robust list, and `clear_child_tid` is 0; step 5
+//! sets each from the image and step 6 replaces its registers (so its
+//! rip, rsp and fs_base at birth never matter: clone3 accepts `stack = 0`
+//! with CLONE_VM, the child simply starts on the leader's rsp, and it never
+//! runs before detach). The clones come right after step 1 because the
+//! injected clone3 needs the gadget and the scratch page (for `clone_args`
+//! and `set_tid`), and before step 2 so that a TID already taken fails the
+//! rebuild before any of the image is mapped. `set_tid` names the TID in
+//! the husk's PID namespace (the container's). The restart rule below
+//! applies to every thread on its own (threads of python or redis sit in
+//! futex waits, epoll_wait, nanosleep...).
+//!
 //! Entry points: [`rebuild_process`] does it all with every page in memory;
-//! a restore streaming a page store calls [`prepare`] (steps 0-3a),
-//! [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
+//! a restore streaming a page store calls [`prepare`] (steps 0-3a, with
+//! 1b), [`write_pages`] once per chunk (3b), then [`finish`] (4-7).
 //!
 //! **Restart rule.** A checkpointed thread stopped inside a restartable
 //! syscall shows `rax = -ERESTART*`, `orig_rax = nr`, `rip` just after the
@@ -69,6 +95,9 @@
 //!
 //! The two bytes before the rewound `rip` must be `syscall` (`0f 05`) in the
 //! restored memory, or the rebuild fails.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use cr_formats::schema::{MmState, Process, SyscallRestart, Thread, Vma, VmaKind};
 use cr_formats::PageRunRef;
@@ -95,8 +124,22 @@ const TIMER_ABSTIME: u64 = 1;
 const ROBUST_LIST_HEAD_SIZE: u64 = 24;
 /// `sizeof(struct prctl_mm_map)`.
 const PRCTL_MM_MAP_SIZE: usize = 104;
-/// Scratch layout: the struct for the current call at 0, auxv at 256, path
-/// strings at 1024.
+/// `struct clone_args` up to `set_tid_size` (`CLONE_ARGS_SIZE_VER1`).
+const CLONE_ARGS_SIZE: usize = 80;
+/// A thread of the same process: what glibc's `pthread_create` passes,
+/// minus the TLS and tid pointers (the registers and `set_tid_address` put
+/// those back).
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+/// How long a new thread may take to report its first stop.
+const THREAD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scratch layout: the struct for the current call at 0, clone3's `set_tid`
+/// array at 128, auxv at 256, path strings at 1024.
+const SCRATCH_SET_TID: u64 = 128;
 const SCRATCH_AUXV: u64 = 256;
 const SCRATCH_PATH: u64 = 1024;
 
@@ -122,11 +165,14 @@ impl<'a> From<PageRunRef<'a>> for Pages<'a> {
     }
 }
 
-/// Turns the stopped husk `tracee` into the checkpointed `process` (one
-/// thread for now): see the module documentation for the steps. On success
-/// the tracee is still stopped with the checkpointed registers; the caller
-/// detaches it and it runs on where it was checkpointed. On failure the husk
-/// is left half-built and must be killed.
+/// Turns the stopped husk `tracee` (a single-threaded process; the thread
+/// becomes the image's thread group leader) into the checkpointed `process`
+/// with all its `threads`: see the module documentation for the steps. On
+/// success every thread is stopped with its checkpointed registers: the
+/// husk's own in `tracee`, the others (created with their recorded TIDs) in
+/// the returned tracees, in the image's order. The caller detaches them all
+/// and the process runs on where it was checkpointed. On failure the husk is
+/// left half-built and must be killed (threads already created included).
 ///
 /// The same as [`prepare`], [`write_pages`] (once, with every run) and
 /// [`finish`]; a restore that streams a page store calls those three itself,
@@ -137,26 +183,31 @@ pub fn rebuild_process(
     threads: &[Thread],
     vmas: &[Vma],
     pages: &[Pages<'_>],
-) -> Result<()> {
+) -> Result<Vec<Tracee>> {
     let husk = prepare(tracee, process, threads, vmas)?;
     write_pages(husk.pid, vmas, pages)?;
-    finish(tracee, &husk, process, threads)
+    finish(tracee, husk, process, threads)
 }
 
 /// A husk between [`prepare`] and [`finish`]: its address space has the
 /// image's mappings (not yet their contents) plus the restorer's gadget and
-/// scratch pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// scratch pages, and it has all the image's threads, the new ones stopped
+/// before their first instruction.
+#[derive(Debug)]
 pub struct PreparedHusk {
     pub pid: Pid,
     /// The r-x page holding `syscall` (known-gadget mode).
     pub gadget: u64,
     /// The rw- page for syscall arguments.
     pub scratch: u64,
+    /// The threads created in step 1b: (TID inside the container's PID
+    /// namespace, tracee), in the image's order, the leader left out.
+    pub threads: Vec<(i32, Tracee)>,
 }
 
 /// Steps 0 to 3a: checks the image, neutralises the husk, sets up the
-/// gadget, empties the address space, moves the vDSO and maps every VMA.
+/// gadget, creates the other threads, empties the address space, moves the
+/// vDSO and maps every VMA.
 pub fn prepare(
     tracee: &mut Tracee,
     process: &Process,
@@ -165,17 +216,28 @@ pub fn prepare(
 ) -> Result<PreparedHusk> {
     let pid = tracee.tgid();
     let invalid = |what: String| RestoreError::Invalid { pid, what };
-    let (thread, _mm) = single_thread(pid, process, threads)?;
-    final_registers(thread).map_err(invalid)?;
+    let (_leader, others, _mm) = split_threads(pid, process, threads)?;
     let husk = |what: &'static str| move |source| RestoreError::Husk { pid, what, source };
     let xsize = tracee
         .xstate_size()
         .map_err(husk("reading the XSTATE size"))?;
-    if xsize != thread.xsave.0.len() {
-        return Err(invalid(format!(
-            "the image's XSTATE is {} bytes, this machine's {xsize}",
-            thread.xsave.0.len()
-        )));
+    for thread in threads {
+        final_registers(thread).map_err(invalid)?;
+        if xsize != thread.xsave.0.len() {
+            return Err(invalid(format!(
+                "thread {}: the image's XSTATE is {} bytes, this machine's {xsize}",
+                thread.tid,
+                thread.xsave.0.len()
+            )));
+        }
+    }
+    if !others.is_empty() && !tracee.options().trace_clone {
+        // New threads must be attached (and stopped) as they are born.
+        let mut options = tracee.options();
+        options.trace_clone = true;
+        tracee
+            .set_options(options)
+            .map_err(husk("PTRACE_SETOPTIONS (PTRACE_O_TRACECLONE)"))?;
     }
 
     // Step 0: neutralise the husk's own thread state.
@@ -234,6 +296,12 @@ pub fn prepare(
     }
     let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
 
+    // Step 1b: the other threads, with their recorded TIDs, born stopped.
+    let mut born = Vec::with_capacity(others.len());
+    for thread in &others {
+        born.push((thread.tid, clone_thread(&mut rs, pid, thread.tid, scratch)?));
+    }
+
     // Step 2: drop the husk's memory, move its vDSO where the image had it.
     let keep = [
         (gadget, scratch + PAGE),
@@ -256,53 +324,178 @@ pub fn prepare(
         pid,
         gadget,
         scratch,
+        threads: born,
     })
 }
 
-/// The image's only thread and its mm, or the reason it cannot be rebuilt.
-fn single_thread<'a>(
+/// The image's thread group leader (TID = PID: the husk's own thread), its
+/// other threads in the image's order, and its mm; or the reason it cannot
+/// be rebuilt.
+fn split_threads<'a>(
     pid: Pid,
     process: &'a Process,
     threads: &'a [Thread],
-) -> Result<(&'a Thread, &'a MmState)> {
+) -> Result<(&'a Thread, Vec<&'a Thread>, &'a MmState)> {
     let invalid = |what: String| RestoreError::Invalid { pid, what };
-    let [thread] = threads else {
-        return Err(invalid(format!(
-            "{} threads in the image; only single-threaded processes can be rebuilt yet",
-            threads.len()
-        )));
-    };
+    let mut seen = HashSet::new();
+    for t in threads {
+        if t.pid != process.pid {
+            return Err(invalid(format!(
+                "thread {} belongs to process {}, not {}",
+                t.tid, t.pid, process.pid
+            )));
+        }
+        if t.tid <= 0 || !seen.insert(t.tid) {
+            return Err(invalid(format!(
+                "thread {} appears twice (or has no valid TID) among its {} threads",
+                t.tid,
+                threads.len()
+            )));
+        }
+    }
+    let leader = threads
+        .iter()
+        .find(|t| t.tid == process.pid)
+        .ok_or_else(|| {
+            invalid(format!(
+                "none of its {} threads is the thread group leader {}",
+                threads.len(),
+                process.pid
+            ))
+        })?;
+    let others = threads.iter().filter(|t| t.tid != process.pid).collect();
     let mm = process
         .mm
         .as_ref()
         .ok_or_else(|| invalid("the image has no address space (a zombie)".into()))?;
-    Ok((thread, mm))
+    Ok((leader, others, mm))
 }
 
-/// Steps 4 to 7, once every page is written: mm fields, thread state,
-/// unmapping the restorer's pages, final registers.
+/// Step 1b for one thread: `clone3(CLONE_THREAD..., set_tid = [tid])`
+/// injected in the leader. The tracee is seized with
+/// `PTRACE_O_TRACECLONE`, so the kernel attaches the new thread and stops
+/// it (`PTRACE_EVENT_STOP`) before it returns to user space: it never runs
+/// an instruction (its rip would be just after the gadget). No stack is
+/// given (`stack = 0`, `stack_size = 0`: clone3 accepts that with CLONE_VM
+/// and the child starts on the parent's rsp), since its registers are all
+/// replaced in step 6.
+fn clone_thread(rs: &mut RemoteSyscall<'_>, pid: Pid, tid: i32, scratch: u64) -> Result<Tracee> {
+    let err = |what: &'static str| {
+        move |source| RestoreError::Thread {
+            pid,
+            tid,
+            what: what.to_string(),
+            source,
+        }
+    };
+    let set_tid = scratch + SCRATCH_SET_TID;
+    let mut args = Vec::with_capacity(CLONE_ARGS_SIZE);
+    // flags, pidfd, child_tid, parent_tid, exit_signal (0 for a thread),
+    // stack, stack_size, tls, set_tid, set_tid_size.
+    for w in [CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1] {
+        args.extend_from_slice(&w.to_ne_bytes());
+    }
+    write_memory(pid, scratch, &args).map_err(err("writing struct clone_args"))?;
+    write_memory(pid, set_tid, &tid.to_ne_bytes()).map_err(err("writing the set_tid array"))?;
+    let got = rs.inject(
+        libc::SYS_clone3,
+        [scratch, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0],
+    );
+    // Whatever clone3 said, every thread the kernel attached gets a tracee
+    // (so it is detached or dies with the husk, never left traced).
+    let options = rs.tracee().options();
+    let mut born = Vec::new();
+    for host_tid in rs.tracee().take_new_threads() {
+        born.push(Tracee::adopt(host_tid, options).map_err(err("adopting the new thread"))?);
+    }
+    let got = got.map_err(err("clone3 with set_tid"))?;
+    let Some(mut thread) = born.pop() else {
+        return Err(RestoreError::Invalid {
+            pid,
+            what: format!(
+                "clone3 created thread {got} (wanted {tid}) but ptrace reported no new thread"
+            ),
+        });
+    };
+    if !born.is_empty() || got != i64::from(tid) {
+        return Err(RestoreError::Invalid {
+            pid,
+            what: format!(
+                "clone3 with set_tid = [{tid}] created thread {got} ({} attached)",
+                born.len() + 1
+            ),
+        });
+    }
+    thread
+        .wait_stop(Some(THREAD_STOP_TIMEOUT))
+        .map_err(err("waiting for the new thread's first stop"))?;
+    Ok(thread)
+}
+
+/// Steps 4 to 7, once every page is written: mm fields, the state of every
+/// thread, unmapping the restorer's pages, final registers. Returns the
+/// tracees of the threads other than the leader (see [`rebuild_process`]).
 pub fn finish(
     tracee: &mut Tracee,
-    husk: &PreparedHusk,
+    husk: PreparedHusk,
     process: &Process,
     threads: &[Thread],
-) -> Result<()> {
+) -> Result<Vec<Tracee>> {
     let PreparedHusk {
         pid,
         gadget,
         scratch,
-    } = *husk;
+        threads: mut born,
+    } = husk;
     let invalid = |what: String| RestoreError::Invalid { pid, what };
-    let (thread, mm) = single_thread(pid, process, threads)?;
-    let final_regs = final_registers(thread).map_err(invalid)?;
-    check_syscall_insn(pid, thread, &final_regs)?;
+    let (leader, others, mm) = split_threads(pid, process, threads)?;
+    let born_tids: Vec<i32> = born.iter().map(|b| b.0).collect();
+    let image_tids: Vec<i32> = others.iter().map(|t| t.tid).collect();
+    if born_tids != image_tids {
+        return Err(invalid(format!(
+            "the husk has threads {born_tids:?}, the image {image_tids:?}"
+        )));
+    }
+    let final_regs = final_registers(leader).map_err(invalid)?;
+    check_syscall_insn(pid, leader, &final_regs)?;
+    let mut other_regs = Vec::with_capacity(others.len());
+    for thread in &others {
+        let regs = final_registers(thread).map_err(invalid)?;
+        check_syscall_insn(pid, thread, &regs)?;
+        other_regs.push(regs);
+    }
     let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
 
     // Step 4: the mm fields.
     set_mm_map(&mut rs, pid, mm, scratch)?;
 
-    // Step 5: thread state, run by the thread itself.
-    restore_signal_state(&mut rs, pid, process, thread, scratch)?;
+    // Step 5: process-wide signal state, then each thread's own state, run
+    // by that thread.
+    restore_signal_state(&mut rs, pid, process, scratch)?;
+    restore_thread_state(&mut rs, pid, leader, scratch)?;
+    for ((_, t), thread) in born.iter_mut().zip(&others) {
+        let mut trs = RemoteSyscall::with_gadget(t, gadget);
+        restore_thread_state(&mut trs, pid, thread, scratch)?;
+        if thread.sched.nice != leader.sched.nice {
+            // Nice is per thread; the new one inherited the leader's.
+            trs.inject(
+                libc::SYS_setpriority,
+                [
+                    libc::PRIO_PROCESS as u64,
+                    0,
+                    thread.sched.nice as i64 as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+            .map_err(|source| RestoreError::ThreadState {
+                pid,
+                what: format!("thread {}: setpriority({})", thread.tid, thread.sched.nice),
+                source,
+            })?;
+        }
+    }
 
     // Step 7: nothing of the restorer stays mapped.
     let cleanup = |what, addr| {
@@ -319,18 +512,37 @@ pub fn finish(
         .map_err(cleanup("gadget", gadget))?;
     drop(rs);
 
-    // Step 6: registers last (injection puts the husk's back after each call).
+    // Step 6: registers last (injection puts the husk's back after each
+    // call), in every thread.
     let set = |what| move |source| RestoreError::Registers { pid, what, source };
     tracee
-        .set_xstate(&thread.xsave.0)
+        .set_xstate(&leader.xsave.0)
         .map_err(set("XSTATE (PTRACE_SETREGSET)"))?;
     tracee
-        .set_sigmask(thread.sigmask)
+        .set_sigmask(leader.sigmask)
         .map_err(set("the signal mask (PTRACE_SETSIGMASK)"))?;
     tracee
         .set_regs(&final_regs)
         .map_err(set("the general registers (PTRACE_SETREGS)"))?;
-    Ok(())
+    for (((tid, t), thread), regs) in born.iter_mut().zip(&others).zip(&other_regs) {
+        let tid = *tid;
+        let set = |what: &str| {
+            let what = what.to_string();
+            move |source| RestoreError::Thread {
+                pid,
+                tid,
+                what,
+                source,
+            }
+        };
+        t.set_xstate(&thread.xsave.0)
+            .map_err(set("setting XSTATE (PTRACE_SETREGSET)"))?;
+        t.set_sigmask(thread.sigmask)
+            .map_err(set("setting the signal mask (PTRACE_SETSIGMASK)"))?;
+        t.set_regs(regs)
+            .map_err(set("setting the general registers (PTRACE_SETREGS)"))?;
+    }
+    Ok(born.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `mmap(addr, PAGE, prot, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)`.
@@ -772,13 +984,11 @@ fn set_mm_map(rs: &mut RemoteSyscall<'_>, pid: Pid, mm: &MmState, scratch: u64) 
     r.map(drop)
 }
 
-/// Step 5: signal dispositions, alternate stack, interval timers and the
-/// per-thread kernel pointers.
+/// Step 5, process-wide: signal dispositions and interval timers.
 fn restore_signal_state(
     rs: &mut RemoteSyscall<'_>,
     pid: Pid,
     process: &Process,
-    thread: &Thread,
     scratch: u64,
 ) -> Result<()> {
     let err = |what: String| move |source| RestoreError::ThreadState { pid, what, source };
@@ -805,6 +1015,41 @@ fn restore_signal_state(
             .map_err(err(what()))?;
     }
 
+    let t = &process.itimers;
+    for (which, timer) in [t.real, t.virt, t.prof].iter().enumerate() {
+        let tv = |ns: u64| {
+            // A timer due in under a microsecond must not become disarmed.
+            let us = ns.div_ceil(1000);
+            [us / 1_000_000, us % 1_000_000]
+        };
+        let mut raw = Vec::with_capacity(32);
+        for w in tv(timer.interval_ns).into_iter().chain(tv(timer.value_ns)) {
+            raw.extend_from_slice(&w.to_ne_bytes());
+        }
+        let what = || format!("setitimer({which})");
+        write_memory(pid, scratch, &raw).map_err(err(what()))?;
+        rs.inject(libc::SYS_setitimer, [which as u64, scratch, 0, 0, 0, 0])
+            .map_err(err(what()))?;
+    }
+    Ok(())
+}
+
+/// Step 5, per thread, injected in that thread: alternate signal stack,
+/// `clear_child_tid`, robust futex list, comm, rseq.
+fn restore_thread_state(
+    rs: &mut RemoteSyscall<'_>,
+    pid: Pid,
+    thread: &Thread,
+    scratch: u64,
+) -> Result<()> {
+    let tid = thread.tid;
+    let err = |what: String| {
+        move |source| RestoreError::ThreadState {
+            pid,
+            what: format!("thread {tid}: {what}"),
+            source,
+        }
+    };
     let alt = &thread.sigaltstack;
     let st = if alt.flags & SS_DISABLE != 0 || alt.size == 0 {
         SigAltStack {
@@ -822,23 +1067,6 @@ fn restore_signal_state(
     write_memory(pid, scratch, &st.to_bytes()).map_err(err("sigaltstack".into()))?;
     rs.remote_sigaltstack(scratch, 0)
         .map_err(err("sigaltstack".into()))?;
-
-    let t = &process.itimers;
-    for (which, timer) in [t.real, t.virt, t.prof].iter().enumerate() {
-        let tv = |ns: u64| {
-            // A timer due in under a microsecond must not become disarmed.
-            let us = ns.div_ceil(1000);
-            [us / 1_000_000, us % 1_000_000]
-        };
-        let mut raw = Vec::with_capacity(32);
-        for w in tv(timer.interval_ns).into_iter().chain(tv(timer.value_ns)) {
-            raw.extend_from_slice(&w.to_ne_bytes());
-        }
-        let what = || format!("setitimer({which})");
-        write_memory(pid, scratch, &raw).map_err(err(what()))?;
-        rs.inject(libc::SYS_setitimer, [which as u64, scratch, 0, 0, 0, 0])
-            .map_err(err(what()))?;
-    }
 
     rs.inject(
         libc::SYS_set_tid_address,

@@ -15,9 +15,13 @@
 //!   close everything else
 //!   write 'H' to the report pipe ──────────────▶  count one 'H' per process
 //!   pause() forever (a husk)                      seize + interrupt every husk
+//!                                                 (PTRACE_O_TRACECLONE)
 //!                                                 rebuild each (restore::process:
-//!                                                 memory, registers, signal state)
-//!                                                 detach all: the container runs on
+//!                                                 its other threads by clone3
+//!                                                 with their TIDs, memory,
+//!                                                 registers, signal state)
+//!                                                 detach every thread: the
+//!                                                 container runs on
 //! ```
 //!
 //! A descriptor shared by several processes (the same open file, after dup
@@ -42,7 +46,7 @@ use nix::unistd::Pid;
 use crate::container::cgroups::ContainerCgroup;
 use crate::dump::procfs;
 use crate::error::{Error, Result};
-use crate::inject::Tracee;
+use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
 use crate::restore::process::rebuild_process;
 
@@ -58,10 +62,20 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         let comm = &p.process.comm;
         let refuse =
             |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
-        if p.threads.len() != 1 {
+        if !p.threads.iter().any(|t| t.tid == pid) {
             return Err(refuse(format!(
-                "it has {} threads; restoring multi-threaded processes is not supported yet",
+                "none of its {} threads is its thread group leader",
                 p.threads.len()
+            )));
+        }
+        if let Some(t) = p
+            .threads
+            .iter()
+            .find(|t| t.creds.as_ref().is_some_and(|c| *c != p.process.creds))
+        {
+            return Err(refuse(format!(
+                "thread {} has credentials of its own; restoring them is not supported yet",
+                t.tid
             )));
         }
         let c = &p.process.creds;
@@ -320,7 +334,12 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
         if libc::personality(0xffff_ffff) as u32 != rec.personality {
             libc::personality(rec.personality as libc::c_ulong);
         }
-        if let Some(thread) = p.threads.first() {
+        let leader = p
+            .threads
+            .iter()
+            .find(|t| t.tid == pid)
+            .or(p.threads.first());
+        if let Some(thread) = leader {
             libc::setpriority(libc::PRIO_PROCESS, 0, thread.sched.nice);
         }
         if rec.creds.no_new_privs {
@@ -376,6 +395,14 @@ pub fn take_over(
         let status = procfs::read_status(pid.as_raw())?;
         host_pid.insert(status.pid_in_ns(), pid.as_raw());
     }
+    // Every husk is single-threaded; the rebuild adds the other threads,
+    // which PTRACE_O_TRACECLONE attaches (and stops) as they are born. A
+    // failed rebuild kills and reaps every husk (see `abandon`); the caller
+    // then kills the container.
+    let options = SeizeOptions {
+        trace_clone: true,
+        ..SeizeOptions::default()
+    };
     let mut tracees = Vec::new();
     for pid in image.processes.keys() {
         let host = *host_pid.get(pid).ok_or_else(|| {
@@ -383,32 +410,83 @@ pub fn take_over(
                 "restored process {pid} is not in the container's cgroup"
             ))
         })?;
-        let mut tracee = Tracee::seize_and_interrupt(Pid::from_raw(host))?;
+        let mut tracee = Tracee::seize_and_interrupt_with(Pid::from_raw(host), options)?;
         tracee.wait_stop(Some(Duration::from_secs(10)))?;
-        tracees.push((*pid, tracee));
+        // The husk may be stopped between its 'H' and closing the report
+        // pipe: close every private fd from outside, so none is left in the
+        // restored process.
+        RemoteSyscall::new(&mut tracee)
+            .inject(
+                libc::SYS_close_range,
+                [FIRST_PRIVATE_FD as u64, u64::from(u32::MAX), 0, 0, 0, 0],
+            )
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "restored process {pid}: closing the restorer's descriptors: {e}"
+                ))
+            })?;
+        tracees.push((*pid, tracee, Vec::new()));
     }
-    for (pid, tracee) in tracees.iter_mut() {
+    for i in 0..tracees.len() {
+        let (pid, tracee, threads) = &mut tracees[i];
         let p = &image.processes[pid];
-        rebuild_process(
+        match rebuild_process(
             tracee,
             &p.process,
             &p.threads,
             &p.vmas,
             &image.pages_of(*pid),
-        )
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "rebuilding process {pid} ({}): {e}",
-                p.process.comm
-            ))
-        })?;
+        ) {
+            Ok(rebuilt) => *threads = rebuilt,
+            Err(e) => {
+                let e = Error::Invalid(format!(
+                    "rebuilding process {pid} ({}): {e}",
+                    p.process.comm
+                ));
+                abandon(tracees);
+                return Err(e);
+            }
+        }
     }
-    for (pid, tracee) in tracees {
-        tracee
-            .detach()
-            .map_err(|e| Error::Invalid(format!("resuming process {pid}: {e}")))?;
+    // Detach everything, even past a failure, and report the first one.
+    let mut first_error = None;
+    for (pid, tracee, threads) in tracees {
+        for thread in threads {
+            let tid = thread.tid();
+            if let Err(e) = thread.detach() {
+                first_error.get_or_insert_with(|| {
+                    Error::Invalid(format!("resuming process {pid}, thread {tid}: {e}"))
+                });
+            }
+        }
+        if let Err(e) = tracee.detach() {
+            first_error
+                .get_or_insert_with(|| Error::Invalid(format!("resuming process {pid}: {e}")));
+        }
     }
-    Ok(host_pid)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(host_pid),
+    }
+}
+
+/// After a failed rebuild: half-built husks must never run. Every husk is
+/// killed (its whole thread group), then every traced thread is reaped
+/// (each leader after its threads, PID 1 last), so that nothing stays
+/// attached and no zombie waits for the supervisor. (The threads of the process whose rebuild failed were
+/// detached already; they die with it.)
+fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
+    for (_, tracee, _) in &tracees {
+        let _ = nix::sys::signal::kill(tracee.tgid(), nix::sys::signal::Signal::SIGKILL);
+    }
+    // PID 1 last: its exit waits until every task of its PID namespace is
+    // reaped, traced ones included.
+    for (_, tracee, threads) in tracees.into_iter().rev() {
+        for thread in threads {
+            let _ = thread.reap_killed(Duration::from_secs(5));
+        }
+        let _ = tracee.reap_killed(Duration::from_secs(5));
+    }
 }
 
 /// Reads one 'H' per husk from the report pipe; anything else is an error
