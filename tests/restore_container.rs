@@ -508,3 +508,30 @@ fn a_user_namespace_container_comes_back_with_its_id_map() {
     assert_eq!(h.exec("uns", &["cat", "/proc/self/uid_map"]), map);
     assert_eq!(h.exec("uns", &["id", "-u"]).trim(), "0");
 }
+
+#[test]
+fn pending_signals_keep_the_container_running_instead_of_losing_them() {
+    let h = TestHost::new();
+    let script = "import os, signal, time\n\
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})\n\
+        os.kill(os.getpid(), signal.SIGUSR2)\n\
+        open('/root/pending', 'w').close()\n\
+        time.sleep(1000)\n";
+    h.run(
+        "sig",
+        TestImage::Python,
+        None,
+        &[],
+        &["/usr/bin/python3", "-c", script],
+    );
+    assert!(wait_until(Duration::from_secs(5), || h
+        .cr(&["exec", "sig", "--", "test", "-e", "/root/pending"])
+        .status
+        .success()));
+    let err = h.fails(&["checkpoint", "sig"]);
+    assert!(
+        err.contains("signals pending") && err.contains("keeps running"),
+        "{err}"
+    );
+    assert_eq!(h.state("sig"), "running");
+}

@@ -78,6 +78,26 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                 t.tid
             )));
         }
+        if !p.process.shared_pending.is_empty() || p.threads.iter().any(|t| !t.pending.is_empty()) {
+            return Err(refuse(
+                "it has signals pending; re-queueing them is not supported yet".into(),
+            ));
+        }
+        if let cr_formats::schema::TaskState::Stopped { .. } = p.process.state {
+            return Err(refuse(
+                "it is stopped (SIGSTOP); restoring stopped tasks is not supported yet".into(),
+            ));
+        }
+        if let Some(t) = p
+            .threads
+            .iter()
+            .find(|t| t.sched.policy != libc::SCHED_OTHER as u32)
+        {
+            return Err(refuse(format!(
+                "thread {} has scheduling policy {}; only SCHED_OTHER is restored yet",
+                t.tid, t.sched.policy
+            )));
+        }
         let c = &p.process.creds;
         if [
             c.uid.real,
