@@ -56,7 +56,9 @@ pub fn classify(pid: i32, comm: &str, m: &MapsEntry) -> Result<VmaKind, DumpErro
         name if name.starts_with("/memfd:") => return Err(refuse("a memfd mapping")),
         name if name.starts_with("/SYSV") => return Err(refuse("SysV shared memory")),
         name if name.ends_with(" (deleted)") => return Err(refuse("a mapping of a deleted file")),
-        name if name.starts_with('/') && m.shared => return Err(refuse("a shared file mapping")),
+        name if name.starts_with('/') && m.shared && m.write => {
+            return Err(refuse("a writable shared file mapping"))
+        }
         name if name.starts_with('/') => VmaKind::File {
             path: ByteString::from(name),
             dev: libc::makedev(m.dev_major, m.dev_minor),
@@ -92,7 +94,8 @@ pub fn vma_record(pid: i32, m: &MapsEntry, kind: VmaKind) -> Vma {
         flags,
         madvise: 0,
         pgoff: m.offset,
-        in_page_store: saves_pages(&kind),
+        // A shared file mapping's pages are the file's.
+        in_page_store: saves_pages(&kind) && !m.shared,
         kind,
     }
 }
@@ -104,7 +107,7 @@ pub fn dirty_runs(
     m: &MapsEntry,
     kind: &VmaKind,
 ) -> Result<Vec<(u64, u64)>, DumpError> {
-    if !saves_pages(kind) || !m.read {
+    if !saves_pages(kind) || !m.read || m.shared {
         return Ok(Vec::new());
     }
     let npages = (m.len() / PAGE_SIZE) as usize;

@@ -818,7 +818,12 @@ fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) ->
                 -1,
                 0,
             ),
-            VmaKind::File { path, .. } if v.flags & libc::MAP_SHARED as u32 == 0 => {
+            // Private file mappings, and shared ones nobody can write through
+            // (opened read-only, so a shared mapping cannot be writable).
+            VmaKind::File { path, .. }
+                if v.flags & libc::MAP_SHARED as u32 == 0 || prot & libc::PROT_WRITE == 0 =>
+            {
+                let shared = v.flags & libc::MAP_SHARED as u32 != 0;
                 let path = path.as_bytes().to_vec();
                 let fd = match &open {
                     Some((p, fd)) if *p == path => *fd,
@@ -832,7 +837,12 @@ fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) ->
                     }
                 };
                 // The image's pgoff is the byte offset of /proc/PID/maps.
-                (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, v.pgoff)
+                let sharing = if shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
+                (sharing | libc::MAP_FIXED, fd, v.pgoff)
             }
             other => {
                 return Err(RestoreError::UnsupportedVma {

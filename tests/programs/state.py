@@ -21,6 +21,11 @@ fd = os.open("/root/backing", os.O_RDWR)
 fmap = mmap.mmap(fd, 8192, flags=mmap.MAP_PRIVATE)
 fmap[4096:4100] = b"COW!"
 os.close(fd)
+# A shared read-only file mapping (like glibc's gconv cache).
+with open("/root/shared_ro", "wb") as f:
+    f.write(b"S" * 4096)
+sfd = os.open("/root/shared_ro", os.O_RDONLY)
+sro = mmap.mmap(sfd, 4096, access=mmap.ACCESS_READ)
 # A large heap object with a known pattern.
 heap = bytearray(os.urandom(3 << 20))
 heap_sum = sum(heap[::4093])
@@ -62,6 +67,7 @@ check("untouched anon page", bytes(anon[4096:4104]), b"\0" * 8)
 check("private file page", bytes(fmap[4096:4100]), b"COW!")
 check("private file clean page", bytes(fmap[0:4]), b"FFFF")
 check("heap", sum(heap[::4093]), heap_sum)
+check("shared read-only file mapping", bytes(sro[0:4]), b"SSSS")
 check("blocked mask", signal.SIGUSR2 in signal.pthread_sigmask(signal.SIG_BLOCK, set()), True)
 os.kill(os.getpid(), signal.SIGUSR1)
 time.sleep(0.05)
