@@ -172,7 +172,9 @@ impl<'a> From<PageRunRef<'a>> for Pages<'a> {
 /// husk's own in `tracee`, the others (created with their recorded TIDs) in
 /// the returned tracees, in the image's order. The caller detaches them all
 /// and the process runs on where it was checkpointed. On failure the husk is
-/// left half-built and must be killed (threads already created included).
+/// left half-built and must be killed; once threads were created, it is
+/// killed already (SIGKILL, its new threads reaped) and the caller only
+/// reaps the leader.
 ///
 /// The same as [`prepare`], [`write_pages`] (once, with every run) and
 /// [`finish`]; a restore that streams a page store calls those three itself,
@@ -200,9 +202,46 @@ pub struct PreparedHusk {
     pub gadget: u64,
     /// The rw- page for syscall arguments.
     pub scratch: u64,
-    /// The threads created in step 1b: (TID inside the container's PID
-    /// namespace, tracee), in the image's order, the leader left out.
-    pub threads: Vec<(i32, Tracee)>,
+    /// The threads created in step 1b, in the image's order, the leader
+    /// left out. Dropped before [`finish`] hands them over, they kill the
+    /// process: a half-built thread must never run.
+    pub threads: NewThreads,
+}
+
+/// Threads created in a husk, each with its TID inside the container's
+/// PID namespace. Until [`NewThreads::into_tracees`] they are a guard:
+/// dropping them SIGKILLs the whole process and reaps these threads (as
+/// their tracer), so none is ever detached half-built or left a traced
+/// zombie. The leader stays with its caller, who reaps it
+/// ([`Tracee::reap_killed`] or `waitpid`).
+#[derive(Debug, Default)]
+pub struct NewThreads(Vec<(i32, Tracee)>);
+
+impl NewThreads {
+    /// The TIDs, in creation order.
+    pub fn tids(&self) -> Vec<i32> {
+        self.0.iter().map(|t| t.0).collect()
+    }
+
+    /// Hands the threads over: no longer a guard.
+    pub fn into_tracees(mut self) -> Vec<Tracee> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|t| t.1)
+            .collect()
+    }
+}
+
+impl Drop for NewThreads {
+    fn drop(&mut self) {
+        let Some((_, first)) = self.0.first() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(first.tgid(), nix::sys::signal::Signal::SIGKILL);
+        for (_, t) in self.0.drain(..) {
+            let _ = t.reap_killed(THREAD_STOP_TIMEOUT);
+        }
+    }
 }
 
 /// Steps 0 to 3a: checks the image, neutralises the husk, sets up the
@@ -297,9 +336,10 @@ pub fn prepare(
     let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
 
     // Step 1b: the other threads, with their recorded TIDs, born stopped.
-    let mut born = Vec::with_capacity(others.len());
+    let mut born = NewThreads::default();
     for thread in &others {
-        born.push((thread.tid, clone_thread(&mut rs, pid, thread.tid, scratch)?));
+        let t = clone_thread(&mut rs, pid, thread.tid, scratch)?;
+        born.0.push((thread.tid, t));
     }
 
     // Step 2: drop the husk's memory, move its vDSO where the image had it.
@@ -449,7 +489,7 @@ pub fn finish(
     } = husk;
     let invalid = |what: String| RestoreError::Invalid { pid, what };
     let (leader, others, mm) = split_threads(pid, process, threads)?;
-    let born_tids: Vec<i32> = born.iter().map(|b| b.0).collect();
+    let born_tids = born.tids();
     let image_tids: Vec<i32> = others.iter().map(|t| t.tid).collect();
     if born_tids != image_tids {
         return Err(invalid(format!(
@@ -473,7 +513,7 @@ pub fn finish(
     // by that thread.
     restore_signal_state(&mut rs, pid, process, scratch)?;
     restore_thread_state(&mut rs, pid, leader, scratch)?;
-    for ((_, t), thread) in born.iter_mut().zip(&others) {
+    for ((_, t), thread) in born.0.iter_mut().zip(&others) {
         let mut trs = RemoteSyscall::with_gadget(t, gadget);
         restore_thread_state(&mut trs, pid, thread, scratch)?;
         if thread.sched.nice != leader.sched.nice {
@@ -524,7 +564,7 @@ pub fn finish(
     tracee
         .set_regs(&final_regs)
         .map_err(set("the general registers (PTRACE_SETREGS)"))?;
-    for (((tid, t), thread), regs) in born.iter_mut().zip(&others).zip(&other_regs) {
+    for (((tid, t), thread), regs) in born.0.iter_mut().zip(&others).zip(&other_regs) {
         let tid = *tid;
         let set = |what: &str| {
             let what = what.to_string();
@@ -542,7 +582,7 @@ pub fn finish(
         t.set_regs(regs)
             .map_err(set("setting the general registers (PTRACE_SETREGS)"))?;
     }
-    Ok(born.into_iter().map(|(_, t)| t).collect())
+    Ok(born.into_tracees())
 }
 
 /// `mmap(addr, PAGE, prot, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE)`.

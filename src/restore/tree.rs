@@ -493,8 +493,9 @@ pub fn take_over(
 /// After a failed rebuild: half-built husks must never run. Every husk is
 /// killed (its whole thread group), then every traced thread is reaped
 /// (each leader after its threads, PID 1 last), so that nothing stays
-/// attached and no zombie waits for the supervisor. (The threads of the process whose rebuild failed were
-/// detached already; they die with it.)
+/// attached and no zombie waits for the supervisor. (The new threads of
+/// the process whose rebuild failed were killed and reaped by the rebuild
+/// itself.)
 fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
     for (_, tracee, _) in &tracees {
         let _ = nix::sys::signal::kill(tracee.tgid(), nix::sys::signal::Signal::SIGKILL);
