@@ -108,7 +108,7 @@ pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }.sys(|| format!("ignoring {sig}"))?;
     }
-    let image = match restore.map(LoadedImage::load).transpose() {
+    let image = match restore.map(LoadedImage::load_records).transpose() {
         Ok(image) => image,
         Err(err) => {
             let _ = writeln!(status, "error {}", one_line(&err.to_string()));

@@ -44,6 +44,8 @@ pub struct LoadedImage {
     pub files: HashMap<FileId, FileRecord>,
     pub pipes: HashMap<PipeId, PipeData>,
     pub pages: HashMap<i32, Vec<OwnedPages>>,
+    /// The image directory (the page store is streamed from it).
+    pub dir: std::path::PathBuf,
 }
 
 impl LoadedImage {
@@ -126,6 +128,7 @@ impl LoadedImage {
             files,
             pipes,
             pages: HashMap::new(),
+            dir: dir.to_path_buf(),
         })
     }
 

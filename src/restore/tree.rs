@@ -48,7 +48,7 @@ use crate::dump::procfs;
 use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
-use crate::restore::process::rebuild_process;
+use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
 
 /// Image descriptors must be below this; the restorer's own fds live above.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
@@ -447,25 +447,11 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
-    for i in 0..tracees.len() {
-        let (pid, tracee, threads) = &mut tracees[i];
-        let p = &image.processes[pid];
-        match rebuild_process(
-            tracee,
-            &p.process,
-            &p.threads,
-            &p.vmas,
-            &image.pages_of(*pid),
-        ) {
-            Ok(rebuilt) => *threads = rebuilt,
-            Err(e) => {
-                let e = Error::Invalid(format!(
-                    "rebuilding process {pid} ({}): {e}",
-                    p.process.comm
-                ));
-                abandon(tracees);
-                return Err(e);
-            }
+    match rebuild_all(image, &mut tracees) {
+        Ok(()) => {}
+        Err(e) => {
+            abandon(tracees);
+            return Err(e);
         }
     }
     // Detach everything, even past a failure, and report the first one.
@@ -508,6 +494,78 @@ fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
         }
         let _ = tracee.reap_killed(Duration::from_secs(5));
     }
+}
+
+/// Rebuilds every husk: all address spaces are laid out first, then the
+/// page store is streamed chunk by chunk into them (never held whole in
+/// memory), then each process gets its state and registers.
+fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) -> Result<()> {
+    let fail = |pid: i32, e: crate::restore::RestoreError| {
+        let comm = image
+            .processes
+            .get(&pid)
+            .map(|p| p.process.comm.to_string())
+            .unwrap_or_default();
+        Error::Invalid(format!("rebuilding process {pid} ({comm}): {e}"))
+    };
+    let mut husks = HashMap::new();
+    for (pid, tracee, _) in tracees.iter_mut() {
+        let p = &image.processes[pid];
+        let husk = prepare(tracee, &p.process, &p.threads, &p.vmas).map_err(|e| fail(*pid, e))?;
+        husks.insert(*pid, husk);
+    }
+    if image.pages.is_empty() {
+        stream_pages(image, &husks, &fail)?;
+    } else {
+        for (pid, husk) in &husks {
+            write_pages(husk.pid, &image.processes[pid].vmas, &image.pages_of(*pid))
+                .map_err(|e| fail(*pid, e))?;
+        }
+    }
+    for (pid, tracee, threads) in tracees.iter_mut() {
+        let p = &image.processes[pid];
+        let husk = husks
+            .remove(pid)
+            .ok_or_else(|| Error::Invalid(format!("process {pid} was not prepared")))?;
+        *threads = finish(tracee, husk, &p.process, &p.threads).map_err(|e| fail(*pid, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the page store of `image.dir` into the prepared husks, one
+/// verified chunk at a time.
+fn stream_pages(
+    image: &LoadedImage,
+    husks: &HashMap<i32, PreparedHusk>,
+    fail: &dyn Fn(i32, crate::restore::RestoreError) -> Error,
+) -> Result<()> {
+    let path = cr_formats::layout::pages_path(&image.dir);
+    let file = File::open(&path).map_err(|e| Error::io("opening checkpoint image", &path, e))?;
+    let bad = |e: cr_formats::FormatError| {
+        Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
+    };
+    let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
+        .map_err(bad)?;
+    while let Some(chunk) = reader.next_chunk().map_err(bad)? {
+        let cr_formats::PageOwner::Mm { pid } = chunk.header.owner else {
+            continue;
+        };
+        let husk = husks.get(&pid).ok_or_else(|| {
+            Error::Invalid(format!(
+                "checkpoint image {}: pages of unknown process {pid}",
+                path.display()
+            ))
+        })?;
+        let runs: Vec<Pages<'_>> = chunk.runs().map(Pages::from).collect();
+        write_pages(husk.pid, &image.processes[&pid].vmas, &runs).map_err(|e| fail(pid, e))?;
+    }
+    if !reader.is_complete() {
+        return Err(Error::Invalid(format!(
+            "checkpoint image {}: the page store is truncated",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads one 'H' per husk from the report pipe; anything else is an error
