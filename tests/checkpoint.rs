@@ -492,17 +492,7 @@ fn the_containers_own_files_travel_in_the_image() {
 fn file_locks_are_refused_before_the_freeze() {
     let h = TestHost::new();
     let script = "import fcntl, time\nf = open('/root/lockfile', 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\nopen('/root/locked', 'w').close()\ntime.sleep(1000)\n";
-    h.run(
-        "lock",
-        TestImage::Python,
-        None,
-        &[],
-        &["/usr/bin/python3", "-c", script],
-    );
-    assert!(wait_until(Duration::from_secs(5), || h
-        .cr(&["exec", "lock", "--", "test", "-e", "/root/locked"])
-        .status
-        .success()));
+    h.run_python_until("lock", script, "/root/locked");
     let err = h.fails(&["checkpoint", "lock"]);
     assert!(err.contains("file lock") && err.contains("FLOCK"), "{err}");
     assert_eq!(h.state("lock"), "running");

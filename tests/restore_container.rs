@@ -517,17 +517,7 @@ fn pending_signals_keep_the_container_running_instead_of_losing_them() {
         os.kill(os.getpid(), signal.SIGUSR2)\n\
         open('/root/pending', 'w').close()\n\
         time.sleep(1000)\n";
-    h.run(
-        "sig",
-        TestImage::Python,
-        None,
-        &[],
-        &["/usr/bin/python3", "-c", script],
-    );
-    assert!(wait_until(Duration::from_secs(5), || h
-        .cr(&["exec", "sig", "--", "test", "-e", "/root/pending"])
-        .status
-        .success()));
+    h.run_python_until("sig", script, "/root/pending");
     let err = h.fails(&["checkpoint", "sig"]);
     assert!(
         err.contains("signals pending") && err.contains("keeps running"),

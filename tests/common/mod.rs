@@ -224,6 +224,29 @@ impl TestHost {
         child.wait_with_output().expect("waiting for cr enter")
     }
 
+    /// Runs a python3 script as the container's PID 1 (TestImage::Python)
+    /// and waits until it has created `ready` inside the container.
+    #[track_caller]
+    pub fn run_python_until(&self, name: &str, script: &str, ready: &str) {
+        self.run(
+            name,
+            TestImage::Python,
+            None,
+            &[],
+            &["/usr/bin/python3", "-c", script],
+        );
+        let ok = wait_until(Duration::from_secs(10), || {
+            self.cr(&["exec", name, "--", "test", "-e", ready])
+                .status
+                .success()
+        });
+        assert!(
+            ok,
+            "{name} did not create {ready}: {}",
+            self.ok(&["logs", name])
+        );
+    }
+
     pub fn state(&self, name: &str) -> String {
         let out = self.ok(&["status", name, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
