@@ -16,8 +16,10 @@ pub fn destroy(container: &Container, grace: Duration) -> Result<()> {
     if status != Status::Stopped {
         stop(container, grace)?;
     }
-    cleanup_runtime(&container.config, &container.cgroup()?);
+    // Best effort first (leftovers of a crashed supervisor), then a removal
+    // that reports what could not be removed.
     let cgroup = container.cgroup()?;
+    cleanup_runtime(&container.config, &cgroup);
     if cgroup.exists() {
         cgroup.remove()?;
     }

@@ -37,7 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -108,7 +108,7 @@ pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }.sys(|| format!("ignoring {sig}"))?;
     }
-    let image = match restore.map(LoadedImage::load_records).transpose() {
+    let image = match restore.map(LoadedImage::load).transpose() {
         Ok(image) => image,
         Err(err) => {
             let _ = writeln!(status, "error {}", one_line(&err.to_string()));
@@ -609,9 +609,4 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     let fd = Errno::result(fd).sys(|| format!("pidfd_open({pid})"))?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Paths of a container's files on the host.
-pub fn state_path(dir: &Path) -> PathBuf {
-    dir.join("state.json")
 }

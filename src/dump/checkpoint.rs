@@ -59,7 +59,9 @@ struct Task {
     host_pid: i32,
     status: TaskStatus,
     tids: Vec<i32>,
-    fds: Vec<(FdEntry, &'static files::FileKindDump)>,
+    /// Each descriptor with the kind that claimed it and the object's
+    /// metadata (stat taken once, in the survey).
+    fds: Vec<(FdEntry, &'static files::FileKindDump, fs::Metadata)>,
     maps: Vec<(procfs::MapsEntry, cr_formats::schema::VmaKind)>,
 }
 
@@ -91,8 +93,9 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         }
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
-            let kind = files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
-            fds.push((entry, kind));
+            let (kind, meta) =
+                files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
+            fds.push((entry, kind, meta));
         }
         if let Some(lock) = held_locks.iter().find(|(p, _)| *p == pid) {
             return Err(DumpError::Unsupported {
@@ -158,7 +161,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
-            let image = crate::restore::image::LoadedImage::load_records(&partial)?;
+            let image = crate::restore::image::LoadedImage::load(&partial)?;
             crate::restore::tree::check(&image).map_err(|e| {
                 Error::Invalid(format!(
                     "the checkpoint would not be restorable, so the container was not stopped and keeps running ({e}); `--leave-running` writes such an image anyway"
@@ -780,12 +783,10 @@ struct FileTable {
 impl FileTable {
     fn dump<W: Write>(&mut self, task: &Task, records: &mut RecordWriter<W>) -> Result<()> {
         let pid = task.status.pid_in_ns();
-        for (entry, kind) in &task.fds {
-            let meta = fs::metadata(format!("/proc/{}/fd/{}", task.host_pid, entry.fd))
-                .map_err(|e| DumpError::proc(pid, format!("fd/{}", entry.fd), e))?;
+        for (entry, kind, meta) in &task.fds {
             let key = (
-                std::os::unix::fs::MetadataExt::dev(&meta),
-                std::os::unix::fs::MetadataExt::ino(&meta),
+                std::os::unix::fs::MetadataExt::dev(meta),
+                std::os::unix::fs::MetadataExt::ino(meta),
             );
             let shared = self.seen.get(&key).and_then(|list| {
                 list.iter()
@@ -797,7 +798,7 @@ impl FileTable {
                 None => {
                     self.next_id += 1;
                     let id = self.next_id;
-                    let file_kind = files::collect(task.host_pid, entry, kind)?;
+                    let file_kind = files::collect(task.host_pid, entry, kind, meta)?;
                     if let FileKind::Pipe { pipe, .. } | FileKind::Fifo { pipe, .. } = &file_kind {
                         if !self.pipes_done.contains(pipe) {
                             self.pipes_done.push(*pipe);

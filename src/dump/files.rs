@@ -125,13 +125,20 @@ fn pipe_end(o: &FdObject) -> PipeEnd {
 }
 
 /// The kind that claims a descriptor, or a refusal naming it.
-pub fn classify(pid: i32, comm: &str, entry: &FdEntry) -> Result<&'static FileKindDump, DumpError> {
+/// Also returns what the kernel said about the object, so collecting it
+/// later does not ask again.
+pub fn classify(
+    pid: i32,
+    comm: &str,
+    entry: &FdEntry,
+) -> Result<(&'static FileKindDump, fs::Metadata), DumpError> {
     let path = format!("/proc/{pid}/fd/{}", entry.fd);
     let meta = fs::metadata(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
     let object = FdObject { pid, entry, meta };
     REGISTRY
         .iter()
         .find(|kind| (kind.claims)(&object))
+        .map(|kind| (kind, object.meta.clone()))
         .ok_or_else(|| DumpError::Unsupported {
             pid,
             comm: comm.to_string(),
@@ -144,10 +151,17 @@ pub fn classify(pid: i32, comm: &str, entry: &FdEntry) -> Result<&'static FileKi
 }
 
 /// Collects the record of a descriptor that [`classify`] accepted.
-pub fn collect(pid: i32, entry: &FdEntry, kind: &FileKindDump) -> Result<FileKind, DumpError> {
-    let path = format!("/proc/{pid}/fd/{}", entry.fd);
-    let meta = fs::metadata(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
-    (kind.collect)(&FdObject { pid, entry, meta })
+pub fn collect(
+    pid: i32,
+    entry: &FdEntry,
+    kind: &FileKindDump,
+    meta: &fs::Metadata,
+) -> Result<FileKind, DumpError> {
+    (kind.collect)(&FdObject {
+        pid,
+        entry,
+        meta: meta.clone(),
+    })
 }
 
 /// A user's name for an object no kind claims.

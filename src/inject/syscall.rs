@@ -842,7 +842,8 @@ pub struct MapsEntry {
     pub path: String,
 }
 
-/// Parses `/proc/PID/maps`.
+/// Reads `/proc/PID/maps` (parsed by the one maps parser,
+/// [`crate::dump::procfs::parse_maps`], which keeps names with spaces).
 pub fn read_maps(pid: Pid) -> Result<Vec<MapsEntry>> {
     let path = format!("/proc/{pid}/maps");
     let text = fs::read_to_string(&path).map_err(|source| InjectError::Io {
@@ -850,27 +851,27 @@ pub fn read_maps(pid: Pid) -> Result<Vec<MapsEntry>> {
         path: path.clone().into(),
         source,
     })?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(range), Some(perms)) = (it.next(), it.next()) else {
-            continue;
-        };
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
-            return Err(InjectError::Invalid(format!("{path}: bad line {line:?}")));
-        };
-        let path_field = it.nth(3).map(str::to_string).unwrap_or_default();
-        out.push(MapsEntry {
-            start,
-            end,
-            perms: perms.to_string(),
-            path: path_field,
-        });
-    }
-    Ok(out)
+    let entries = crate::dump::procfs::parse_maps(&text)
+        .map_err(|e| InjectError::Invalid(format!("{path}: {e}")))?;
+    Ok(entries
+        .into_iter()
+        .map(|m| {
+            let flag = |on: bool, c: char| if on { c } else { '-' };
+            MapsEntry {
+                start: m.start,
+                end: m.end,
+                perms: [
+                    flag(m.read, 'r'),
+                    flag(m.write, 'w'),
+                    flag(m.exec, 'x'),
+                    if m.shared { 's' } else { 'p' },
+                ]
+                .iter()
+                .collect(),
+                path: m.name,
+            }
+        })
+        .collect())
 }
 
 /// Finds the bytes `0f 05` (`syscall`) in readable executable memory of

@@ -43,7 +43,7 @@ pub fn restore(host: &Host, name: &str, image_dir: Option<&Path>) -> Result<(Pid
     };
     // The records say what will be built; the supervisor reads (and
     // verifies) the page store once, when it rebuilds the memory.
-    let image = LoadedImage::load_records(&image_dir)?;
+    let image = LoadedImage::load(&image_dir)?;
     if image.manifest.container != name || image.config.name != name {
         return Err(Error::Invalid(format!(
             "image {} is a checkpoint of container {:?}, not {name:?}",

@@ -1,7 +1,9 @@
 //! A checkpoint image read back for restore: every record verified (frame
-//! checksums and the trailer) and grouped by process, and the page store
-//! read into memory, before anything of the container is built. A damaged
-//! or truncated image is refused here, never half-restored.
+//! checksums and the trailer) and grouped by process before anything of the
+//! container is built. The page store is not read here: the rebuild streams
+//! it chunk by chunk, verifying each (restore::tree), and a damaged chunk
+//! kills the half-built tree. A damaged or truncated image is never
+//! half-restored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -11,11 +13,9 @@ use std::path::Path;
 use cr_formats::schema::{
     Fd, File as FileRecord, FileId, Manifest, PipeData, PipeId, Process, Record, Thread, Vma,
 };
-use cr_formats::{PageReader, RunKind};
 
 use crate::container::config::ContainerConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::restore::process::Pages;
 
 /// One process of the image with everything that names it.
 #[derive(Debug, Clone)]
@@ -26,15 +26,6 @@ pub struct ProcessImage {
     pub fds: Vec<Fd>,
 }
 
-/// A run of pages owned by the image in memory.
-#[derive(Debug, Clone)]
-pub struct OwnedPages {
-    pub vaddr: u64,
-    pub nr_pages: u64,
-    /// `None` for a run of zero pages.
-    pub data: Option<Vec<u8>>,
-}
-
 #[derive(Debug, Clone)]
 pub struct LoadedImage {
     pub manifest: Manifest,
@@ -43,22 +34,14 @@ pub struct LoadedImage {
     pub processes: BTreeMap<i32, ProcessImage>,
     pub files: HashMap<FileId, FileRecord>,
     pub pipes: HashMap<PipeId, PipeData>,
-    pub pages: HashMap<i32, Vec<OwnedPages>>,
-    /// The image directory (the page store is streamed from it).
+    /// The image directory: the page store is streamed from it (and
+    /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
 }
 
 impl LoadedImage {
-    /// Reads and verifies the records and the page store.
+    /// Reads and verifies the records (every checksum and the trailer).
     pub fn load(dir: &Path) -> Result<Self> {
-        let mut image = Self::load_records(dir)?;
-        image.pages = load_pages(dir)?;
-        Ok(image)
-    }
-
-    /// Reads and verifies the records only (no pages): enough to check what
-    /// a restore will build.
-    pub fn load_records(dir: &Path) -> Result<Self> {
         let records_path = cr_formats::layout::records_path(dir);
         let file = File::open(&records_path).ctx("opening checkpoint image", &records_path)?;
         let image = cr_formats::read_records(BufReader::new(file)).map_err(|e| {
@@ -127,25 +110,8 @@ impl LoadedImage {
             processes,
             files,
             pipes,
-            pages: HashMap::new(),
             dir: dir.to_path_buf(),
         })
-    }
-
-    /// The page runs of one process, as the rebuild takes them.
-    pub fn pages_of(&self, pid: i32) -> Vec<Pages<'_>> {
-        self.pages
-            .get(&pid)
-            .map(|runs| {
-                runs.iter()
-                    .map(|r| Pages {
-                        vaddr: r.vaddr,
-                        nr_pages: r.nr_pages,
-                        data: r.data.as_deref(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// PIDs of the children of `pid`, ascending.
@@ -156,36 +122,4 @@ impl LoadedImage {
             .map(|p| p.process.pid)
             .collect()
     }
-}
-
-fn load_pages(dir: &Path) -> Result<HashMap<i32, Vec<OwnedPages>>> {
-    let path = cr_formats::layout::pages_path(dir);
-    let file = File::open(&path).ctx("opening checkpoint image", &path)?;
-    let bad = |e: cr_formats::FormatError| {
-        Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
-    };
-    let mut reader = PageReader::new(BufReader::with_capacity(4 << 20, file)).map_err(bad)?;
-    let mut pages: HashMap<i32, Vec<OwnedPages>> = HashMap::new();
-    while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        for run in chunk.runs() {
-            let cr_formats::PageOwner::Mm { pid } = run.owner else {
-                continue;
-            };
-            pages.entry(pid).or_default().push(OwnedPages {
-                vaddr: run.vaddr,
-                nr_pages: u64::from(run.nr_pages),
-                data: match run.kind {
-                    RunKind::Data => Some(run.data.to_vec()),
-                    RunKind::Zero => None,
-                },
-            });
-        }
-    }
-    if !reader.is_complete() {
-        return Err(Error::Invalid(format!(
-            "checkpoint image {}: the page store is truncated",
-            path.display()
-        )));
-    }
-    Ok(pages)
 }

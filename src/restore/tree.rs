@@ -514,14 +514,7 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
         let husk = prepare(tracee, &p.process, &p.threads, &p.vmas).map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
     }
-    if image.pages.is_empty() {
-        stream_pages(image, &husks, &fail)?;
-    } else {
-        for (pid, husk) in &husks {
-            write_pages(husk.pid, &image.processes[pid].vmas, &image.pages_of(*pid))
-                .map_err(|e| fail(*pid, e))?;
-        }
-    }
+    stream_pages(image, &husks, &fail)?;
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
