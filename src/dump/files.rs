@@ -103,7 +103,16 @@ pub static REGISTRY: &[FileKindDump] = &[
             })
         },
     },
+    FileKindDump {
+        name: UNIX_SOCKET,
+        claims: crate::dump::unix::is_unix,
+        collect: crate::dump::unix::collect,
+    },
 ];
+
+/// The name of the unix socket kind ([`crate::dump::unix`]), which the
+/// survey also checks as a whole.
+pub const UNIX_SOCKET: &str = "unix socket";
 
 fn path_target<'a>(o: &'a FdObject) -> Option<&'a str> {
     o.entry

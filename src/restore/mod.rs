@@ -17,6 +17,7 @@ pub mod container;
 pub mod image;
 pub mod process;
 pub mod tree;
+pub mod unix;
 
 use cr_formats::schema::VmaKind;
 use nix::unistd::Pid;

@@ -134,6 +134,7 @@ pub fn check(image: &LoadedImage) -> Result<()> {
             }
         }
     }
+    crate::restore::unix::check(image)?;
     Ok(())
 }
 
@@ -151,6 +152,8 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
 fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
+    // Unix sockets are made together (pairs, names, queues): restore::unix.
+    let mut unix = crate::restore::unix::open_all(image)?;
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
     for id in ids {
@@ -206,6 +209,9 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                     "restoring the FIFO {path} is not supported yet"
                 )));
             }
+            FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
+                Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
+            })?,
         };
         table.insert(id, park(fd)?);
     }

@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
+use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
 pub type FileId = u64;
@@ -81,6 +82,8 @@ pub enum FileKind {
         pipe: PipeId,
         end: PipeEnd,
     },
+    /// A unix domain socket (see [`super::unix`]).
+    Unix(UnixSocket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
