@@ -24,8 +24,12 @@ fn round_trip(h: &TestHost, name: &str) -> String {
     h.ok(&["restore", name]);
     h.exec(name, &["touch", "/root/go"]);
     assert!(
-        wait_until(Duration::from_secs(20), || !file_in(h, name, "/root/result")
-            .is_empty()),
+        wait_until(Duration::from_secs(20), || !file_in(
+            h,
+            name,
+            "/root/result"
+        )
+        .is_empty()),
         "no result; console: {}",
         h.ok(&["logs", name])
     );
@@ -171,12 +175,52 @@ fn a_peer_outside_the_container_is_refused_before_the_freeze() {
     ) == "1"));
     let err = h.fails(&["checkpoint", "outside"]);
     assert!(
-        err.contains("outside the container") && err.contains("fd 3") && err.contains("was not frozen"),
+        err.contains("outside the container")
+            && err.contains("fd 3")
+            && err.contains("was not frozen"),
         "{err}"
     );
     assert_eq!(h.state("outside"), "running");
     h.exec("outside", &["touch", "/root/go"]);
     let mut more = [0u8; 10];
-    conn.read_exact(&mut more).expect("the container still talks");
+    conn.read_exact(&mut more)
+        .expect("the container still talks");
     assert_eq!(&more, b"still here");
+}
+
+const SENT_BEFORE_ACCEPT: &str = r#"
+import os, socket, time
+l = socket.socket(socket.AF_UNIX)
+l.bind("/root/l.sock")
+l.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect("/root/l.sock")
+c.sendall(b"too early")
+open("/root/ready", "w").write("1")
+while not os.path.exists("/root/go"):
+    time.sleep(0.02)
+conn, _ = l.accept()
+open("/root/result", "w").write("PASS" if conn.recv(100) == b"too early" else "FAIL")
+time.sleep(1000)
+"#;
+
+#[test]
+fn data_sent_on_a_connection_not_accepted_yet_is_refused_before_the_freeze() {
+    let h = TestHost::new();
+    h.run_python_until("early", SENT_BEFORE_ACCEPT, "/root/ready");
+    let err = h.fails(&["checkpoint", "early"]);
+    assert!(
+        err.contains("backlog")
+            && err.contains("data already sent")
+            && err.contains("fd 4")
+            && err.contains("was not frozen"),
+        "{err}"
+    );
+    assert_eq!(h.state("early"), "running");
+    h.exec("early", &["touch", "/root/go"]);
+    assert!(wait_until(Duration::from_secs(10), || file_in(
+        &h,
+        "early",
+        "/root/result"
+    ) == "PASS"));
 }

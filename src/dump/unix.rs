@@ -10,7 +10,8 @@
 //!  lengths and shutdown state
 //!        │
 //!        ├─ check (survey, before and after the freeze): every peer is a
-//!        │  socket of the container, no connection waits in a backlog,
+//!        │  socket of the container, a connection waiting in a backlog
+//!        │  comes from a client of the container that sent nothing yet,
 //!        │  no descriptor is in flight (SCM_RIGHTS), names are absolute
 //!        │  paths or abstract
 //!        └─ collect (frozen): one UnixSocket record per socket
@@ -274,7 +275,8 @@ pub fn socket_ino(target: &str) -> Option<u64> {
 
 /// A duplicate of descriptor `fd` of `host_pid` (the same open file).
 fn take_fd(host_pid: i32, fd: i32) -> Result<OwnedFd, DumpError> {
-    let proc_err = |e: std::io::Error| DumpError::proc(host_pid, format!("/proc/{host_pid}/fd/{fd}"), e);
+    let proc_err =
+        |e: std::io::Error| DumpError::proc(host_pid, format!("/proc/{host_pid}/fd/{fd}"), e);
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, host_pid, 0) };
     if pidfd < 0 {
@@ -340,7 +342,8 @@ pub enum QueueProblem {
 /// The receive queue of `sock`, message by message, read with MSG_PEEK
 /// (nothing is consumed). `stream`: the bytes are one run, not messages.
 pub fn peek_queue(sock: &OwnedFd, stream: bool) -> Result<Vec<Vec<u8>>, QueueProblem> {
-    let old_off = getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(QueueProblem::Io)?;
+    let old_off =
+        getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(QueueProblem::Io)?;
     setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(QueueProblem::Io)?;
     let result = peek_all(sock, stream);
     let restored = setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
@@ -470,8 +473,9 @@ fn show_name(raw: &[u8]) -> String {
 /// Checks the container's unix sockets as a whole (the survey runs it
 /// before and again after the freeze): each is refused, with a sentence
 /// naming the process, the fd and the socket, when its peer is outside the
-/// container, a connection waits in its backlog, a descriptor is in flight
-/// in its queue, or it is bound to a relative path.
+/// container, a connection waits in its backlog from outside or with data
+/// already sent, a descriptor is in flight in its queue, or it is bound to
+/// a relative path.
 pub fn check(sockets: &[SocketFd]) -> Result<(), DumpError> {
     let Some(first) = sockets.first() else {
         return Ok(());
@@ -496,35 +500,54 @@ pub fn check(sockets: &[SocketFd]) -> Result<(), DumpError> {
                 ));
             }
         }
-        if let Some(peer) = d.peer.filter(|p| *p != 0) {
+        if waiting_in(&diags, s.ino).is_some() {
+            // Its peer is the embryo in a listener's backlog (which has no
+            // inode): the client's connect makes it again, but the data the
+            // client already sent sits in the embryo, out of reach.
+            let dup = take_fd(s.host_pid, s.fd)?;
+            let mut outq: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ writes one int into a live local.
+            let rc = unsafe { libc::ioctl(dup.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+            if rc == 0 && outq > 0 {
+                return Err(refuse(
+                    s,
+                    format!("whose connection waits in a listening socket's backlog with data already sent into it ({outq} bytes of buffers); cr cannot read data from a connection not accepted yet"),
+                ));
+            }
+        } else if let Some(peer) = d.peer.filter(|p| *p != 0) {
             if !ours.contains(&u64::from(peer)) {
-                let peer_diag = diags.get(&u64::from(peer));
-                let waiting = diags
-                    .values()
-                    .any(|l| l.state == TCP_LISTEN && l.icons.contains(&(s.ino as u32)));
-                let what = if waiting {
-                    "whose connection is not accepted yet (it waits in a listening socket's backlog); cr cannot move pending connections".to_string()
-                } else {
-                    let name = peer_diag
+                {
+                    let name = diags
+                        .get(&u64::from(peer))
                         .and_then(|p| p.name.as_deref())
                         .map(|n| format!(" {}", show_name(n)))
                         .unwrap_or_default();
-                    format!(
-                        "connected to socket:[{peer}]{name}, which is outside the container (another process or the host); cr cannot move a connection to the outside"
-                    )
-                };
-                return Err(refuse(s, what));
+                    return Err(refuse(
+                        s,
+                        format!(
+                            "connected to socket:[{peer}]{name}, which is outside the container (another process or the host); cr cannot move a connection to the outside"
+                        ),
+                    ));
+                }
             }
         }
-        if d.state == TCP_LISTEN && !d.icons.is_empty() {
-            return Err(refuse(
-                s,
-                format!(
-                    "listening{} with {} connection(s) waiting to be accepted; cr cannot move pending connections",
-                    d.name.as_deref().map(|n| format!(" on {}", show_name(n))).unwrap_or_default(),
-                    d.icons.len()
-                ),
-            ));
+        if d.state == TCP_LISTEN {
+            if let Some(client) = d.icons.iter().find(|c| !ours.contains(&u64::from(**c))) {
+                return Err(refuse(
+                    s,
+                    format!(
+                        "listening{} with a connection waiting to be accepted from {}, which is outside the container or closed; cr cannot move it",
+                        d.name.as_deref().map(|n| format!(" on {}", show_name(n))).unwrap_or_default(),
+                        if *client == 0 { "a client".to_string() } else { format!("socket:[{client}]") }
+                    ),
+                ));
+            }
+            if !d.icons.is_empty() && d.name.is_none() {
+                return Err(refuse(
+                    s,
+                    "listening without a name, with connections waiting: cr cannot connect them again".into(),
+                ));
+            }
         }
         if d.state != TCP_LISTEN {
             let dup = take_fd(s.host_pid, s.fd)?;
@@ -553,6 +576,13 @@ pub fn check(sockets: &[SocketFd]) -> Result<(), DumpError> {
         }
     }
     Ok(())
+}
+
+/// The listening socket in whose backlog client `ino` waits, if any.
+fn waiting_in(diags: &HashMap<u64, Diag>, ino: u64) -> Option<&Diag> {
+    diags
+        .values()
+        .find(|l| l.state == TCP_LISTEN && l.icons.contains(&(ino as u32)))
 }
 
 /// The record of one unix socket; the container is frozen and [`check`]
@@ -617,13 +647,14 @@ pub fn collect(o: &FdObject) -> Result<FileKind, DumpError> {
             })
         }
     };
-    let peer = d.peer.filter(|p| *p != 0).map(u64::from);
+    let waiting = waiting_in(&diags, ino).is_some();
+    let peer = d.peer.filter(|p| *p != 0 && !waiting).map(u64::from);
     let state = match d.state {
         TCP_LISTEN => UnixState::Listen,
         TCP_ESTABLISHED if kind != UnixType::Dgram => UnixState::Connected,
         _ => UnixState::Unconnected,
     };
-    let peer_closed = state == UnixState::Connected && peer.is_none();
+    let peer_closed = state == UnixState::Connected && peer.is_none() && !waiting;
     let peer_cred = if state == UnixState::Connected || state == UnixState::Listen {
         peer_cred(&dup, host_pid)
     } else {
@@ -641,6 +672,11 @@ pub fn collect(o: &FdObject) -> Result<FileKind, DumpError> {
         },
         peer_closed,
         backlog: if d.state == TCP_LISTEN { d.rqlen.1 } else { 0 },
+        pending: if d.state == TCP_LISTEN {
+            d.icons.iter().map(|i| u64::from(*i)).collect()
+        } else {
+            Vec::new()
+        },
         shutdown: d.shutdown & 3,
         queue: queue.into_iter().map(Blob).collect(),
         peer_cred,

@@ -15,6 +15,8 @@
 //!                                 the refill (EOF after the data)
 //!  the others           socket(type), bind (a stale socket file at the
 //!                       path is removed first), listen(backlog)
+//!  backlogs             each client waiting in a listener's backlog
+//!                       connects to it again, oldest first
 //!  datagram links       connect(peer's name) when only one side named it
 //!  queues               each socket's receive queue is sent again from its
 //!                       peer (datagram: from a temporary socket to its
@@ -81,15 +83,37 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         if !u.queue.is_empty()
             && u.kind == UnixType::Dgram
             && u.name.is_none()
-            && !u.peer.is_some_and(|p| all.get(&p).is_some_and(|(_, p, _)| p.peer == Some(u.ino)))
+            && !u
+                .peer
+                .is_some_and(|p| all.get(&p).is_some_and(|(_, p, _)| p.peer == Some(u.ino)))
         {
             return Err(refuse(
                 u,
                 "it has messages queued but no name and no peer to send them from",
             ));
         }
-        if u.state == UnixState::Connected && u.peer.is_none() && !u.peer_closed {
+        if u.state == UnixState::Connected
+            && u.peer.is_none()
+            && !u.peer_closed
+            && !all.values().any(|(_, l, _)| l.pending.contains(&u.ino))
+        {
             return Err(refuse(u, "it is connected but names no peer"));
+        }
+        for client in &u.pending {
+            if !all.contains_key(client) {
+                return Err(refuse(
+                    u,
+                    &format!(
+                        "the client socket:[{client}] waiting in its backlog is not in the image"
+                    ),
+                ));
+            }
+            if u.name.is_none() {
+                return Err(refuse(
+                    u,
+                    "it has connections waiting but no name to connect them to",
+                ));
+            }
         }
     }
     Ok(())
@@ -165,7 +189,13 @@ fn bind(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
         }
     }
     // SAFETY: bind reads `len` bytes of a live sockaddr_un.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
     if rc < 0 {
         return Err(sys(u, &format!("binding to {}", show(name))));
     }
@@ -175,8 +205,13 @@ fn bind(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
 fn connect(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
     let (addr, len) = sockaddr(name).ok_or_else(|| refuse(u, "its peer's name is too long"))?;
     // SAFETY: connect reads `len` bytes of a live sockaddr_un.
-    let rc =
-        unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
     if rc < 0 {
         return Err(sys(u, &format!("connecting to {}", show(name))));
     }
@@ -278,8 +313,18 @@ fn set_int(u: &UnixSocket, fd: &OwnedFd, opt: i32, v: i32, what: &str) -> Result
 /// doubles what it is given, so half of what getsockopt said is set.
 fn set_buffers(u: &UnixSocket, fd: &OwnedFd) -> Result<()> {
     for (force, plain, v, what) in [
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, u.sndbuf, "setting SO_SNDBUF"),
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, u.rcvbuf, "setting SO_RCVBUF"),
+        (
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            u.sndbuf,
+            "setting SO_SNDBUF",
+        ),
+        (
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            u.rcvbuf,
+            "setting SO_RCVBUF",
+        ),
     ] {
         let v = (v / 2).min(i32::MAX as u32) as i32;
         if v == 0 {
@@ -396,9 +441,14 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
             ghosts.insert(*ino, b);
         }
     }
+    // Clients waiting in a backlog connect once their listener listens.
+    let waiting: HashSet<u64> = all
+        .values()
+        .flat_map(|(_, u, _)| u.pending.iter().copied())
+        .collect();
     // 2. Everything else: bound, listening, unconnected.
     for (ino, (_, u, _)) in &all {
-        if paired.contains(ino) {
+        if paired.contains(ino) || waiting.contains(ino) {
             continue;
         }
         let fd = new_socket(u)?;
@@ -413,9 +463,27 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
         }
         fds.insert(*ino, fd);
     }
+    // 2b. Connections waiting to be accepted, in their backlog's order.
+    for (_, l, _) in all.values() {
+        for client in &l.pending {
+            let Some((_, c, _)) = all.get(client) else {
+                continue;
+            };
+            let name = l
+                .name
+                .as_ref()
+                .ok_or_else(|| refuse(l, "it has connections waiting but no name"))?;
+            let fd = new_socket(c)?;
+            if let Some(own) = &c.name {
+                bind(c, &fd, own)?;
+            }
+            connect(c, &fd, name)?;
+            fds.insert(*client, fd);
+        }
+    }
     // 3. One-way datagram links, now that every name is bound.
     for (ino, (_, u, _)) in &all {
-        if paired.contains(ino) {
+        if paired.contains(ino) || waiting.contains(ino) {
             continue;
         }
         if let Some((_, p, _)) = u.peer.and_then(|p| all.get(&p)) {

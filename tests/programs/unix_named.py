@@ -1,7 +1,8 @@
 # Named unix sockets, checked after a real checkpoint and restore:
 # listeners bound by path and by abstract name (clients connect after the
 # restore), a connected pair made by connect/accept on a named listener
-# (names and data both ways), datagram sockets bound by path with messages
+# (names and data both ways), two connections waiting in a listener's
+# backlog (accepted after the restore, in order), datagram sockets bound by path with messages
 # queued from unbound senders and a one-way connected sender, a socket
 # whose file was removed after bind. Writes /root/ready, waits for
 # /root/go, writes PASS or FAIL: <what> to /root/result.
@@ -53,6 +54,16 @@ oneway = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 oneway.connect("/root/dg.sock")
 oneway.send(b"third, connected")
 
+backlog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+backlog.bind("\0cr-test-backlog")
+backlog.listen(5)
+waiting = []
+for i in (1, 2):
+    w = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    w.bind(f"\0cr-test-waiting-{i}")
+    w.connect("\0cr-test-backlog")
+    waiting.append(w)
+
 gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 gone.bind("/root/gone.sock")
 gone.listen(1)
@@ -96,6 +107,14 @@ check("dgram 3", dg.recv(65536), b"third, connected")
 oneway.send(b"after restore")
 check("one-way link", dg.recv(100), b"after restore")
 check("dgram name", dg.getsockname(), "/root/dg.sock")
+
+for i, w in enumerate(waiting, 1):
+    conn, peer = backlog.accept()
+    check(f"backlog order {i}", peer, f"\0cr-test-waiting-{i}".encode())
+    w.sendall(b"waited %d" % i)
+    check(f"backlog data {i}", conn.recv(100), b"waited %d" % i)
+    conn.sendall(b"accepted")
+    check(f"backlog reply {i}", w.recv(100), b"accepted")
 
 check("unlinked file stays gone", os.path.exists("/root/gone.sock"), False)
 check("unlinked name", gone.getsockname(), "/root/gone.sock")

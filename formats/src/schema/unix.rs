@@ -5,7 +5,8 @@
 //! ```text
 //!   File { id 3, Unix { ino 901, Stream, Established, peer 902, queue ["pong"] } }
 //!   File { id 4, Unix { ino 902, Stream, Established, peer 901, queue ["ping"] } }
-//!   File { id 5, Unix { ino 910, Stream, Listen, name Path("/run/app.sock") } }
+//!   File { id 5, Unix { ino 910, Stream, Listen, name Path("/run/app.sock"), pending [920] } }
+//!   File { id 6, Unix { ino 920, Stream, Connected, peer None } }   (waits in 910's backlog)
 //! ```
 //!
 //! Sockets refer to each other by inode (`ino`, `peer`), as the kernel's
@@ -36,6 +37,11 @@ pub struct UnixSocket {
     pub peer_closed: bool,
     /// `listen(2)` backlog (`sk_max_ack_backlog`), for a listening socket.
     pub backlog: u32,
+    /// For a listening socket: the clients whose connections wait in its
+    /// backlog, oldest first (their inodes). Such a client is `Connected`
+    /// with no `peer` (its peer is the not yet accepted socket, which has
+    /// no descriptor and is made again by the client's `connect`).
+    pub pending: Vec<u64>,
     /// `shutdown(2)` state: bit 0 = no more receiving, bit 1 = no more
     /// sending (the kernel's `RCV_SHUTDOWN` and `SEND_SHUTDOWN`).
     pub shutdown: u8,
