@@ -80,13 +80,10 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                 return Err(refuse(u, "its peer is connected elsewhere"));
             }
         }
-        if !u.queue.is_empty()
-            && u.kind == UnixType::Dgram
-            && u.name.is_none()
-            && !u
-                .peer
-                .is_some_and(|p| all.get(&p).is_some_and(|(_, p, _)| p.peer == Some(u.ino)))
-        {
+        let mutual = u
+            .peer
+            .is_some_and(|p| all.get(&p).is_some_and(|(_, p, _)| p.peer == Some(u.ino)));
+        if !u.queue.is_empty() && u.kind == UnixType::Dgram && u.name.is_none() && !mutual {
             return Err(refuse(
                 u,
                 "it has messages queued but no name and no peer to send them from",
