@@ -59,7 +59,7 @@ pub fn survey(pid: i32, comm: &str, entry: &FdEntry) -> Result<(), DumpError> {
         INOTIFY => collect_inotify(pid, entry).map(drop).map_err(refuse),
         EVENTFD => collect_eventfd(entry).map(drop).map_err(refuse),
         SIGNALFD => collect_signalfd(entry).map(drop).map_err(refuse),
-        TIMERFD => collect_timerfd(entry).map(drop).map_err(refuse),
+        TIMERFD => collect_timerfd(pid, entry).map(drop).map_err(refuse),
         _ => Ok(()),
     }
 }
@@ -70,7 +70,7 @@ pub fn collect(o: &FdObject) -> Result<FileKind, DumpError> {
         EVENTFD => collect_eventfd(o.entry),
         EPOLL => collect_epoll(o.pid, o.entry),
         SIGNALFD => collect_signalfd(o.entry),
-        TIMERFD => collect_timerfd(o.entry),
+        TIMERFD => collect_timerfd(o.pid, o.entry),
         INOTIFY => collect_inotify(o.pid, o.entry),
         other => Err(format!("{other} is not an event object")),
     };
@@ -183,8 +183,52 @@ fn parse_timerfd(entry: &FdEntry) -> Result<TimerFd, String> {
     })
 }
 
-fn collect_timerfd(entry: &FdEntry) -> Result<FileKind, String> {
-    let mut timer = parse_timerfd(entry)?;
+/// Makes the kernel bring an expired periodic timer up to date: fdinfo
+/// shows it with no time left until its expiry is read or the timer is
+/// queried. `timerfd_gettime` on a copy of the descriptor (`pidfd_getfd`)
+/// moves it to its next expiry and counts the missed ones as ticks, exactly
+/// as the process's own next read or query would.
+fn settle_timer(pid: i32, fd: i32) -> Result<(), String> {
+    let fail = |what: &str| {
+        format!(
+            "a timerfd, and {what} failed: {}",
+            std::io::Error::last_os_error()
+        )
+    };
+    // SAFETY: pidfd_open takes a pid and flags, returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(fail("pidfd_open"));
+    }
+    // SAFETY: pidfd_open just returned this fd; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes two fds and flags, returns a new fd or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(fail("pidfd_getfd"));
+    }
+    // SAFETY: pidfd_getfd just returned this fd; nothing else owns it.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
+    // SAFETY: all-zero is a valid itimerspec.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: timerfd_gettime writes into a live itimerspec.
+    if unsafe { libc::timerfd_gettime(copy.as_raw_fd(), &mut spec) } < 0 {
+        return Err(fail("timerfd_gettime"));
+    }
+    Ok(())
+}
+
+fn collect_timerfd(pid: i32, entry: &FdEntry) -> Result<FileKind, String> {
+    settle_timer(pid, entry.fd)?;
+    let path = format!("/proc/{pid}/fdinfo/{}", entry.fd);
+    let text = fs::read_to_string(&path)
+        .map_err(|e| format!("a timerfd, and reading {path} failed: {e}"))?;
+    let fresh = FdEntry {
+        fd: entry.fd,
+        target: entry.target.clone(),
+        info: procfs::parse_fdinfo(&text).map_err(|e| format!("a timerfd: {path}: {e}"))?,
+    };
+    let mut timer = parse_timerfd(&fresh)?;
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map_err(|e| format!("a timerfd, and reading CLOCK_REALTIME failed: {e}"))?;
     timer.realtime_ns = (now.tv_sec() as u64)
@@ -340,6 +384,7 @@ fn collect_epoll(pid: i32, entry: &FdEntry) -> Result<FileKind, String> {
 #[derive(Debug, PartialEq, Eq)]
 struct RawWatch {
     wd: i32,
+    ino: u64,
     sdev: u32,
     mask: u32,
     handle_type: i32,
@@ -377,6 +422,10 @@ fn parse_inotify(entry: &FdEntry) -> Result<Vec<RawWatch>, String> {
                 .next()
                 .and_then(|w| i32::from_str_radix(w, 16).ok())
                 .ok_or_else(|| bad("wd"))?,
+            ino: p
+                .get("ino")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(|| bad("ino"))?,
             sdev: hex32("sdev")?,
             mask: hex32("mask")?,
             handle_type: hex32("fhandle-type")? as i32,
@@ -387,29 +436,39 @@ fn parse_inotify(entry: &FdEntry) -> Result<Vec<RawWatch>, String> {
     Ok(watches)
 }
 
-/// An `O_PATH` descriptor of a mount of device `sdev` (the kernel's
-/// encoding: major << 20 | minor) as process `pid` sees it, preferring one
-/// that shows the whole filesystem.
-fn mount_of(pid: i32, sdev: u32) -> Result<OwnedFd, String> {
+/// The mount points (inside the container) of device `sdev` (the kernel's
+/// encoding: major << 20 | minor) as process `pid` sees them, the ones that
+/// show the whole filesystem first.
+fn mounts_of(pid: i32, sdev: u32) -> Result<Vec<String>, String> {
     let dev = format!("{}:{}", sdev >> 20, sdev & 0xf_ffff);
     let path = format!("/proc/{pid}/mountinfo");
     let text = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    let mut mounts: Vec<(bool, &str)> = text
+    let mut mounts: Vec<(bool, String)> = text
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split(' ').collect();
-            (f.len() > 4 && f[2] == dev).then(|| (f[3] != "/", f[4]))
+            (f.len() > 4 && f[2] == dev).then(|| (f[3] != "/", f[4].replace("\\040", " ")))
         })
         .collect();
     mounts.sort();
-    let (_, point) = mounts
-        .first()
-        .ok_or_else(|| format!("no mount of device {dev} in the container"))?;
-    let point = point.replace("\\040", " ");
+    if mounts.is_empty() {
+        return Err(format!("no mount of device {dev} in the container"));
+    }
+    Ok(mounts.into_iter().map(|(_, point)| point).collect())
+}
+
+/// A descriptor of the container's mount at `point` (not `O_PATH`:
+/// open_by_handle_at refuses those).
+fn open_mount(pid: i32, point: &str) -> Result<OwnedFd, String> {
     let full = format!("/proc/{pid}/root{point}");
     let c = CString::new(full.clone()).map_err(|_| format!("mount point {full:?}"))?;
     // SAFETY: open with a NUL-terminated path; the result is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(format!(
             "opening the mount {full}: {}",
@@ -420,11 +479,73 @@ fn mount_of(pid: i32, sdev: u32) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Entries a search for a watched inode looks at, at most.
+const SEARCH_LIMIT: usize = 200_000;
+
+/// Finds the inode of a watch by walking its filesystem breadth first from
+/// the container's mount of it (for filesystems whose file handles cannot
+/// be opened, such as overlayfs without `nfs_export`). Other mounts are not
+/// entered.
+fn search_inode(pid: i32, point: &str, w: &RawWatch) -> Result<ByteString, String> {
+    use std::os::unix::fs::MetadataExt;
+    let same_dev = |m: &fs::Metadata| {
+        libc::major(m.dev()) == w.sdev >> 20 && libc::minor(m.dev()) == w.sdev & 0xf_ffff
+    };
+    let base = format!("/proc/{pid}/root");
+    let mut queue = std::collections::VecDeque::from([point.trim_end_matches('/').to_string()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        let here = if dir.is_empty() { "/" } else { dir.as_str() };
+        let meta = fs::symlink_metadata(format!("{base}{here}"));
+        if let Ok(m) = &meta {
+            if m.ino() == w.ino && same_dev(m) {
+                return Ok(ByteString::from(here));
+            }
+        }
+        let Ok(entries) = fs::read_dir(format!("{base}{here}")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > SEARCH_LIMIT {
+                return Err(format!(
+                    "its inode {} was not found in the first {SEARCH_LIMIT} entries under {point}",
+                    w.ino
+                ));
+            }
+            let Ok(m) = entry.metadata() else { continue };
+            if !same_dev(&m) {
+                continue;
+            }
+            let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
+            if m.ino() == w.ino {
+                return Ok(ByteString::from(path.as_str()));
+            }
+            if m.is_dir() {
+                queue.push_back(path);
+            }
+        }
+    }
+    Err(format!("its inode {} is not under {point}", w.ino))
+}
+
 /// The path inside the container of the inode a watch is on: the file
 /// handle from fdinfo opened on a mount of the container, then read back
-/// from /proc/self/fd (which shows it relative to the container's root).
+/// from /proc/self/fd (which shows it relative to the container's root);
+/// where the filesystem cannot open handles, a search by inode number.
 fn watch_path(pid: i32, w: &RawWatch) -> Result<ByteString, String> {
-    let mount = mount_of(pid, w.sdev)?;
+    let points = mounts_of(pid, w.sdev)?;
+    match by_handle(pid, &points[0], w) {
+        Ok(path) => Ok(path),
+        Err(handle_error) => {
+            search_inode(pid, &points[0], w).map_err(|e| format!("{handle_error}, and {e}"))
+        }
+    }
+}
+
+/// [`watch_path`] through the watch's file handle.
+fn by_handle(pid: i32, point: &str, w: &RawWatch) -> Result<ByteString, String> {
+    let mount = open_mount(pid, point)?;
     // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
     let mut buf = Vec::with_capacity(8 + w.handle.len());
     buf.extend_from_slice(&(w.handle.len() as u32).to_ne_bytes());
@@ -460,7 +581,9 @@ fn watch_path(pid: i32, w: &RawWatch) -> Result<ByteString, String> {
     if !path.starts_with('/') || path.ends_with(" (deleted)") {
         return Err(format!("it has no path ({path})"));
     }
-    Ok(ByteString(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).to_vec()))
+    Ok(ByteString(
+        std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).to_vec(),
+    ))
 }
 
 fn collect_inotify(pid: i32, entry: &FdEntry) -> Result<FileKind, String> {
@@ -544,8 +667,14 @@ mod tests {
         assert_eq!(w[0].wd, 1);
         assert_eq!(w[0].mask, 0x300);
         assert_eq!(w[0].sdev, 0xfe0_0000);
-        assert_eq!(w[1].handle, vec![0x2b, 0x40, 0x12, 0, 0xde, 0xb1, 0x09, 0xf6]);
-        let bad = entry(INOTIFY, "inotify wd:1 sdev:1 mask:2 fhandle-bytes:8 fhandle-type:1 f_handle:2b\n");
+        assert_eq!(
+            w[1].handle,
+            vec![0x2b, 0x40, 0x12, 0, 0xde, 0xb1, 0x09, 0xf6]
+        );
+        let bad = entry(
+            INOTIFY,
+            "inotify wd:1 sdev:1 mask:2 fhandle-bytes:8 fhandle-type:1 f_handle:2b\n",
+        );
         assert!(parse_inotify(&bad).is_err());
     }
 

@@ -121,9 +121,7 @@ pub fn create(kind: &FileKind, flags: OFlag) -> Result<RawFd> {
         FileKind::SignalFd { mask } => signalfd(*mask, nonblock),
         FileKind::TimerFd(t) => timerfd(t, nonblock),
         FileKind::Inotify { watches } => inotify(watches, nonblock),
-        other => Err(Error::Invalid(format!(
-            "{other:?} is not an event object"
-        ))),
+        other => Err(Error::Invalid(format!("{other:?} is not an event object"))),
     }
 }
 
@@ -146,7 +144,10 @@ fn eventfd(count: u64, semaphore: bool, nonblock: bool) -> Result<RawFd> {
         if let Err(e) = Errno::result(n) {
             // SAFETY: closing the fd created above.
             unsafe { libc::close(fd) };
-            return Err(Error::sys(format!("setting an eventfd's counter to {count}"), e));
+            return Err(Error::sys(
+                format!("setting an eventfd's counter to {count}"),
+                e,
+            ));
         }
     }
     Ok(fd)
@@ -332,9 +333,7 @@ fn add_watches(fd: RawFd, watches: &[InotifyWatch], nonblock: bool) -> Result<()
 fn filler_path(watched: &[(u64, u64)]) -> Option<String> {
     ["/", "/dev", "/proc", "/tmp", "/etc", "/sys"]
         .iter()
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| !watched.contains(&(m.dev(), m.ino())))
-        })
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| !watched.contains(&(m.dev(), m.ino()))))
         .map(|p| p.to_string())
 }
 
@@ -348,12 +347,15 @@ pub fn fill_epolls(image: &LoadedImage, table: &HashMap<u64, RawFd>) -> Result<(
             continue;
         };
         let epfd = table[&id];
-        for item in items {
+        // Disarmed one-shot items first, while nothing else can be reported.
+        let (disarmed, armed): (Vec<&EpollItem>, Vec<&EpollItem>) =
+            items.iter().partition(|i| is_disarmed(i.events));
+        for item in disarmed.into_iter().chain(armed) {
             let target = target_file(image, item).map_err(Error::Invalid)?;
             let src = *table.get(&target).ok_or_else(|| {
                 Error::Invalid(format!("epoll item target file {target} was not opened"))
             })?;
-            add_item(epfd, src, item).map_err(|e| {
+            let failed = |e| {
                 Error::sys(
                     format!(
                         "adding fd {} (events {:#x}) to an epoll",
@@ -361,8 +363,68 @@ pub fn fill_epolls(image: &LoadedImage, table: &HashMap<u64, RawFd>) -> Result<(
                     ),
                     e,
                 )
-            })?;
+            };
+            if is_disarmed(item.events) {
+                add_disarmed(epfd, src, item).map_err(failed)?;
+            } else {
+                add_item(epfd, src, item).map_err(failed)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// Flag bits of an epoll item (the kernel's `EP_PRIVATE_BITS`): all a
+/// one-shot item keeps once it has fired.
+const PRIVATE_BITS: u32 =
+    (libc::EPOLLWAKEUP | libc::EPOLLONESHOT | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32;
+
+fn is_disarmed(events: u32) -> bool {
+    events & libc::EPOLLONESHOT as u32 != 0 && events & !PRIVATE_BITS == 0
+}
+
+/// A one-shot item that had fired: `EPOLL_CTL_ADD` always arms
+/// `EPOLLERR | EPOLLHUP`, so it is added listening for every event and
+/// reported once here, which disarms it as it was. If its target is not
+/// ready now, it stays armed for `EPOLLERR | EPOLLHUP` only.
+fn add_disarmed(epfd: RawFd, src: RawFd, item: &EpollItem) -> std::result::Result<(), Errno> {
+    let all = (libc::EPOLLIN
+        | libc::EPOLLOUT
+        | libc::EPOLLPRI
+        | libc::EPOLLRDHUP
+        | libc::EPOLLRDNORM
+        | libc::EPOLLRDBAND
+        | libc::EPOLLWRNORM
+        | libc::EPOLLWRBAND) as u32;
+    let mut listening = *item;
+    listening.events |= all;
+    add_item(epfd, src, &listening)?;
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    let mut fired = false;
+    loop {
+        // SAFETY: epoll_wait writes at most out.len() events into `out`.
+        let n = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), out.len() as i32, 0) };
+        let n = Errno::result(n)? as usize;
+        fired |= out[..n].iter().any(|e| {
+            let data = e.u64;
+            data == item.data
+        });
+        if n < out.len() {
+            break;
+        }
+    }
+    if !fired {
+        let mut event = libc::epoll_event {
+            events: item.events,
+            u64: item.data,
+        };
+        // EPOLL_CTL_MOD names the item by the fd number it was added with.
+        let rc = with_fd_at(src, item.fd, |n| {
+            // SAFETY: epoll_ctl reads a live epoll_event.
+            Errno::result(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, n, &mut event) })
+                .map(drop)
+        });
+        rc?;
     }
     Ok(())
 }
@@ -373,9 +435,22 @@ fn add_item(epfd: RawFd, src: RawFd, item: &EpollItem) -> std::result::Result<()
         events: item.events,
         u64: item.data,
     };
-    let n = item.fd;
-    // SAFETY: fcntl and dup3 on fds of this process; whatever was at `n`
-    // is moved aside and put back below.
+    with_fd_at(src, item.fd, |n| {
+        // SAFETY: epoll_ctl reads a live epoll_event.
+        Errno::result(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, n, &mut event) })
+            .map(drop)
+    })
+}
+
+/// Runs `f` with the file at `src` placed at fd number `n`, then puts back
+/// whatever was at `n` (or closes it).
+fn with_fd_at(
+    src: RawFd,
+    n: RawFd,
+    f: impl FnOnce(RawFd) -> std::result::Result<(), Errno>,
+) -> std::result::Result<(), Errno> {
+    // SAFETY: fcntl on an fd number of this process; a copy of whatever is
+    // at `n` is kept above FIRST_PRIVATE_FD to be put back below.
     let (saved, saved_flags) = unsafe {
         let flags = libc::fcntl(n, libc::F_GETFD);
         if flags >= 0 {
@@ -387,11 +462,7 @@ fn add_item(epfd: RawFd, src: RawFd, item: &EpollItem) -> std::result::Result<()
     };
     // SAFETY: dup3 between two fds of this process.
     let placed = Errno::result(unsafe { libc::dup3(src, n, libc::O_CLOEXEC) });
-    let added = placed.and_then(|_| {
-        // SAFETY: epoll_ctl reads a live epoll_event.
-        let rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, n, &mut event) };
-        Errno::result(rc)
-    });
+    let result = placed.and_then(|_| f(n));
     // SAFETY: puts back (or closes) fd `n` as it was before.
     unsafe {
         if saved >= 0 {
@@ -406,5 +477,5 @@ fn add_item(epfd: RawFd, src: RawFd, item: &EpollItem) -> std::result::Result<()
             libc::close(n);
         }
     }
-    added.map(drop)
+    result
 }
