@@ -65,6 +65,40 @@ fn epoll_interest_list_with_every_kind_of_target() {
 }
 
 #[test]
+fn epoll_item_whose_file_is_open_only_in_another_process() {
+    let h = TestHost::new();
+    let body = include_str!("programs/events/epoll_shared.py");
+    assert_eq!(
+        checkpoint_restore(&h, "epshare", body, Duration::ZERO),
+        "PASS"
+    );
+}
+
+#[test]
+fn the_checks_fail_on_state_a_restore_did_not_produce() {
+    // Without a checkpoint the inotify program's queued event is still
+    // there and the timerfd program was never away: both must say FAIL.
+    let h = TestHost::new();
+    for (name, body, want) in [
+        (
+            "inot-nocr",
+            include_str!("programs/events/inotify.py"),
+            "FAIL: queued events were dropped",
+        ),
+        (
+            "tfd-nocr",
+            include_str!("programs/events/timerfd.py"),
+            "FAIL: the container was away at least 3 s",
+        ),
+    ] {
+        h.run_python_until(name, &program(body), "/root/ready");
+        h.exec(name, &["touch", "/root/go"]);
+        let result = wait_for_result(&h, name, 20);
+        assert!(result.starts_with(want), "{name}: {result}");
+    }
+}
+
+#[test]
 fn signalfd_mask_flags_and_signals_after_restore() {
     let h = TestHost::new();
     let body = include_str!("programs/events/signalfd.py");
