@@ -141,6 +141,18 @@ fn summary(record: &Record) -> String {
                 u.name,
                 u.queue.len()
             ),
+            FileKind::EventFd { count, semaphore } => {
+                format!("file {} eventfd count {count} semaphore {semaphore}", f.id)
+            }
+            FileKind::Epoll { items } => format!("file {} epoll with {} items", f.id, items.len()),
+            FileKind::SignalFd { mask } => format!("file {} signalfd mask {mask:#x}", f.id),
+            FileKind::TimerFd(t) => format!(
+                "file {} timerfd clock {} value {} ns interval {} ns ticks {}",
+                f.id, t.clock, t.value_ns, t.interval_ns, t.ticks
+            ),
+            FileKind::Inotify { watches } => {
+                format!("file {} inotify with {} watches", f.id, watches.len())
+            }
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",

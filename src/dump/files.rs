@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use cr_formats::schema::{ByteString, FileKind, PipeEnd};
 
 use crate::dump::procfs::FdEntry;
-use crate::dump::DumpError;
+use crate::dump::{events, DumpError};
 
 /// What the kernel tells about the object behind one descriptor.
 pub struct FdObject<'a> {
@@ -108,6 +108,31 @@ pub static REGISTRY: &[FileKindDump] = &[
         claims: crate::dump::unix::is_unix,
         collect: crate::dump::unix::collect,
     },
+    FileKindDump {
+        name: "eventfd",
+        claims: |o| o.entry.target == events::EVENTFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "epoll",
+        claims: |o| o.entry.target == events::EPOLL,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "signalfd",
+        claims: |o| o.entry.target == events::SIGNALFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "timerfd",
+        claims: |o| o.entry.target == events::TIMERFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "inotify",
+        claims: |o| o.entry.target == events::INOTIFY,
+        collect: events::collect,
+    },
 ];
 
 /// The name of the unix socket kind ([`crate::dump::unix`]), which the
@@ -141,6 +166,7 @@ pub fn classify(
     comm: &str,
     entry: &FdEntry,
 ) -> Result<(&'static FileKindDump, fs::Metadata), DumpError> {
+    events::survey(pid, comm, entry)?;
     let path = format!("/proc/{pid}/fd/{}", entry.fd);
     let meta = fs::metadata(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
     let object = FdObject { pid, entry, meta };

@@ -22,6 +22,7 @@
 //! is removed.
 
 pub mod checkpoint;
+pub mod events;
 pub mod files;
 pub mod mm;
 pub mod procfs;

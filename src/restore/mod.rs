@@ -14,6 +14,7 @@
 //! POSIX timers, shared memory.
 
 pub mod container;
+pub mod events;
 pub mod image;
 pub mod process;
 pub mod tree;

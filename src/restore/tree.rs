@@ -47,6 +47,7 @@ use crate::container::cgroups::ContainerCgroup;
 use crate::dump::procfs;
 use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
+use crate::restore::events;
 use crate::restore::image::LoadedImage;
 use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
 
@@ -133,6 +134,7 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                 )));
             }
         }
+        events::check(image, p).map_err(refuse)?;
     }
     crate::restore::unix::check(image)?;
     Ok(())
@@ -212,9 +214,17 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
             FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
+            kind if events::handles(kind) => events::create(kind, flags)?,
+            kind => {
+                return Err(Error::Invalid(format!(
+                    "file {id}: restoring {kind:?} is not supported here"
+                )))
+            }
         };
         table.insert(id, park(fd)?);
     }
+    // Epoll items last: every file they may watch exists now.
+    events::fill_epolls(image, &table)?;
     Ok(table)
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
 use super::unix::UnixSocket;
+use super::event::{EpollItem, InotifyWatch, TimerFd};
 
 /// Identifies a [`File`] within one image.
 pub type FileId = u64;
@@ -84,6 +85,25 @@ pub enum FileKind {
     },
     /// A unix domain socket (see [`super::unix`]).
     Unix(UnixSocket),
+    /// An eventfd: its counter and `EFD_SEMAPHORE` (`O_NONBLOCK` is in the
+    /// file's flags). See [`super::event`].
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// An epoll instance and its interest list.
+    Epoll {
+        items: Vec<EpollItem>,
+    },
+    /// A signalfd and the signals it accepts (bit N-1 for signal N).
+    SignalFd {
+        mask: u64,
+    },
+    TimerFd(TimerFd),
+    /// An inotify instance and its watches; queued events are not kept.
+    Inotify {
+        watches: Vec<InotifyWatch>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

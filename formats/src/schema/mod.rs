@@ -23,6 +23,7 @@
 //! within a major version (see [`crate::version`]).
 
 mod bytes;
+mod event;
 mod file;
 mod manifest;
 mod process;
@@ -33,6 +34,7 @@ mod vma;
 use serde::{Deserialize, Serialize};
 
 pub use bytes::{Blob, ByteString};
+pub use event::{EpollItem, InotifyWatch, TimerFd};
 pub use file::{
     Fd, File, FileId, FileKind, FileLock, FileOwner, LockKind, LockMode, PipeData, PipeEnd, PipeId,
 };
