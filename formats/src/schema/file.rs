@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
-use super::unix::UnixSocket;
 use super::event::{EpollItem, InotifyWatch, TimerFd};
+use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
 pub type FileId = u64;
