@@ -103,6 +103,11 @@ pub static REGISTRY: &[FileKindDump] = &[
             })
         },
     },
+    FileKindDump {
+        name: crate::dump::inet::KIND_NAME,
+        claims: crate::dump::inet::claims,
+        collect: crate::dump::inet::collect,
+    },
 ];
 
 fn path_target<'a>(o: &'a FdObject) -> Option<&'a str> {
@@ -172,6 +177,9 @@ fn describe(o: &FdObject) -> String {
         return format!("an {inner} ({target})");
     }
     if target.starts_with("socket:") {
+        if let Some(inet) = crate::dump::inet::describe(o) {
+            return inet;
+        }
         return format!("a socket ({target})");
     }
     let ft = o.meta.file_type();

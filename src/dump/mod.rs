@@ -22,6 +22,7 @@
 
 pub mod checkpoint;
 pub mod files;
+pub mod inet;
 pub mod mm;
 pub mod procfs;
 

@@ -15,6 +15,7 @@
 
 pub mod container;
 pub mod image;
+pub mod inet;
 pub mod process;
 pub mod tree;
 

@@ -153,6 +153,7 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
+    ids.sort_by_key(|id| crate::restore::inet::open_order(&image.files[id].kind));
     for id in ids {
         let file = &image.files[&id];
         let flags = OFlag::from_bits_truncate(file.flags as i32)
@@ -206,6 +207,7 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                     "restoring the FIFO {path} is not supported yet"
                 )));
             }
+            FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
         };
         table.insert(id, park(fd)?);
     }

@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
+use super::inet::InetSocket;
 
 /// Identifies a [`File`] within one image.
 pub type FileId = u64;
@@ -81,6 +82,8 @@ pub enum FileKind {
         pipe: PipeId,
         end: PipeEnd,
     },
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(InetSocket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@
 
 mod bytes;
 mod file;
+mod inet;
 mod manifest;
 mod process;
 mod thread;
@@ -34,6 +35,9 @@ use serde::{Deserialize, Serialize};
 pub use bytes::{Blob, ByteString};
 pub use file::{
     Fd, File, FileId, FileKind, FileLock, FileOwner, LockKind, LockMode, PipeData, PipeEnd, PipeId,
+};
+pub use inet::{
+    InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
 pub use manifest::{Arch, Manifest};
 pub use process::{
