@@ -150,3 +150,51 @@ fn a_connection_to_a_peer_outside_survives_checkpoint_and_restore() {
     );
     finish_conversation(&h, "srv", &mut client, sent);
 }
+
+const LOCAL: &str = include_str!("programs/inet_local.py");
+
+fn run_local(h: &TestHost, name: &str) {
+    h.run(
+        name,
+        TestImage::Python,
+        Some(20),
+        &[],
+        &["/usr/bin/python3", "-c", LOCAL],
+    );
+    let _ = wait_file(h, name, "/root/ready", 30);
+}
+
+#[test]
+fn connections_inside_listeners_and_udp_survive_checkpoint_and_restore() {
+    let h = TestHost::new();
+    run_local(&h, "local");
+    h.ok(&["checkpoint", "local"]);
+    assert_eq!(h.state("local"), "stopped");
+    h.ok(&["restore", "local"]);
+    assert_eq!(
+        lock_rules(&h, "local"),
+        "",
+        "the restore left the network locked"
+    );
+    h.exec("local", &["touch", "/root/go"]);
+    assert_eq!(wait_file(&h, "local", "/root/result", 60).trim(), "PASS");
+}
+
+#[test]
+fn the_local_checks_fail_without_a_checkpoint() {
+    // The program can fail: with a datagram it did not send in the bound
+    // socket's queue, its UDP check sees the wrong one.
+    let h = TestHost::new();
+    run_local(&h, "plain");
+    h.exec(
+        "plain",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'stray', ('127.0.0.1', 7104))",
+        ],
+    );
+    h.exec("plain", &["touch", "/root/go"]);
+    let result = wait_file(&h, "plain", "/root/result", 60);
+    assert!(result.starts_with("FAIL: udp datagram"), "{result}");
+}
