@@ -198,3 +198,175 @@ fn the_local_checks_fail_without_a_checkpoint() {
     let result = wait_file(&h, "plain", "/root/result", 60);
     assert!(result.starts_with("FAIL: udp datagram"), "{result}");
 }
+
+#[test]
+fn leave_running_keeps_connections_working() {
+    let h = TestHost::new();
+    let mut client = server_with_client(&h, "live", 11, &[]);
+    let sent: usize = wait_file(&h, "live", "/root/sent", 20)
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = wait_file(&h, "live", "/root/ready", 20);
+    h.ok(&["checkpoint", "live", "--leave-running"]);
+    assert_eq!(h.state("live"), "running");
+    assert_eq!(
+        lock_rules(&h, "live"),
+        "",
+        "the checkpoint left the network locked"
+    );
+    finish_conversation(&h, "live", &mut client, sent);
+}
+
+/// A small tmpfs the image does not fit in; unmounted when dropped.
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn new() -> TinyFs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "cr-test-tiny"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(ok.success(), "mounting a tmpfs");
+        TinyFs(dir)
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_unlocks_the_network_and_connections_go_on() {
+    let h = TestHost::new();
+    let mut client = server_with_client(&h, "full", 12, &[]);
+    let sent: usize = wait_file(&h, "full", "/root/sent", 20)
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = wait_file(&h, "full", "/root/ready", 20);
+    // The page store does not fit: the checkpoint fails after the freeze,
+    // with the network locked and the connection in repair mode.
+    let tiny = TinyFs::new();
+    let image = tiny.0.path().join("image");
+    let err = h.fails(&["checkpoint", "full", "--image", image.to_str().unwrap()]);
+    assert!(err.contains("checkpoint image"), "{err}");
+    assert_eq!(h.state("full"), "running");
+    assert_eq!(
+        lock_rules(&h, "full"),
+        "",
+        "the failed checkpoint left the network locked"
+    );
+    finish_conversation(&h, "full", &mut client, sent);
+}
+
+/// Copies the image in `from` to `to` with every TCP connection's local
+/// address changed to one the container does not have.
+fn break_connections(from: &std::path::Path, to: &std::path::Path) {
+    use cr_formats::schema::{FileKind, InetState, Record};
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "records.img" {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let image = cr_formats::read_records(std::fs::File::open(from.join("records.img")).unwrap())
+        .expect("reading the image");
+    let out = std::fs::File::create(to.join("records.img")).unwrap();
+    let mut w = cr_formats::RecordWriter::new(out, &image.manifest).unwrap();
+    let mut broken = 0;
+    for entry in image.entries {
+        let mut record = entry.record;
+        if let Record::Manifest(_) = record {
+            continue;
+        }
+        if let Record::File(f) = &mut record {
+            if let FileKind::Inet(s) = &mut f.kind {
+                if let (InetState::Established(_), Some(local)) = (&s.state, &mut s.local) {
+                    local.set_ip("10.255.255.254".parse().unwrap());
+                    broken += 1;
+                }
+            }
+        }
+        w.write(&record).unwrap();
+    }
+    w.finish().unwrap();
+    assert!(broken > 0, "the image holds no TCP connection");
+}
+
+#[test]
+fn a_failed_restore_leaves_nothing_and_the_connection_comes_back_later() {
+    let h = TestHost::new();
+    let mut client = server_with_client(&h, "again", 13, &[]);
+    let sent: usize = wait_file(&h, "again", "/root/sent", 20)
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = wait_file(&h, "again", "/root/ready", 20);
+    let good = h.root.join("good-image");
+    let bad = h.root.join("bad-image");
+    h.ok(&["checkpoint", "again", "--image", good.to_str().unwrap()]);
+    break_connections(&good, &bad);
+    let err = h.fails(&["restore", "again", "--image", bad.to_str().unwrap()]);
+    assert!(err.contains("10.255.255.254"), "{err}");
+    assert_eq!(h.state("again"), "stopped");
+    assert!(
+        h.container_cgroups("again")
+            .iter()
+            .all(|c| !c.join("cgroup.procs").exists()
+                || std::fs::read_to_string(c.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .is_empty()),
+        "the failed restore left processes behind"
+    );
+    // The peer saw no reset: the good image brings the conversation back.
+    h.ok(&["restore", "again", "--image", good.to_str().unwrap()]);
+    assert_eq!(lock_rules(&h, "again"), "");
+    finish_conversation(&h, "again", &mut client, sent);
+}
+
+#[test]
+fn sockets_cr_cannot_move_are_refused_before_the_freeze() {
+    let h = TestHost::new();
+    // A connection waiting in a listener's accept queue.
+    h.run(
+        "backlog",
+        TestImage::Python,
+        Some(14),
+        &[],
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 7000))\ns.listen(4)\nopen('/root/listening', 'w').write('1')\ntime.sleep(3600)",
+        ],
+    );
+    wait_file(&h, "backlog", "/root/listening", 20);
+    let addr: SocketAddr = format!("{}:7000", h.net.addr(14)).parse().unwrap();
+    let _waiting = Client::connect(addr);
+    let err = h.fails(&["checkpoint", "backlog"]);
+    assert!(
+        err.contains("waiting to be accepted") && err.contains("not frozen"),
+        "{err}"
+    );
+    assert_eq!(h.state("backlog"), "running");
+    assert!(h.ok(&["checkpoint", "list", "backlog"]).trim().is_empty());
+
+    // A half-closed connection (the peer shut its side: CLOSE_WAIT).
+    let client = server_with_client(&h, "half", 15, &[]);
+    let _ = wait_file(&h, "half", "/root/ready", 20);
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut err = String::new();
+    let refused = wait_until(Duration::from_secs(5), || {
+        err = h.fails(&["checkpoint", "half"]);
+        err.contains("CLOSE_WAIT")
+    });
+    assert!(refused && err.contains("half-closed"), "{err}");
+    assert_eq!(h.state("half"), "running");
+}
