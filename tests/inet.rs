@@ -370,3 +370,61 @@ fn sockets_cr_cannot_move_are_refused_before_the_freeze() {
     assert!(refused && err.contains("half-closed"), "{err}");
     assert_eq!(h.state("half"), "running");
 }
+
+/// `GET path` over HTTP/1.0: the body, after checking the status line.
+fn http_get(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut client = Client::connect(addr);
+    client
+        .stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .expect("sending the request");
+    let mut reply = Vec::new();
+    client
+        .stream
+        .read_to_end(&mut reply)
+        .expect("reading the reply");
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a reply with headers");
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    reply[split + 4..].to_vec()
+}
+
+#[test]
+fn an_http_server_serves_the_same_file_after_restore() {
+    let h = TestHost::new();
+    h.run(
+        "web",
+        TestImage::Python,
+        Some(16),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /srv && head -c 300000 /dev/urandom > /srv/file && cd /srv && exec /usr/bin/python3 -m http.server 8000",
+        ],
+    );
+    let addr: SocketAddr = format!("{}:8000", h.net.addr(16)).parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || TcpStream::connect_timeout(
+            &addr,
+            Duration::from_secs(1)
+        )
+        .is_ok()),
+        "the http server does not answer: {}",
+        h.ok(&["logs", "web"])
+    );
+    let before = http_get(addr, "/file");
+    assert_eq!(before.len(), 300000);
+    h.ok(&["checkpoint", "web"]);
+    assert_eq!(h.state("web"), "stopped");
+    h.ok(&["restore", "web"]);
+    let after = http_get(addr, "/file");
+    assert!(after == before, "the file served after the restore differs");
+    // The same server process, not a new one: PID 1 is still python.
+    assert!(h
+        .exec("web", &["cat", "/proc/1/cmdline"])
+        .contains("http.server"));
+}
