@@ -91,6 +91,8 @@ pub fn open(sock: &InetSocket, flags: u32) -> Result<RawFd> {
             connection(s, peer, conn).map_err(|(w, e)| fail(w, e))?;
             set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0)
                 .map_err(|e| fail("TCP_REPAIR off", e))?;
+            fill(s, &conn.send_queue.0[sent_len(conn)..])
+                .map_err(|e| fail("sending the queued bytes never sent", e))?;
             // Leaving repair mode resets SO_REUSEADDR.
             set_int(
                 s,
@@ -274,7 +276,9 @@ fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
         sys::TCP_SEND_QUEUE,
         "TCP_REPAIR_QUEUE",
     )?;
-    fill(s, &c.send_queue.0).map_err(|e| ("refilling the send queue", e))?;
+    // What had been sent goes back as sent (the peer may have it); the
+    // never-sent tail is sent for real once out of repair mode.
+    fill(s, &c.send_queue.0[..sent_len(c)]).map_err(|e| ("refilling the send queue", e))?;
     set(
         sys::TCP_REPAIR_QUEUE,
         sys::TCP_RECV_QUEUE,
@@ -291,17 +295,30 @@ fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
     Ok(())
 }
 
+/// Bytes of the send queue that had been sent at checkpoint.
+fn sent_len(c: &TcpConnection) -> usize {
+    c.send_queue.0.len().saturating_sub(c.unsent as usize)
+}
+
 /// Writes `data` into the selected queue in slices the kernel accepts.
 fn fill(s: RawFd, mut data: &[u8]) -> io::Result<()> {
     let mut chunk = 64 << 10;
+    let mut waited = 0;
     while !data.is_empty() {
         let len = data.len().min(chunk);
         // SAFETY: send reads `len` bytes of the live slice.
-        let n = unsafe { libc::send(s, data.as_ptr().cast(), len, 0) };
+        let n = unsafe { libc::send(s, data.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOMEM) && chunk > 4096 {
                 chunk /= 2;
+                continue;
+            }
+            if e.raw_os_error() == Some(libc::EAGAIN) && waited < 100 {
+                // A non-blocking socket: the buffer held these bytes at
+                // checkpoint, so room comes as the kernel accounts for them.
+                waited += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
                 continue;
             }
             return Err(e);
