@@ -153,6 +153,24 @@ fn summary(record: &Record) -> String {
             FileKind::Inotify { watches } => {
                 format!("file {} inotify with {} watches", f.id, watches.len())
             }
+            FileKind::Inet(s) => format!(
+                "file {} {:?} {:?} {} -> {} {}",
+                f.id,
+                s.proto,
+                s.family,
+                s.local.map(|a| a.to_string()).unwrap_or("-".into()),
+                s.peer.map(|a| a.to_string()).unwrap_or("-".into()),
+                match &s.state {
+                    cr_formats::schema::InetState::Idle => "idle".to_string(),
+                    cr_formats::schema::InetState::Listen { backlog } =>
+                        format!("listening (backlog {backlog})"),
+                    cr_formats::schema::InetState::Established(c) => format!(
+                        "established ({} bytes to send, {} received)",
+                        c.send_queue.0.len(),
+                        c.recv_queue.0.len()
+                    ),
+                }
+            ),
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",

@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, DumpError};
+use crate::dump::{files, inet, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -180,7 +180,10 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     let frozen_at = Instant::now();
     cgroup.freeze()?;
     let mut tracees: Vec<Tracee> = Vec::new();
-    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees).and_then(|done| {
+    // TCP sockets held still (network lock, repair mode); dropped, it lets
+    // them go on.
+    let mut net: Option<inet::NetFreeze> = None;
+    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees, &mut net).and_then(|done| {
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
@@ -197,6 +200,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         Ok(done) => done,
         Err(err) => {
             // The container goes on as if nothing happened.
+            drop(net);
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
@@ -205,6 +209,13 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     };
     let frozen_ms;
     if opts.leave_running {
+        if let Some(Err(e)) = net.take().map(inet::NetFreeze::resume) {
+            drop(tracees);
+            let _ = cgroup.thaw();
+            let _ = pending.wait();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
         for t in tracees {
             let _ = t.detach();
         }
@@ -218,12 +229,16 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     } else {
         // The container goes away: its image must be durable first.
         if let Err(e) = pending.wait().and_then(|()| sync_image(&partial)) {
+            drop(net);
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
         kill_traced(tracees);
+        if let Some(net) = net {
+            net.close_silently();
+        }
         frozen_ms = ms(frozen_at.elapsed());
         crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
             match container.status() {
@@ -407,6 +422,7 @@ fn dump_frozen(
     dir: &Path,
     opts: &CheckpointOptions,
     tracees: &mut Vec<Tracee>,
+    net: &mut Option<inet::NetFreeze>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     // Processes may have come or gone between the survey and the freeze.
     let tasks = survey(cgroup)?;
@@ -421,6 +437,19 @@ fn dump_frozen(
     for t in tracees.iter_mut() {
         t.wait_stop(Some(Duration::from_secs(10)))
             .map_err(inject_err)?;
+    }
+    // Every task is stopped: lock the network, TCP connections in repair mode.
+    let sockets: Vec<(i32, i32)> = tasks
+        .iter()
+        .flat_map(|t| {
+            t.fds
+                .iter()
+                .filter(|(_, kind, _)| kind.name == inet::KIND_NAME)
+                .map(|(entry, _, _)| (t.host_pid, entry.fd))
+        })
+        .collect();
+    if let Some(init) = tasks.first() {
+        *net = inet::NetFreeze::begin(init.host_pid, &sockets)?;
     }
 
     let image_id =

@@ -133,6 +133,11 @@ pub static REGISTRY: &[FileKindDump] = &[
         claims: |o| o.entry.target == events::INOTIFY,
         collect: events::collect,
     },
+    FileKindDump {
+        name: crate::dump::inet::KIND_NAME,
+        claims: crate::dump::inet::claims,
+        collect: crate::dump::inet::collect,
+    },
 ];
 
 /// The name of the unix socket kind ([`crate::dump::unix`]), which the
@@ -207,6 +212,9 @@ fn describe(o: &FdObject) -> String {
         return format!("an {inner} ({target})");
     }
     if target.starts_with("socket:") {
+        if let Some(inet) = crate::dump::inet::describe(o) {
+            return inet;
+        }
         return format!("a socket ({target})");
     }
     let ft = o.meta.file_type();

@@ -24,6 +24,7 @@
 pub mod checkpoint;
 pub mod events;
 pub mod files;
+pub mod inet;
 pub mod mm;
 pub mod procfs;
 pub mod unix;

@@ -16,6 +16,7 @@
 pub mod container;
 pub mod events;
 pub mod image;
+pub mod inet;
 pub mod process;
 pub mod tree;
 pub mod unix;

@@ -158,6 +158,7 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
     let mut unix = crate::restore::unix::open_all(image)?;
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
+    ids.sort_by_key(|id| crate::restore::inet::open_order(&image.files[id].kind));
     for id in ids {
         let file = &image.files[&id];
         let flags = OFlag::from_bits_truncate(file.flags as i32)
@@ -214,6 +215,7 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
             FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
+            FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
             kind if events::handles(kind) => events::create(kind, flags)?,
             kind => {
                 return Err(Error::Invalid(format!(

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
 use super::event::{EpollItem, InotifyWatch, TimerFd};
+use super::inet::InetSocket;
 use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
@@ -104,6 +105,8 @@ pub enum FileKind {
     Inotify {
         watches: Vec<InotifyWatch>,
     },
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(InetSocket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

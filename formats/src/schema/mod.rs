@@ -25,6 +25,7 @@
 mod bytes;
 mod event;
 mod file;
+mod inet;
 mod manifest;
 mod process;
 mod thread;
@@ -37,6 +38,9 @@ pub use bytes::{Blob, ByteString};
 pub use event::{EpollItem, InotifyWatch, TimerFd};
 pub use file::{
     Fd, File, FileId, FileKind, FileLock, FileOwner, LockKind, LockMode, PipeData, PipeEnd, PipeId,
+};
+pub use inet::{
+    InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
 pub use manifest::{Arch, Manifest};
 pub use process::{
