@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod files;
 pub mod mm;
 pub mod procfs;
+pub mod shmem;
 
 use std::path::{Path, PathBuf};
 

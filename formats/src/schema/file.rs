@@ -81,6 +81,10 @@ pub enum FileKind {
         pipe: PipeId,
         end: PipeEnd,
     },
+    /// A memfd held as a descriptor: the object is the `ShmemObject` `id`.
+    Memfd { id: u64, pos: u64 },
+    /// A regular file deleted while open: the `DeletedFile` `id`.
+    Deleted { id: u64, pos: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
