@@ -831,7 +831,10 @@ impl FileTable {
                     cr_formats::schema::LockKind::Posix => lock.pid,
                     _ => 0,
                 };
-                let key = format!("{owner} {:?}", cr_formats::schema::FileLock { pid: 0, ..lock });
+                let key = format!(
+                    "{owner} {:?}",
+                    cr_formats::schema::FileLock { pid: 0, ..lock }
+                );
                 if self.locks_done.insert(key) {
                     records.write(&Record::FileLock(lock))?;
                 }

@@ -417,7 +417,10 @@ mod tests {
     #[test]
     fn lock_lines() {
         let l = parse_lock_line("1: FLOCK  ADVISORY  WRITE 123 00:2a:456 0 EOF").unwrap();
-        assert_eq!((l.class.as_str(), l.ino, l.start, l.len), ("FLOCK", 456, 0, 0));
+        assert_eq!(
+            (l.class.as_str(), l.ino, l.start, l.len),
+            ("FLOCK", 456, 0, 0)
+        );
         let l = parse_lock_line("7: POSIX  ADVISORY  READ 9 fd:01:77 10 19").unwrap();
         assert_eq!((l.mode.as_str(), l.start, l.len), ("READ", 10, 10));
         assert!(parse_lock_line("7: -> POSIX  ADVISORY  WRITE 9 fd:01:77 0 EOF").is_none());
@@ -442,7 +445,10 @@ mod tests {
         let f = tempfile_in_shm();
         f.write_at(b"x", 3 * PAGE + 5).unwrap();
         f.set_len(10 * PAGE).unwrap();
-        assert_eq!(data_extents(&f, 10 * PAGE).unwrap(), vec![(3 * PAGE, 4 * PAGE)]);
+        assert_eq!(
+            data_extents(&f, 10 * PAGE).unwrap(),
+            vec![(3 * PAGE, 4 * PAGE)]
+        );
     }
 
     fn tempfile_in_shm() -> File {

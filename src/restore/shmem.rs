@@ -110,12 +110,8 @@ pub fn open_memfd(image: &LoadedImage, id: u64) -> Result<RawFd> {
     let cname = CString::new(name.as_bytes().to_vec())
         .map_err(|_| Error::Invalid(format!("memfd name {name} holds a NUL")))?;
     // SAFETY: memfd_create with a NUL-terminated name.
-    let fd = unsafe {
-        libc::memfd_create(
-            cname.as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     let fd = Errno::result(fd).map_err(|e| Error::sys(format!("memfd_create({name})"), e))?;
     // SAFETY: ftruncate on the memfd just created.
     let rc = unsafe { libc::ftruncate(fd, obj.size as libc::off_t) };
@@ -196,12 +192,12 @@ impl<'a> SharedObjects<'a> {
         for d in image.deleted.values() {
             let (path, fallback) = deleted_paths(d);
             // PID 1 took the fallback name only when the path was taken.
-            let at = if std::fs::symlink_metadata(format!("/proc/{root_pid}/root{fallback}")).is_ok()
-            {
-                fallback
-            } else {
-                path
-            };
+            let at =
+                if std::fs::symlink_metadata(format!("/proc/{root_pid}/root{fallback}")).is_ok() {
+                    fallback
+                } else {
+                    path
+                };
             deleted.insert((d.dev, d.ino), at);
         }
         SharedObjects {
@@ -274,7 +270,10 @@ impl<'a> SharedObjects<'a> {
         } else {
             libc::MAP_PRIVATE
         };
-        if v.pgoff.checked_add(len).is_none_or(|e| e > obj.size.div_ceil(4096) * 4096) {
+        if v.pgoff
+            .checked_add(len)
+            .is_none_or(|e| e > obj.size.div_ceil(4096) * 4096)
+        {
             return Err(InjectError::Invalid(format!(
                 "the mapping covers {:#x}+{len:#x} of an object of {:#x} bytes",
                 v.pgoff, obj.size
@@ -398,7 +397,8 @@ impl<'a> SharedObjects<'a> {
     /// Once every page is in: the memfds get their seals back.
     pub fn seal(&self) -> Result<()> {
         for (id, file) in &self.files {
-            if let Some(ShmemKind::Memfd { name, seals }) = self.image.shmem.get(id).map(|o| &o.kind)
+            if let Some(ShmemKind::Memfd { name, seals }) =
+                self.image.shmem.get(id).map(|o| &o.kind)
             {
                 if *seals != 0 {
                     // SAFETY: F_ADD_SEALS on a memfd we hold; no memory is passed.

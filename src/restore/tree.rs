@@ -147,7 +147,10 @@ pub fn check(image: &LoadedImage) -> Result<()> {
             let missing = match &v.kind {
                 VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } => !image.shmem.contains_key(id),
                 VmaKind::File { path, dev, ino } if path.as_bytes().ends_with(b" (deleted)") => {
-                    !image.deleted.values().any(|d| d.dev == *dev && d.ino == *ino)
+                    !image
+                        .deleted
+                        .values()
+                        .any(|d| d.dev == *dev && d.ino == *ino)
                 }
                 _ => false,
             };
@@ -170,9 +173,13 @@ pub fn check(image: &LoadedImage) -> Result<()> {
             }
             // The rebuild opens and closes every mapped file in the process,
             // and closing any descriptor of a file drops its POSIX locks.
-            if let Some(FileKind::Regular { path, .. }) = image.files.get(&lock.file).map(|f| &f.kind)
+            if let Some(FileKind::Regular { path, .. }) =
+                image.files.get(&lock.file).map(|f| &f.kind)
             {
-                if p.vmas.iter().any(|v| matches!(&v.kind, VmaKind::File { path: mp, .. } if mp == path)) {
+                if p.vmas
+                    .iter()
+                    .any(|v| matches!(&v.kind, VmaKind::File { path: mp, .. } if mp == path))
+                {
                     return Err(refuse(format!(
                         "it holds a POSIX lock on {path}, which it also maps; restoring that is not supported yet"
                     )));
@@ -206,10 +213,7 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
 /// the flock and OFD locks of each (they belong to the open file
 /// description, which every husk inherits). `deleted`: where each deleted
 /// file was written back.
-fn open_table(
-    image: &LoadedImage,
-    deleted: &HashMap<u64, String>,
-) -> Result<HashMap<u64, RawFd>> {
+fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     // One read-write descriptor per FIFO and per memfd, which the
@@ -356,7 +360,9 @@ fn take_lock(fd: RawFd, lock: &FileLock) -> Result<()> {
             unsafe { libc::fcntl(fd, cmd, &fl) }
         }
     };
-    Errno::result(rc).map(drop).map_err(|e| Error::sys(what(), e))
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::sys(what(), e))
 }
 
 /// Puts a FIFO's capacity and buffered bytes back through `fd`.
@@ -370,7 +376,8 @@ fn refill_fifo(image: &LoadedImage, pipe: u64, fd: RawFd, path: &str) -> Result<
     while !bytes.is_empty() {
         // SAFETY: writing from a live slice to our FIFO descriptor.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        let n = Errno::result(n).map_err(|e| Error::sys(format!("refilling the FIFO {path}"), e))?;
+        let n =
+            Errno::result(n).map_err(|e| Error::sys(format!("refilling the FIFO {path}"), e))?;
         bytes = &bytes[n as usize..];
     }
     Ok(())

@@ -82,9 +82,15 @@ pub enum FileKind {
         end: PipeEnd,
     },
     /// A memfd held as a descriptor: the object is the `ShmemObject` `id`.
-    Memfd { id: u64, pos: u64 },
+    Memfd {
+        id: u64,
+        pos: u64,
+    },
     /// A regular file deleted while open: the `DeletedFile` `id`.
-    Deleted { id: u64, pos: u64 },
+    Deleted {
+        id: u64,
+        pos: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
