@@ -253,18 +253,16 @@ impl ShmemDump {
     ) -> Result<()> {
         for (m, kind) in maps {
             match kind {
-                VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } => {
-                    if self.objects.insert(*id) {
-                        let path = map_files(host_pid, m);
-                        let name = memfd_name(&m.name);
-                        self.object(pid, &path, *id, name, records, pages)?;
-                    }
+                VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } if self.objects.insert(*id) => {
+                    let path = map_files(host_pid, m);
+                    let name = memfd_name(&m.name);
+                    self.object(pid, &path, *id, name, records, pages)?;
                 }
-                VmaKind::File { dev, ino, .. } if deleted_path(&m.name).is_some() => {
-                    if self.deleted.insert((*dev, *ino)) {
-                        let path = map_files(host_pid, m);
-                        deleted_file(pid, &path, &m.name, records)?;
-                    }
+                VmaKind::File { dev, ino, .. }
+                    if deleted_path(&m.name).is_some() && self.deleted.insert((*dev, *ino)) =>
+                {
+                    let path = map_files(host_pid, m);
+                    deleted_file(pid, &path, &m.name, records)?;
                 }
                 _ => {}
             }
