@@ -174,7 +174,29 @@ pub fn survey_task(
             )));
         }
     }
+    for (entry, _, _) in fds {
+        if memfd_name(&entry.target).is_some() {
+            refuse_hugetlb(&format!("/proc/{host_pid}/fd/{}", entry.fd), pid).map_err(|e| {
+                e.unwrap_or_else(|| {
+                    refuse(format!(
+                        "fd {} is the hugetlb memfd {}, which cr cannot move yet",
+                        entry.fd, entry.target
+                    ))
+                })
+            })?;
+        }
+    }
     for (m, kind) in maps {
+        if matches!(kind, VmaKind::Memfd { .. } | VmaKind::Shmem { .. }) {
+            refuse_hugetlb(&map_files(host_pid, m), pid).map_err(|e| {
+                e.unwrap_or_else(|| {
+                    refuse(format!(
+                        "the mapping {:#x}-{:#x} is of the hugetlb memfd {}, which cr cannot move yet",
+                        m.start, m.end, m.name
+                    ))
+                })
+            })?;
+        }
         if matches!(kind, VmaKind::File { .. }) && deleted_path(&m.name).is_some() {
             let path = map_files(host_pid, m);
             let meta = fs::metadata(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
@@ -226,6 +248,28 @@ pub fn locked_inodes(fds: &[(FdEntry, &'static FileKindDump, fs::Metadata)]) -> 
     fds.iter()
         .flat_map(|(e, _, _)| fd_lock_lines(e).map(|l| l.ino).collect::<Vec<_>>())
         .collect()
+}
+
+/// `Err(None)` when the object at `path` lives on hugetlbfs (its pages are
+/// huge pages, which restore does not create), `Err(Some(..))` when it
+/// cannot be looked at.
+fn refuse_hugetlb(path: &str, pid: i32) -> std::result::Result<(), Option<DumpError>> {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let c = std::ffi::CString::new(path).map_err(|_| None)?;
+    // SAFETY: an all-zero statfs is a valid buffer for statfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs with a NUL-terminated path and a live buffer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(Some(DumpError::proc(
+            pid,
+            path,
+            std::io::Error::last_os_error(),
+        )));
+    }
+    if st.f_type as i64 == HUGETLBFS_MAGIC {
+        return Err(None);
+    }
+    Ok(())
 }
 
 fn map_files(host_pid: i32, m: &MapsEntry) -> String {

@@ -49,6 +49,40 @@ use crate::error::{Error, Result};
 use crate::inject::{write_memory, InjectError, RemoteSyscall};
 use crate::restore::image::LoadedImage;
 
+/// What a restore in a container with its own user namespace cannot do:
+/// its husks cannot open `/proc/PID/map_files`, so an object is refused
+/// there when it has more than one mapping and no descriptor to reopen.
+pub fn check_userns(image: &LoadedImage) -> std::result::Result<(), String> {
+    let mut mappings: HashMap<u64, Vec<(i32, u64)>> = HashMap::new();
+    for p in image.processes.values() {
+        for v in &p.vmas {
+            if let VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } = &v.kind {
+                mappings
+                    .entry(*id)
+                    .or_default()
+                    .push((p.process.pid, v.start));
+            }
+        }
+    }
+    let held: Vec<u64> = image
+        .files
+        .values()
+        .filter_map(|f| match f.kind {
+            FileKind::Memfd { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for (id, maps) in mappings {
+        if maps.len() > 1 && !held.contains(&id) {
+            let (pid, addr) = maps[1];
+            return Err(format!(
+                "process {pid} maps shared memory object {id} at {addr:#x}, which another mapping created; sharing it needs /proc/PID/map_files, which a container with its own user namespace cannot open"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The scratch offset of names passed to injected calls.
 const SCRATCH_NAME: u64 = 2048;
 
@@ -270,15 +304,6 @@ impl<'a> SharedObjects<'a> {
         } else {
             libc::MAP_PRIVATE
         };
-        if v.pgoff
-            .checked_add(len)
-            .is_none_or(|e| e > obj.size.div_ceil(4096) * 4096)
-        {
-            return Err(InjectError::Invalid(format!(
-                "the mapping covers {:#x}+{len:#x} of an object of {:#x} bytes",
-                v.pgoff, obj.size
-            )));
-        }
         if let Some(src) = self.sources.get(&id).copied() {
             let (path, _) = src.paths()?;
             let flags = if shared && prot & libc::PROT_WRITE != 0 {
@@ -295,6 +320,12 @@ impl<'a> SharedObjects<'a> {
         match &obj.kind {
             ShmemKind::Anonymous => {
                 let whole = obj.size.div_ceil(4096) * 4096;
+                if v.pgoff.checked_add(len).is_none_or(|e| e > whole) {
+                    return Err(InjectError::Invalid(format!(
+                        "the mapping covers {:#x}+{len:#x} of an object of {:#x} bytes",
+                        v.pgoff, obj.size
+                    )));
+                }
                 if v.pgoff == 0 && len == whole {
                     let got = rs.remote_mmap(
                         v.start,

@@ -58,6 +58,10 @@ const TABLE_FD: RawFd = 1000;
 
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
+    if image.config.userns.is_some() {
+        shmem::check_userns(image)
+            .map_err(|what| Error::Invalid(format!("cannot restore: {what}")))?;
+    }
     for p in image.processes.values() {
         let pid = p.process.pid;
         let comm = &p.process.comm;
@@ -595,7 +599,17 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
-    wait_for_husks(image.processes.len(), report)?;
+    if let Err(e) = wait_for_husks(image.processes.len(), report) {
+        // Deleted files PID 1 wrote back go with the failed restore.
+        if !image.deleted.is_empty() {
+            for pid in cgroup.pids().unwrap_or_default() {
+                if procfs::read_status(pid.as_raw()).is_ok_and(|s| s.pid_in_ns() == 1) {
+                    SharedObjects::new(image, &HashMap::from([(1, pid.as_raw())])).unlink_deleted();
+                }
+            }
+        }
+        return Err(e);
+    }
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
