@@ -123,3 +123,36 @@ forever()
     );
     assert_eq!(h.state("sysv"), "running");
 }
+
+#[test]
+fn leases_and_large_deleted_files_are_refused_before_the_freeze() {
+    let h = TestHost::new();
+    let lease = r#"
+fd = os.open("/root/leased", os.O_RDONLY | os.O_CREAT)
+fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)  # F_SETLEASE
+ready()
+forever()
+"#;
+    h.run_python_until("lease", &program(lease), "/root/ready");
+    let err = h.fails(&["checkpoint", "lease"]);
+    assert!(
+        err.contains("process 1") && err.contains("LEASE") && err.contains("/root/leased"),
+        "{err}"
+    );
+    assert_eq!(h.state("lease"), "running");
+
+    let big = r#"
+fd = os.open("/root/big", os.O_RDWR | os.O_CREAT)
+os.write(fd, b"x" * (33 << 20))
+os.unlink("/root/big")
+ready()
+forever()
+"#;
+    h.run_python_until("bigdeleted", &program(big), "/root/ready");
+    let err = h.fails(&["checkpoint", "bigdeleted"]);
+    assert!(
+        err.contains("process 1") && err.contains("deleted file /root/big"),
+        "{err}"
+    );
+    assert_eq!(h.state("bigdeleted"), "running");
+}
