@@ -171,6 +171,8 @@ fn summary(record: &Record) -> String {
                     ),
                 }
             ),
+            FileKind::Memfd { id, pos } => format!("file {} memfd {id} at {pos}", f.id),
+            FileKind::Deleted { id, pos } => format!("file {} deleted file {id} at {pos}", f.id),
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",
@@ -188,6 +190,14 @@ fn summary(record: &Record) -> String {
         Record::FileLock(l) => format!(
             "lock of {} on file {}: {:?} {:?}",
             l.pid, l.file, l.kind, l.mode
+        ),
+        Record::Shmem(o) => format!("shmem {} of {} bytes {:?}", o.id, o.size, o.kind),
+        Record::DeletedFile(d) => format!(
+            "deleted file {} {} mode {:o}: {} bytes",
+            d.id,
+            d.path,
+            d.mode,
+            d.data.0.len()
         ),
     }
 }

@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, inet, DumpError};
+use crate::dump::{files, inet, shmem, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -69,9 +69,9 @@ struct Task {
 /// its objects. Refuses with the first one it cannot.
 fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
-    let held_locks = procfs::read_locks();
-    for pid in cgroup.pids()? {
-        let pid = pid.as_raw();
+    let mut locked = std::collections::HashSet::new();
+    let pids: Vec<i32> = cgroup.pids()?.iter().map(|p| p.as_raw()).collect();
+    for &pid in &pids {
         let status = procfs::read_status(pid)?;
         let comm = status.name.clone();
         if status.state == 'Z' {
@@ -97,22 +97,13 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
                 files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
             fds.push((entry, kind, meta));
         }
-        if let Some(lock) = held_locks.iter().find(|(p, _)| *p == pid) {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: format!(
-                    "it holds a file lock ({}), which cr cannot move yet",
-                    lock.1
-                ),
-            }
-            .into());
-        }
         let mut maps = Vec::new();
         for m in procfs::read_maps(pid)? {
             let kind = mm::classify(status.pid_in_ns(), &comm, &m)?;
             maps.push((m, kind));
         }
+        shmem::survey_task(status.pid_in_ns(), &comm, pid, &maps, &fds)?;
+        locked.extend(shmem::locked_inodes(&fds));
         tasks.push(Task {
             host_pid: pid,
             tids: procfs::read_tids(pid)?,
@@ -121,6 +112,8 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             maps,
         });
     }
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
     Ok(tasks)
@@ -491,6 +484,7 @@ fn dump_frozen(
         .map(|t| (t.host_pid, t.status.pid_in_ns()))
         .collect();
     let mut files = FileTable::default();
+    let mut shmem_objects = shmem::ShmemDump::default();
     let mut threads = 0;
     for task in &tasks {
         let pid = task.status.pid_in_ns();
@@ -506,6 +500,14 @@ fn dump_frozen(
             threads += 1;
         }
         dump_memory(task, &mut records, &mut pages)?;
+        shmem_objects.dump_task(
+            task.host_pid,
+            pid,
+            &task.maps,
+            &task.fds,
+            &mut records,
+            &mut pages,
+        )?;
         files.dump(task, &mut records)?;
     }
     records.finish()?;
@@ -830,6 +832,8 @@ struct FileTable {
     /// (dev, ino) -> the descriptors seen on it
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes_done: Vec<u64>,
+    /// Locks written (flock and OFD locks show in every fd of their file).
+    locks_done: std::collections::HashSet<String>,
 }
 
 impl FileTable {
@@ -874,6 +878,19 @@ impl FileTable {
                 .entry(key)
                 .or_default()
                 .push((task.host_pid, entry.fd, id));
+            for lock in shmem::fd_locks(pid, entry, id) {
+                let owner = match lock.kind {
+                    cr_formats::schema::LockKind::Posix => lock.pid,
+                    _ => 0,
+                };
+                let key = format!(
+                    "{owner} {:?}",
+                    cr_formats::schema::FileLock { pid: 0, ..lock }
+                );
+                if self.locks_done.insert(key) {
+                    records.write(&Record::FileLock(lock))?;
+                }
+            }
             records.write(&Record::Fd(FdRecord {
                 pid,
                 fd: entry.fd,

@@ -138,6 +138,32 @@ pub static REGISTRY: &[FileKindDump] = &[
         claims: crate::dump::inet::claims,
         collect: crate::dump::inet::collect,
     },
+    FileKindDump {
+        name: "memfd",
+        claims: |o| {
+            o.meta.file_type().is_file()
+                && crate::dump::shmem::memfd_name(&o.entry.target).is_some()
+        },
+        collect: |o| {
+            Ok(FileKind::Memfd {
+                id: o.meta.ino(),
+                pos: o.entry.info.pos,
+            })
+        },
+    },
+    FileKindDump {
+        name: "deleted file",
+        claims: |o| {
+            o.meta.file_type().is_file()
+                && crate::dump::shmem::deleted_path(&o.entry.target).is_some()
+        },
+        collect: |o| {
+            Ok(FileKind::Deleted {
+                id: o.meta.ino(),
+                pos: o.entry.info.pos,
+            })
+        },
+    },
 ];
 
 /// The name of the unix socket kind ([`crate::dump::unix`]), which the

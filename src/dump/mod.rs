@@ -27,6 +27,7 @@ pub mod files;
 pub mod inet;
 pub mod mm;
 pub mod procfs;
+pub mod shmem;
 pub mod unix;
 
 use std::path::{Path, PathBuf};

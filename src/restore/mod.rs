@@ -11,13 +11,14 @@
 //!
 //! One process, all its threads, is rebuilt by [`process`]; the container's
 //! tree of processes by [`tree`]. Not yet: credentials, pending signals,
-//! POSIX timers, shared memory.
+//! POSIX timers, SysV shared memory.
 
 pub mod container;
 pub mod events;
 pub mod image;
 pub mod inet;
 pub mod process;
+pub mod shmem;
 pub mod tree;
 pub mod unix;
 

@@ -104,6 +104,7 @@ use cr_formats::PageRunRef;
 use libc::user_regs_struct;
 use nix::unistd::Pid;
 
+use super::shmem::{remote_openat, SharedObjects};
 use super::{RestoreError, Result};
 use crate::inject::{
     read_maps, read_memory_exact, regs_from_array, write_memory, write_proc_mem, InjectError,
@@ -253,6 +254,19 @@ pub fn prepare(
     threads: &[Thread],
     vmas: &[Vma],
 ) -> Result<PreparedHusk> {
+    prepare_with(tracee, process, threads, vmas, None)
+}
+
+/// [`prepare`] for a process of a tree: `shared` creates or finds the
+/// shared memory objects (and deleted files) several husks map; without
+/// it, such mappings are refused.
+pub fn prepare_with(
+    tracee: &mut Tracee,
+    process: &Process,
+    threads: &[Thread],
+    vmas: &[Vma],
+    shared: Option<&mut SharedObjects<'_>>,
+) -> Result<PreparedHusk> {
     let pid = tracee.tgid();
     let invalid = |what: String| RestoreError::Invalid { pid, what };
     let (_leader, others, _mm) = split_threads(pid, process, threads)?;
@@ -359,7 +373,7 @@ pub fn prepare(
     move_vdso(&mut rs, pid, &block, vmas, hop)?;
 
     // Step 3a: the image's mappings (their pages come with write_pages).
-    map_vmas(&mut rs, pid, vmas, scratch)?;
+    map_vmas(&mut rs, pid, vmas, scratch, shared, process.pid)?;
     Ok(PreparedHusk {
         pid,
         gadget,
@@ -837,7 +851,14 @@ fn remote_open(
 }
 
 /// Step 3a: every VMA of the image, with its recorded protection.
-fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) -> Result<()> {
+fn map_vmas(
+    rs: &mut RemoteSyscall<'_>,
+    pid: Pid,
+    vmas: &[Vma],
+    scratch: u64,
+    mut shared: Option<&mut SharedObjects<'_>>,
+    ns_pid: i32,
+) -> Result<()> {
     // Consecutive mappings of one file share one descriptor.
     let mut open: Option<(Vec<u8>, i32)> = None;
     for v in vmas {
@@ -858,26 +879,53 @@ fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) ->
                 -1,
                 0,
             ),
-            // Private file mappings, and shared ones nobody can write through
-            // (opened read-only, so a shared mapping cannot be writable).
-            VmaKind::File { path, .. }
-                if v.flags & libc::MAP_SHARED as u32 == 0 || prot & libc::PROT_WRITE == 0 =>
-            {
-                let shared = v.flags & libc::MAP_SHARED as u32 != 0;
-                let path = path.as_bytes().to_vec();
+            VmaKind::Shmem { .. } | VmaKind::Memfd { .. } if shared.is_some() => {
+                if let Some(objects) = shared.as_deref_mut() {
+                    objects.map(rs, pid, ns_pid, v, scratch).map_err(err)?;
+                }
+                continue;
+            }
+            // Private file mappings and shared ones; a writable shared one
+            // through a descriptor opened read-write (its data is the file's).
+            // A deleted file was written back under a path of its own.
+            VmaKind::File { path, dev, ino } => {
+                let map_shared = v.flags & libc::MAP_SHARED as u32 != 0;
+                let writable = map_shared && prot & libc::PROT_WRITE != 0;
+                let mut path = path.as_bytes().to_vec();
+                if path.ends_with(b" (deleted)") {
+                    match shared.as_deref().and_then(|s| s.deleted_path(*dev, *ino)) {
+                        Some(p) => path = p.as_bytes().to_vec(),
+                        None => {
+                            return Err(RestoreError::UnsupportedVma {
+                                pid,
+                                start: v.start,
+                                end: v.end,
+                                kind: v.kind.clone(),
+                            })
+                        }
+                    }
+                }
+                // The cache key tells read-only and read-write opens apart.
+                let mut key = path.clone();
+                key.push(u8::from(writable));
                 let fd = match &open {
-                    Some((p, fd)) if *p == path => *fd,
+                    Some((p, fd)) if *p == key => *fd,
                     _ => {
                         if let Some((_, old)) = open.take() {
                             rs.remote_close(old).map_err(err)?;
                         }
-                        let fd = remote_open(rs, pid, scratch, &path).map_err(err)?;
-                        open = Some((path, fd));
+                        let fd = if writable {
+                            remote_openat(rs, pid, scratch, &path, libc::O_RDWR)
+                        } else {
+                            remote_open(rs, pid, scratch, &path)
+                        }
+                        .map_err(err)?;
+                        open = Some((key, fd));
                         fd
                     }
                 };
                 // The image's pgoff is the byte offset of /proc/PID/maps.
-                let sharing = if shared {
+                let sharing = if map_shared {
                     libc::MAP_SHARED
                 } else {
                     libc::MAP_PRIVATE

@@ -37,7 +37,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use cr_formats::schema::{FileKind, PipeEnd};
+use cr_formats::schema::{FileKind, FileLock, LockKind, LockMode, PipeEnd, VmaKind};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -49,7 +49,8 @@ use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::events;
 use crate::restore::image::LoadedImage;
-use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
+use crate::restore::process::{finish, prepare_with, write_pages, Pages, PreparedHusk};
+use crate::restore::shmem::{self, SharedObjects};
 
 /// Image descriptors must be below this; the restorer's own fds live above.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
@@ -58,6 +59,10 @@ const TABLE_FD: RawFd = 1000;
 
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
+    if image.config.userns.is_some() {
+        shmem::check_userns(image)
+            .map_err(|what| Error::Invalid(format!("cannot restore: {what}")))?;
+    }
     for p in image.processes.values() {
         let pid = p.process.pid;
         let comm = &p.process.comm;
@@ -127,14 +132,66 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                     fd.fd, fd.file
                 ))
             })?;
-            if let FileKind::Fifo { path, .. } = &file.kind {
+            match &file.kind {
+                FileKind::Memfd { id, .. } if !image.shmem.contains_key(id) => {
+                    return Err(refuse(format!(
+                        "fd {} is memfd {id}, whose contents the image lacks",
+                        fd.fd
+                    )));
+                }
+                FileKind::Deleted { id, .. } if !image.deleted.contains_key(id) => {
+                    return Err(refuse(format!(
+                        "fd {} is deleted file {id}, whose contents the image lacks",
+                        fd.fd
+                    )));
+                }
+                _ => {}
+            }
+        }
+        for v in &p.vmas {
+            let missing = match &v.kind {
+                VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } => !image.shmem.contains_key(id),
+                VmaKind::File { path, dev, ino } if path.as_bytes().ends_with(b" (deleted)") => {
+                    !image
+                        .deleted
+                        .values()
+                        .any(|d| d.dev == *dev && d.ino == *ino)
+                }
+                _ => false,
+            };
+            if missing {
                 return Err(refuse(format!(
-                    "fd {} is the FIFO {path}; restoring FIFOs is not supported yet",
-                    fd.fd
+                    "the mapping {:#x}-{:#x} ({:?}) names an object whose contents the image lacks",
+                    v.start, v.end, v.kind
                 )));
             }
         }
         events::check(image, p).map_err(refuse)?;
+        for lock in image.locks.iter().filter(|l| l.pid == pid) {
+            if lock.kind != LockKind::Posix {
+                continue;
+            }
+            if !p.fds.iter().any(|f| f.file == lock.file) {
+                return Err(refuse(format!(
+                    "it holds a POSIX lock on file {} through no descriptor",
+                    lock.file
+                )));
+            }
+            // The rebuild opens and closes every mapped file in the process,
+            // and closing any descriptor of a file drops its POSIX locks.
+            if let Some(FileKind::Regular { path, .. }) =
+                image.files.get(&lock.file).map(|f| &f.kind)
+            {
+                if p.vmas
+                    .iter()
+                    .any(|v| matches!(&v.kind, VmaKind::File { path: mp, .. } if mp == path))
+                {
+                    return Err(refuse(format!(
+                        "it holds a POSIX lock on {path}, which it also maps; restoring that is not supported yet"
+                    )));
+                }
+            }
+        }
     }
     crate::restore::unix::check(image)?;
     Ok(())
@@ -146,16 +203,32 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
-    let table = open_table(image)?;
+    let deleted = shmem::create_deleted(image)?;
+    let table = match open_table(image, &deleted) {
+        Ok(table) => table,
+        Err(e) => {
+            for path in deleted.values() {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     become_process(1, image, &table, report)
 }
 
-/// Opens every file and pipe of the image once, at fds >= 1000.
-fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
+/// Opens every file and pipe of the image once, at fds >= 1000, and takes
+/// the flock and OFD locks of each (they belong to the open file
+/// description, which every husk inherits). `deleted`: where each deleted
+/// file was written back.
+fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     // Unix sockets are made together (pairs, names, queues): restore::unix.
     let mut unix = crate::restore::unix::open_all(image)?;
+    // One read-write descriptor per FIFO and per memfd, which the
+    // descriptions of the image are opened from.
+    let mut fifos: HashMap<u64, RawFd> = HashMap::new();
+    let mut memfds: HashMap<u64, RawFd> = HashMap::new();
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
     ids.sort_by_key(|id| crate::restore::inet::open_order(&image.files[id].kind));
@@ -207,10 +280,44 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                 }
                 fd
             }
-            FileKind::Fifo { path, .. } => {
-                return Err(Error::Invalid(format!(
-                    "restoring the FIFO {path} is not supported yet"
-                )));
+            FileKind::Fifo { path, pipe, .. } => {
+                let path = path.to_string();
+                if !fifos.contains_key(pipe) {
+                    // Read-write never blocks and keeps both ends alive while
+                    // the image's ends are opened and the data goes back in.
+                    let keeper = open(&path, OFlag::O_RDWR | OFlag::O_NONBLOCK)?;
+                    refill_fifo(image, *pipe, keeper, &path)?;
+                    fifos.insert(*pipe, park(keeper)?);
+                }
+                let fd = open(&path, flags | OFlag::O_NONBLOCK)?;
+                if !flags.contains(OFlag::O_NONBLOCK) {
+                    // SAFETY: F_SETFL on an fd we own.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, flags.bits() & !libc::O_NONBLOCK) };
+                }
+                fd
+            }
+            FileKind::Memfd { id: object, pos } => {
+                let keeper = match memfds.get(object) {
+                    Some(fd) => *fd,
+                    None => {
+                        let fd = park(shmem::open_memfd(image, *object)?)?;
+                        memfds.insert(*object, fd);
+                        fd
+                    }
+                };
+                let fd = open(&format!("/proc/self/fd/{keeper}"), flags)?;
+                // SAFETY: lseek on an fd we just opened.
+                unsafe { libc::lseek(fd, *pos as libc::off_t, libc::SEEK_SET) };
+                fd
+            }
+            FileKind::Deleted { id: object, pos } => {
+                let path = deleted.get(object).ok_or_else(|| {
+                    Error::Invalid(format!("the image lacks deleted file {object}"))
+                })?;
+                let fd = open(path, flags)?;
+                // SAFETY: lseek on an fd we just opened.
+                unsafe { libc::lseek(fd, *pos as libc::off_t, libc::SEEK_SET) };
+                fd
             }
             FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
@@ -223,11 +330,79 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                 )))
             }
         };
-        table.insert(id, park(fd)?);
+        let fd = park(fd)?;
+        for lock in image
+            .locks
+            .iter()
+            .filter(|l| l.file == id && l.kind != LockKind::Posix)
+        {
+            take_lock(fd, lock)?;
+        }
+        table.insert(id, fd);
     }
     // Epoll items last: every file they may watch exists now.
     events::fill_epolls(image, &table)?;
     Ok(table)
+}
+
+/// Takes `lock` again on `fd` (never waiting: the image says it was held,
+/// so nothing may hold a conflicting one).
+fn take_lock(fd: RawFd, lock: &FileLock) -> Result<()> {
+    let what = || {
+        format!(
+            "taking the {:?} {:?} lock {}+{} on file {} again",
+            lock.kind, lock.mode, lock.start, lock.len, lock.file
+        )
+    };
+    let rc = match lock.kind {
+        LockKind::Flock => {
+            let op = match lock.mode {
+                LockMode::Read => libc::LOCK_SH,
+                LockMode::Write => libc::LOCK_EX,
+            };
+            // SAFETY: flock on an fd we own.
+            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+        }
+        LockKind::Posix | LockKind::Ofd => {
+            // SAFETY: an all-zero struct flock is valid; the fields are set below.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = match lock.mode {
+                LockMode::Read => libc::F_RDLCK,
+                LockMode::Write => libc::F_WRLCK,
+            } as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = lock.start as libc::off_t;
+            fl.l_len = lock.len as libc::off_t;
+            let cmd = if lock.kind == LockKind::Ofd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            // SAFETY: fcntl with a pointer to a live struct flock.
+            unsafe { libc::fcntl(fd, cmd, &fl) }
+        }
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::sys(what(), e))
+}
+
+/// Puts a FIFO's capacity and buffered bytes back through `fd`.
+fn refill_fifo(image: &LoadedImage, pipe: u64, fd: RawFd, path: &str) -> Result<()> {
+    let Some(data) = image.pipes.get(&pipe) else {
+        return Ok(());
+    };
+    // SAFETY: F_SETPIPE_SZ on our own FIFO descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, data.capacity as libc::c_int) };
+    let mut bytes = &data.data.0[..];
+    while !bytes.is_empty() {
+        // SAFETY: writing from a live slice to our FIFO descriptor.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        let n =
+            Errno::result(n).map_err(|e| Error::sys(format!("refilling the FIFO {path}"), e))?;
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
 }
 
 /// Moves an fd to the private range (>= 1000), close-on-exec.
@@ -323,6 +498,21 @@ fn become_process(
     }
     close_all_but(&keep);
     set_attributes(p)?;
+    // POSIX locks belong to the process: taken by the husk itself, once
+    // its descriptors are final (closing any descriptor of a file drops them).
+    for lock in image
+        .locks
+        .iter()
+        .filter(|l| l.pid == pid && l.kind == LockKind::Posix)
+    {
+        let fd = p.fds.iter().find(|f| f.file == lock.file).ok_or_else(|| {
+            Error::Invalid(format!(
+                "process {pid}: a POSIX lock on file {} it holds no descriptor of",
+                lock.file
+            ))
+        })?;
+        take_lock(fd.fd, lock).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))?;
+    }
     // SAFETY: write one byte from a live buffer to the report pipe.
     let rc = unsafe { libc::write(report.as_raw_fd(), b"H".as_ptr().cast(), 1) };
     Errno::result(rc).map_err(|e| Error::sys(format!("process {pid}: reporting readiness"), e))?;
@@ -427,7 +617,17 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
-    wait_for_husks(image.processes.len(), report)?;
+    if let Err(e) = wait_for_husks(image.processes.len(), report) {
+        // Deleted files PID 1 wrote back go with the failed restore.
+        if !image.deleted.is_empty() {
+            for pid in cgroup.pids().unwrap_or_default() {
+                if procfs::read_status(pid.as_raw()).is_ok_and(|s| s.pid_in_ns() == 1) {
+                    SharedObjects::new(image, &HashMap::from([(1, pid.as_raw())])).unlink_deleted();
+                }
+            }
+        }
+        return Err(e);
+    }
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
@@ -465,7 +665,14 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
-    match rebuild_all(image, &mut tracees) {
+    // Shared memory objects, memfds and deleted files several husks use.
+    let mut shared = SharedObjects::new(image, &host_pid);
+    let rebuilt = shared
+        .open_held()
+        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared));
+    shared.unlink_deleted();
+    drop(shared);
+    match rebuilt {
         Ok(()) => {}
         Err(e) => {
             abandon(tracees);
@@ -517,7 +724,11 @@ fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
 /// Rebuilds every husk: all address spaces are laid out first, then the
 /// page store is streamed chunk by chunk into them (never held whole in
 /// memory), then each process gets its state and registers.
-fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) -> Result<()> {
+fn rebuild_all(
+    image: &LoadedImage,
+    tracees: &mut [(i32, Tracee, Vec<Tracee>)],
+    shared: &mut SharedObjects<'_>,
+) -> Result<()> {
     let fail = |pid: i32, e: crate::restore::RestoreError| {
         let comm = image
             .processes
@@ -529,10 +740,12 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
     let mut husks = HashMap::new();
     for (pid, tracee, _) in tracees.iter_mut() {
         let p = &image.processes[pid];
-        let husk = prepare(tracee, &p.process, &p.threads, &p.vmas).map_err(|e| fail(*pid, e))?;
+        let husk = prepare_with(tracee, &p.process, &p.threads, &p.vmas, Some(&mut *shared))
+            .map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
     }
-    stream_pages(image, &husks, &fail)?;
+    stream_pages(image, &husks, shared, &fail)?;
+    shared.seal()?;
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
@@ -548,6 +761,7 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
 fn stream_pages(
     image: &LoadedImage,
     husks: &HashMap<i32, PreparedHusk>,
+    shared: &SharedObjects<'_>,
     fail: &dyn Fn(i32, crate::restore::RestoreError) -> Error,
 ) -> Result<()> {
     let path = cr_formats::layout::pages_path(&image.dir);
@@ -558,8 +772,12 @@ fn stream_pages(
     let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
         .map_err(bad)?;
     while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        let cr_formats::PageOwner::Mm { pid } = chunk.header.owner else {
-            continue;
+        let pid = match chunk.header.owner {
+            cr_formats::PageOwner::Mm { pid } => pid,
+            cr_formats::PageOwner::Shmem { id } => {
+                shared.write_chunk(id, chunk.runs())?;
+                continue;
+            }
         };
         let husk = husks.get(&pid).ok_or_else(|| {
             Error::Invalid(format!(

@@ -107,6 +107,16 @@ pub enum FileKind {
     },
     /// A TCP or UDP socket over IPv4 or IPv6.
     Inet(InetSocket),
+    /// A memfd held as a descriptor: the object is the `ShmemObject` `id`.
+    Memfd {
+        id: u64,
+        pos: u64,
+    },
+    /// A regular file deleted while open: the `DeletedFile` `id`.
+    Deleted {
+        id: u64,
+        pos: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

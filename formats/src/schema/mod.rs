@@ -12,6 +12,8 @@
 //!   File { id 4, .. }              one per open file description
 //!   PipeData { pipe .. }           one per pipe with data in it
 //!   FileLock { .. }                one per lock
+//!   Shmem { id .. }                one per shared memory object or memfd
+//!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -28,6 +30,7 @@ mod file;
 mod inet;
 mod manifest;
 mod process;
+mod shmem;
 mod thread;
 mod unix;
 mod vma;
@@ -47,6 +50,7 @@ pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
 };
+pub use shmem::{DeletedFile, ShmemKind, ShmemObject};
 pub use thread::{RobustList, Rseq, Sched, SigAltStack, SyscallRestart, Thread};
 pub use unix::{UnixCred, UnixName, UnixSocket, UnixState, UnixType};
 pub use vma::{Vma, VmaKind};
@@ -113,6 +117,10 @@ records! {
     Fd(Fd) = 5,
     PipeData(PipeData) = 6,
     FileLock(FileLock) = 7,
+    /// A shared anonymous memory object or a memfd (pages in pages.img).
+    Shmem(ShmemObject) = 8,
+    /// A file deleted while open or mapped, with its contents.
+    DeletedFile(DeletedFile) = 9,
 }
 
 impl std::fmt::Display for RecordKind {

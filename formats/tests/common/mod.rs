@@ -345,6 +345,8 @@ pub fn records() -> Vec<Record> {
             state: cr_formats::schema::InetState::Idle,
             options: inet_options(),
         }),
+        FileKind::Memfd { id: 78, pos: 5 },
+        FileKind::Deleted { id: 79, pos: 8 },
     ];
     for (id, kind) in files.into_iter().enumerate() {
         r.push(Record::File(File {
@@ -399,6 +401,27 @@ pub fn records() -> Vec<Record> {
             len: 0,
         }));
     }
+    r.push(Record::Shmem(ShmemObject {
+        id: 77,
+        size: 16 * 4096 + 100,
+        kind: ShmemKind::Anonymous,
+    }));
+    r.push(Record::Shmem(ShmemObject {
+        id: 78,
+        size: 4096,
+        kind: ShmemKind::Memfd {
+            name: ByteString::from("buf"),
+            seals: 0x7,
+        },
+    }));
+    r.push(Record::DeletedFile(DeletedFile {
+        id: 79,
+        dev: 0x801,
+        ino: 79,
+        path: ByteString::from("/tmp/gone"),
+        mode: 0o640,
+        data: Blob(b"deleted but open\n".repeat(3)),
+    }));
     r
 }
 
