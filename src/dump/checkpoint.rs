@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cr_formats::schema::{
     Arch, Blob, ByteString, CapSets, Credentials, Fd as FdRecord, File as FileRecord, FileKind,
-    ITimers, IdSet, Manifest, MmState, PipeData, Process, Record, Rlimit, RobustList, Rseq, Sched,
-    SigAction, SigAltStack, SyscallRestart, TaskState, Thread, Timer,
+    ITimers, IdSet, Manifest, MmState, PipeData, PosixTimer, Process, Record, Rlimit, RobustList,
+    Rseq, Sched, SigAction, SigAltStack, SyscallRestart, TaskState, Thread, Timer,
 };
 use cr_formats::{Compression, PageOwner, PageWriter, PageWriterOptions, RecordWriter};
 use nix::fcntl::OFlag;
@@ -79,15 +79,6 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
                 pid: status.pid_in_ns(),
                 comm,
                 what: "it is a zombie".into(),
-            }
-            .into());
-        }
-        let timers = fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-        if !timers.trim().is_empty() {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: "it has POSIX timers".into(),
             }
             .into());
         }
@@ -447,9 +438,12 @@ fn dump_frozen(
             .filter(|t| task.tids.contains(&t.tid().as_raw()))
             .collect();
         let process = collect_process(task, &host_to_ns, &mut task_tracees)?;
-        records.write(&Record::Process(process))?;
+        records.write(&Record::Process(process.clone()))?;
         for tracee in task_tracees.iter_mut() {
-            let thread = collect_thread(pid, tracee)?;
+            let mut thread = collect_thread(pid, tracee)?;
+            if thread.creds.as_ref() == Some(&process.creds) {
+                thread.creds = None;
+            }
             records.write(&Record::Thread(thread))?;
             threads += 1;
         }
@@ -555,6 +549,14 @@ fn collect_process(
             value_ns: word(2) * 1_000_000_000 + word(3) * 1000,
         };
     }
+    let securebits = scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)? as u32;
+    let posix_timers = collect_posix_timers(&mut scratch, host, pid)?;
     scratch.close().map_err(inject_err)?;
     let shared_pending = main
         .peek_pending_signals(true)
@@ -579,14 +581,6 @@ fn collect_process(
         }
     }
     // Ids as the container sees them (its user namespace, if it has one).
-    let uid_map = procfs::IdMap::read(host, "uid_map")?;
-    let gid_map = procfs::IdMap::read(host, "gid_map")?;
-    let ids = |v: [u32; 4], map: &procfs::IdMap| IdSet {
-        real: map.to_inside(v[0]),
-        effective: map.to_inside(v[1]),
-        saved: map.to_inside(v[2]),
-        fs: map.to_inside(v[3]),
-    };
     Ok(Process {
         pid,
         ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
@@ -602,20 +596,7 @@ fn collect_process(
         exe: link("exe"),
         cwd: link("cwd"),
         root: link("root"),
-        creds: Credentials {
-            uid: ids(st.uid, &uid_map),
-            gid: ids(st.gid, &gid_map),
-            groups: st.groups.iter().map(|g| gid_map.to_inside(*g)).collect(),
-            caps: CapSets {
-                inheritable: st.cap_inh,
-                permitted: st.cap_prm,
-                effective: st.cap_eff,
-                bounding: st.cap_bnd,
-                ambient: st.cap_amb,
-            },
-            securebits: 0,
-            no_new_privs: st.no_new_privs,
-        },
+        creds: credentials(host, st, securebits)?,
         umask: st.umask,
         personality,
         dumpable,
@@ -644,18 +625,103 @@ fn collect_process(
             virt: itimers[1],
             prof: itimers[2],
         },
-        posix_timers: Vec::new(),
+        posix_timers,
     })
+}
+
+/// A task's credentials, ids as the container sees them (its user
+/// namespace, if it has one).
+fn credentials(host: i32, st: &TaskStatus, securebits: u32) -> Result<Credentials> {
+    let uid_map = procfs::IdMap::read(host, "uid_map")?;
+    let gid_map = procfs::IdMap::read(host, "gid_map")?;
+    let ids = |v: [u32; 4], map: &procfs::IdMap| IdSet {
+        real: map.to_inside(v[0]),
+        effective: map.to_inside(v[1]),
+        saved: map.to_inside(v[2]),
+        fs: map.to_inside(v[3]),
+    };
+    Ok(Credentials {
+        uid: ids(st.uid, &uid_map),
+        gid: ids(st.gid, &gid_map),
+        groups: st.groups.iter().map(|g| gid_map.to_inside(*g)).collect(),
+        caps: CapSets {
+            inheritable: st.cap_inh,
+            permitted: st.cap_prm,
+            effective: st.cap_eff,
+            bounding: st.cap_bnd,
+            ambient: st.cap_amb,
+        },
+        securebits,
+        no_new_privs: st.no_new_privs,
+    })
+}
+
+/// The POSIX timers of `/proc/HOST/timers`, with their time left and
+/// interval (`timer_gettime`) and overrun (`timer_getoverrun`) injected
+/// through `scratch`.
+fn collect_posix_timers(
+    scratch: &mut RemoteScratch<'_, '_>,
+    host: i32,
+    pid: i32,
+) -> Result<Vec<PosixTimer>> {
+    let path = format!("/proc/{host}/timers");
+    let text = fs::read_to_string(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
+    let listed = procfs::parse_proc_timers(&text).map_err(|message| DumpError::Parse {
+        pid,
+        path: path.clone().into(),
+        message,
+    })?;
+    let mut timers = Vec::with_capacity(listed.len());
+    for t in listed {
+        let at = scratch.addr();
+        scratch
+            .syscall()
+            .inject(libc::SYS_timer_gettime, [t.id as u64, at, 0, 0, 0, 0])
+            .map_err(inject_err)?;
+        let mut raw = [0u8; 32];
+        scratch.read(0, &mut raw).map_err(inject_err)?;
+        let word =
+            |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let overrun = scratch
+            .syscall()
+            .inject(libc::SYS_timer_getoverrun, [t.id as u64, 0, 0, 0, 0, 0])
+            .map_err(inject_err)? as i32;
+        let notify_tid = if t.notify & libc::SIGEV_THREAD_ID != 0 {
+            procfs::read_status(t.target)
+                .map(|s| s.pid_in_ns())
+                .map_err(Error::from)?
+        } else {
+            0
+        };
+        timers.push(PosixTimer {
+            id: t.id,
+            clock: t.clock,
+            notify: t.notify,
+            signo: t.signo,
+            value: t.value,
+            notify_tid,
+            timer: Timer {
+                interval_ns: word(0) * 1_000_000_000 + word(1),
+                value_ns: word(2) * 1_000_000_000 + word(3),
+            },
+            overrun,
+        });
+    }
+    Ok(timers)
 }
 
 fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let tid = tracee.tid().as_raw();
     let regs = tracee.collect_regs().map_err(inject_err)?;
     let rseq = tracee.get_rseq_config().map_err(inject_err)?;
+    // Queued for this thread, then those the seize or an injection
+    // dequeued (kept by the tracee for re-delivery; still theirs if the
+    // container is left running).
     let pending = tracee
         .peek_pending_signals(false)
         .map_err(inject_err)?
         .into_iter()
+        .chain(tracee.pending_signals().iter().cloned())
         .map(|s| Blob(s.siginfo))
         .collect();
     let user = regs.user_regs();
@@ -677,7 +743,22 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
         .map_err(inject_err)?;
     let mut word = [0u8; 8];
     scratch.read(0, &mut word).map_err(inject_err)?;
+    let securebits = scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)? as u32;
+    let mut param = [0u8; 4];
+    let at = scratch.addr();
+    scratch
+        .syscall()
+        .inject(libc::SYS_sched_getparam, [0, at, 0, 0, 0, 0])
+        .map_err(inject_err)?;
+    scratch.read(0, &mut param).map_err(inject_err)?;
     scratch.close().map_err(inject_err)?;
+    let status = procfs::read_status(tid)?;
     let (mut head, mut len) = (0u64, 0usize);
     // SAFETY: get_robust_list writes one pointer and one length into the
     // two locals passed by address.
@@ -699,9 +780,7 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let comm = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     Ok(Thread {
         pid,
-        tid: procfs::read_status(tid)
-            .map(|s| s.pid_in_ns())
-            .unwrap_or(tid),
+        tid: status.pid_in_ns(),
         comm: ByteString::from(comm.trim_end()),
         regs: Blob(
             regs_to_array(&user)
@@ -731,10 +810,11 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
         }),
         sched: Sched {
             policy: policy.max(0) as u32,
-            priority: 0,
+            priority: u32::from_ne_bytes(param),
             nice,
         },
-        creds: None,
+        // Dropped by the caller when equal to the process's.
+        creds: Some(credentials(tid, &status, securebits)?),
         syscall,
     })
 }
@@ -918,7 +998,11 @@ pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProce
     let process = collect_process(&task, &HashMap::new(), &mut refs)?;
     let mut threads = Vec::with_capacity(tracees.len());
     for tracee in tracees.iter_mut() {
-        threads.push(collect_thread(pid, tracee)?);
+        let mut thread = collect_thread(pid, tracee)?;
+        if thread.creds.as_ref() == Some(&process.creds) {
+            thread.creds = None;
+        }
+        threads.push(thread);
     }
     let pagemap_path = format!("/proc/{host_pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;

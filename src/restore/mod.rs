@@ -14,8 +14,10 @@
 //! POSIX timers, shared memory.
 
 pub mod container;
+pub mod creds;
 pub mod image;
 pub mod process;
+pub mod signals;
 pub mod tree;
 
 use cr_formats::schema::VmaKind;

@@ -55,6 +55,9 @@ pub const FIRST_PRIVATE_FD: RawFd = 900;
 /// Where the files of the image are parked before they are handed out.
 const TABLE_FD: RawFd = 1000;
 
+/// `SCHED_RESET_ON_FORK`, or-ed into a policy.
+const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
+
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
     for p in image.processes.values() {
@@ -68,50 +71,21 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                 p.threads.len()
             )));
         }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.creds.as_ref().is_some_and(|c| *c != p.process.creds))
-        {
-            return Err(refuse(format!(
-                "thread {} has credentials of its own; restoring them is not supported yet",
-                t.tid
-            )));
-        }
-        if !p.process.shared_pending.is_empty() || p.threads.iter().any(|t| !t.pending.is_empty()) {
-            return Err(refuse(
-                "it has signals pending; re-queueing them is not supported yet".into(),
-            ));
-        }
         if let cr_formats::schema::TaskState::Stopped { .. } = p.process.state {
             return Err(refuse(
                 "it is stopped (SIGSTOP); restoring stopped tasks is not supported yet".into(),
             ));
         }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.sched.policy != libc::SCHED_OTHER as u32)
-        {
+        // SCHED_FIFO and SCHED_RR need a real-time budget that the
+        // container's cpu cgroup does not get yet.
+        if let Some(t) = p.threads.iter().find(|t| {
+            ![libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE]
+                .contains(&((t.sched.policy & !SCHED_RESET_ON_FORK) as i32))
+        }) {
             return Err(refuse(format!(
-                "thread {} has scheduling policy {}; only SCHED_OTHER is restored yet",
+                "thread {} has real-time scheduling policy {}; only SCHED_OTHER, SCHED_BATCH and SCHED_IDLE are restored",
                 t.tid, t.sched.policy
             )));
-        }
-        let c = &p.process.creds;
-        if [
-            c.uid.real,
-            c.uid.effective,
-            c.uid.saved,
-            c.gid.real,
-            c.gid.effective,
-            c.gid.saved,
-        ] != [0; 6]
-        {
-            return Err(refuse(
-                "it runs as another user than root; restoring credentials is not supported yet"
-                    .into(),
-            ));
         }
         for fd in &p.fds {
             if fd.fd >= FIRST_PRIVATE_FD {
