@@ -92,3 +92,10 @@ fn scheduling_policies_and_nice_come_back_per_thread() {
     let r = checkpoint_restore_check(&h, "sched", include_str!("programs/sched.py"));
     assert_eq!(r, "PASS");
 }
+
+#[test]
+fn a_stopped_child_comes_back_stopped_and_continues_on_sigcont() {
+    let h = TestHost::new();
+    let r = checkpoint_restore_check(&h, "stopped", include_str!("programs/stopped.py"));
+    assert_eq!(r, "PASS");
+}

@@ -63,6 +63,9 @@ struct Task {
     /// metadata (stat taken once, in the survey).
     fds: Vec<(FdEntry, &'static files::FileKindDump, fs::Metadata)>,
     maps: Vec<(procfs::MapsEntry, cr_formats::schema::VmaKind)>,
+    /// The signal of the group stop the task was in, if any (learnt
+    /// from its first ptrace stop: a frozen task's /proc state says D).
+    stopped_by: Option<i32>,
 }
 
 /// Finds every process of the container and checks that cr can move each of
@@ -110,6 +113,7 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             status,
             fds,
             maps,
+            stopped_by: None,
         });
     }
     tasks.sort_by_key(|t| t.status.pid_in_ns());
@@ -139,15 +143,34 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
-    survey(&cgroup)?;
+    let before = survey(&cgroup)?;
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
 
-    let frozen_at = Instant::now();
-    cgroup.freeze()?;
+    // Stopped tasks are seized before the freeze: attaching to a task in a
+    // group stop waits until it traps again, which a frozen one never does.
     let mut tracees: Vec<Tracee> = Vec::new();
+    for task in before.iter().filter(|t| t.status.state == 'T') {
+        for tid in &task.tids {
+            match Tracee::seize_and_interrupt(Pid::from_raw(*tid)) {
+                Ok(t) => tracees.push(t),
+                Err(e) => {
+                    drop(tracees);
+                    let _ = fs::remove_dir_all(&partial);
+                    return Err(inject_err(e));
+                }
+            }
+        }
+    }
+    drop(before);
+    let frozen_at = Instant::now();
+    if let Err(e) = cgroup.freeze() {
+        drop(tracees);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e.into());
+    }
     let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees).and_then(|done| {
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
@@ -377,9 +400,12 @@ fn dump_frozen(
     tracees: &mut Vec<Tracee>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     // Processes may have come or gone between the survey and the freeze.
-    let tasks = survey(cgroup)?;
+    let mut tasks = survey(cgroup)?;
     for task in &tasks {
         for tid in &task.tids {
+            if tracees.iter().any(|t| t.tid().as_raw() == *tid) {
+                continue; // a stopped task, seized before the freeze
+            }
             tracees.push(Tracee::seize_and_interrupt(Pid::from_raw(*tid)).map_err(inject_err)?);
         }
     }
@@ -389,6 +415,16 @@ fn dump_frozen(
     for t in tracees.iter_mut() {
         t.wait_stop(Some(Duration::from_secs(10)))
             .map_err(inject_err)?;
+    }
+    // A task in a group stop reports that stop (with its signal) first.
+    for task in tasks.iter_mut() {
+        let first = tracees
+            .iter()
+            .find(|t| t.tid().as_raw() == task.host_pid)
+            .and_then(|t| t.stop());
+        if let Some(crate::inject::Stop::Group(signo)) = first {
+            task.stopped_by = Some(signo);
+        }
     }
 
     let image_id =
@@ -586,8 +622,9 @@ fn collect_process(
         ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
         pgid: st.ns_pgid.last().copied().unwrap_or(0),
         sid: st.ns_sid.last().copied().unwrap_or(0),
-        state: match st.state {
-            'T' => TaskState::Stopped {
+        state: match (task.stopped_by, st.state) {
+            (Some(signo), _) => TaskState::Stopped { signo },
+            (None, 'T') => TaskState::Stopped {
                 signo: libc::SIGSTOP,
             },
             _ => TaskState::Alive,
@@ -993,6 +1030,7 @@ pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProce
         status,
         fds: Vec::new(),
         maps,
+        stopped_by: None,
     };
     let mut refs: Vec<&mut Tracee> = tracees.iter_mut().collect();
     let process = collect_process(&task, &HashMap::new(), &mut refs)?;

@@ -71,10 +71,12 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                 p.threads.len()
             )));
         }
-        if let cr_formats::schema::TaskState::Stopped { .. } = p.process.state {
-            return Err(refuse(
-                "it is stopped (SIGSTOP); restoring stopped tasks is not supported yet".into(),
-            ));
+        if let cr_formats::schema::TaskState::Stopped { signo } = p.process.state {
+            if ![libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signo) {
+                return Err(refuse(format!(
+                    "it is stopped by signal {signo}, which is no stop signal"
+                )));
+            }
         }
         // SCHED_FIFO and SCHED_RR need a real-time budget that the
         // container's cpu cgroup does not get yet.
@@ -429,7 +431,24 @@ pub fn take_over(
         }
     }
     // Detach everything, even past a failure, and report the first one.
+    // A process that was stopped gets SIGSTOP first, while every thread is
+    // still in a ptrace stop: it stops again before any of its code runs,
+    // and SIGCONT resumes it.
     let mut first_error = None;
+    for (pid, tracee, _) in &tracees {
+        if let cr_formats::schema::TaskState::Stopped { signo } = image.processes[pid].process.state
+        {
+            if let Err(e) = nix::sys::signal::kill(
+                tracee.tgid(),
+                nix::sys::signal::Signal::try_from(signo)
+                    .unwrap_or(nix::sys::signal::Signal::SIGSTOP),
+            ) {
+                first_error.get_or_insert_with(|| {
+                    Error::sys(format!("stopping restored process {pid} again"), e)
+                });
+            }
+        }
+    }
     for (pid, tracee, threads) in tracees {
         for thread in threads {
             let tid = thread.tid();
