@@ -99,3 +99,10 @@ fn a_stopped_child_comes_back_stopped_and_continues_on_sigcont() {
     let r = checkpoint_restore_check(&h, "stopped", include_str!("programs/stopped.py"));
     assert_eq!(r, "PASS");
 }
+
+#[test]
+fn descriptors_1000_and_4000_come_back() {
+    let h = TestHost::new();
+    let r = checkpoint_restore_check(&h, "highfd", include_str!("programs/highfd.py"));
+    assert_eq!(r, "PASS");
+}

@@ -5,7 +5,8 @@
 //! ```text
 //! PID 1 (restorer code, in the container's        supervisor (host side)
 //! namespaces, after pivot_root)
-//! open every file of the image at fds >= 1000,
+//! open every file of the image at fds >= base +
+//!   100 (base: above the image's highest fd),
 //! create every pipe and refill it
 //! become(1):
 //!   setsid/setpgid as recorded
@@ -50,10 +51,24 @@ use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
 use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
 
-/// Image descriptors must be below this; the restorer's own fds live above.
+/// The restorer's own fds live at or above [`private_fds`], never below this.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
-/// Where the files of the image are parked before they are handed out.
-const TABLE_FD: RawFd = 1000;
+/// The files of the image are parked this far above the first private fd
+/// before they are handed out.
+const TABLE_OFFSET: RawFd = 100;
+
+/// Where the restorer's own descriptors start: above every descriptor of
+/// every process of the image (and never below [`FIRST_PRIVATE_FD`]), so
+/// that placing an image fd never clobbers one of them.
+pub fn private_fds(image: &LoadedImage) -> RawFd {
+    image
+        .processes
+        .values()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd.saturating_add(1)))
+        .max()
+        .unwrap_or(0)
+        .max(FIRST_PRIVATE_FD)
+}
 
 /// `SCHED_RESET_ON_FORK`, or-ed into a policy.
 const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
@@ -90,11 +105,8 @@ pub fn check(image: &LoadedImage) -> Result<()> {
             )));
         }
         for fd in &p.fds {
-            if fd.fd >= FIRST_PRIVATE_FD {
-                return Err(refuse(format!(
-                    "fd {} is above {FIRST_PRIVATE_FD}, which restore does not handle yet",
-                    fd.fd
-                )));
+            if fd.fd < 0 {
+                return Err(refuse(format!("it has a negative fd number {}", fd.fd)));
             }
             let file = image.files.get(&fd.file).ok_or_else(|| {
                 refuse(format!(
@@ -115,16 +127,46 @@ pub fn check(image: &LoadedImage) -> Result<()> {
 
 /// PID 1's side: builds the tree of husks. Only returns on error.
 pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
-    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(FIRST_PRIVATE_FD))
+    let base = private_fds(image);
+    raise_nofile(base + TABLE_OFFSET + image.files.len() as RawFd + 1)?;
+    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(base))
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
-    let table = open_table(image)?;
+    let table = open_table(image, base + TABLE_OFFSET)?;
     become_process(1, image, &table, report)
 }
 
-/// Opens every file and pipe of the image once, at fds >= 1000.
-fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, which must allow fd
+/// numbers up to `need - 1` (the image's highest and the restorer's own);
+/// each process gets its recorded limits back in [`set_attributes`].
+fn raise_nofile(need: RawFd) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(Error::sys("getrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+        if lim.rlim_max < need as libc::rlim_t {
+            return Err(Error::Invalid(format!(
+                "the image has descriptors up to {}, but the restorer may open at most {} (RLIMIT_NOFILE)",
+                need - 1,
+                lim.rlim_max
+            )));
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(Error::sys("setrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Opens every file and pipe of the image once, at fds >= `table_fd`.
+fn open_table(image: &LoadedImage, table_fd: RawFd) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     let mut ids: Vec<_> = image.files.keys().copied().collect();
@@ -183,15 +225,15 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                 )));
             }
         };
-        table.insert(id, park(fd)?);
+        table.insert(id, park(fd, table_fd)?);
     }
     Ok(table)
 }
 
-/// Moves an fd to the private range (>= 1000), close-on-exec.
-fn park(fd: RawFd) -> Result<RawFd> {
+/// Moves an fd to the private range (>= `table_fd`), close-on-exec.
+fn park(fd: RawFd, table_fd: RawFd) -> Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; the old one is closed.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, TABLE_FD) };
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, table_fd) };
     let high = Errno::result(high).map_err(|e| Error::sys("parking a restored file", e))?;
     // SAFETY: closing the original fd we own.
     unsafe { libc::close(fd) };
@@ -414,7 +456,7 @@ pub fn take_over(
         RemoteSyscall::new(&mut tracee)
             .inject(
                 libc::SYS_close_range,
-                [FIRST_PRIVATE_FD as u64, u64::from(u32::MAX), 0, 0, 0, 0],
+                [private_fds(image) as u64, u64::from(u32::MAX), 0, 0, 0, 0],
             )
             .map_err(|e| {
                 Error::Invalid(format!(
