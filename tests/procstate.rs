@@ -106,3 +106,10 @@ fn descriptors_1000_and_4000_come_back() {
     let r = checkpoint_restore_check(&h, "highfd", include_str!("programs/highfd.py"));
     assert_eq!(r, "PASS");
 }
+
+#[test]
+fn zombies_come_back_with_their_exit_status() {
+    let h = TestHost::new();
+    let r = checkpoint_restore_check(&h, "zombie", include_str!("programs/zombie.py"));
+    assert_eq!(r, "PASS");
+}

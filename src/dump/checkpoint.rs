@@ -66,6 +66,8 @@ struct Task {
     /// The signal of the group stop the task was in, if any (learnt
     /// from its first ptrace stop: a frozen task's /proc state says D).
     stopped_by: Option<i32>,
+    /// A zombie's exit status (as `waitpid` reports it).
+    zombie: Option<i32>,
 }
 
 /// Finds every process of the container and checks that cr can move each of
@@ -78,12 +80,7 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         let status = procfs::read_status(pid)?;
         let comm = status.name.clone();
         if status.state == 'Z' {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: "it is a zombie".into(),
-            }
-            .into());
+            continue; // found with its parent below
         }
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
@@ -114,10 +111,62 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             fds,
             maps,
             stopped_by: None,
+            zombie: None,
+        });
+    }
+    // Zombies have left the cgroup: their parents still hold them.
+    let parents: Vec<i32> = tasks.iter().map(|t| t.host_pid).collect();
+    for (pid, exit_status) in procfs::zombie_children(&parents) {
+        let Ok(status) = procfs::read_status(pid) else {
+            continue; // reaped meanwhile (never while frozen)
+        };
+        tasks.push(Task {
+            host_pid: pid,
+            status,
+            tids: Vec::new(),
+            fds: Vec::new(),
+            maps: Vec::new(),
+            stopped_by: None,
+            zombie: Some(exit_status),
         });
     }
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     Ok(tasks)
+}
+
+/// The record of a zombie: its ids, credentials and exit status; no
+/// memory, threads or descriptors.
+fn zombie_process(
+    task: &Task,
+    host_to_ns: &HashMap<i32, i32>,
+    exit_status: i32,
+) -> Result<Process> {
+    let st = &task.status;
+    Ok(Process {
+        pid: st.pid_in_ns(),
+        ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
+        pgid: st.ns_pgid.last().copied().unwrap_or(0),
+        sid: st.ns_sid.last().copied().unwrap_or(0),
+        state: TaskState::Zombie {
+            exit_code: exit_status,
+        },
+        comm: ByteString::from(st.name.as_str()),
+        exe: ByteString::from(""),
+        cwd: ByteString::from(""),
+        root: ByteString::from(""),
+        creds: credentials(task.host_pid, st, 0)?,
+        umask: st.umask,
+        personality: 0,
+        dumpable: 0,
+        pdeath_sig: 0,
+        child_subreaper: false,
+        rlimits: Vec::new(),
+        mm: None,
+        sigactions: Vec::new(),
+        shared_pending: Vec::new(),
+        itimers: ITimers::default(),
+        posix_timers: Vec::new(),
+    })
 }
 
 /// Refusals name the process by its PID inside the container.
@@ -469,6 +518,14 @@ fn dump_frozen(
     let mut threads = 0;
     for task in &tasks {
         let pid = task.status.pid_in_ns();
+        if let Some(exit_status) = task.zombie {
+            records.write(&Record::Process(zombie_process(
+                task,
+                &host_to_ns,
+                exit_status,
+            )?))?;
+            continue;
+        }
         let mut task_tracees: Vec<&mut Tracee> = tracees
             .iter_mut()
             .filter(|t| task.tids.contains(&t.tid().as_raw()))
@@ -1031,6 +1088,7 @@ pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProce
         fds: Vec::new(),
         maps,
         stopped_by: None,
+        zombie: None,
     };
     let mut refs: Vec<&mut Tracee> = tracees.iter_mut().collect();
     let process = collect_process(&task, &HashMap::new(), &mut refs)?;

@@ -456,6 +456,54 @@ pub struct ProcTimer {
     pub clock: i32,
 }
 
+/// State, parent and exit status of a task from `/proc/PID/stat` (fields
+/// 3, 4 and 52: the exit status is in the form `waitpid` reports it).
+pub fn parse_stat_exit(text: &str) -> Result<(char, i32, i32), String> {
+    let rest = &text[text.rfind(')').ok_or("no ')' in stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields
+        .first()
+        .and_then(|f| f.chars().next())
+        .ok_or("stat has no state")?;
+    let int = |n: usize| -> Result<i32, String> {
+        fields
+            .get(n - 3)
+            .ok_or_else(|| format!("stat has no field {n}"))?
+            .parse()
+            .map_err(|_| format!("stat field {n} is not a number"))
+    };
+    Ok((state, int(4)?, int(52)?))
+}
+
+/// Zombies (exited, not yet reaped) whose parent is one of `parents`
+/// (host PIDs), with their exit status. A zombie has left its cgroup, so
+/// only its parent links it to the container.
+pub fn zombie_children(parents: &[i32]) -> Vec<(i32, i32)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Ok(('Z', ppid, status)) = parse_stat_exit(&text) {
+            if parents.contains(&ppid) {
+                out.push((pid, status));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,5 +607,12 @@ mod tests {
         assert!(parse_proc_timers("signal: 1/0\n").is_err());
         assert!(parse_proc_timers("ID: x\n").is_err());
         assert_eq!(parse_proc_timers("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn stat_exit_status() {
+        let zombie = "77 (a b) c) Z 1 77 1 0 -1 4228 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 10752\n";
+        assert_eq!(parse_stat_exit(zombie).unwrap(), ('Z', 1, 10752));
+        assert!(parse_stat_exit("1 (x) S 0").is_err());
     }
 }

@@ -80,6 +80,21 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         let comm = &p.process.comm;
         let refuse =
             |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
+        if let cr_formats::schema::TaskState::Zombie { .. } = p.process.state {
+            let parent = image.processes.get(&p.process.ppid);
+            if pid == 1 || parent.is_none_or(|q| is_zombie(&q.process)) {
+                return Err(refuse(format!(
+                    "it is a zombie whose parent {} is not a live process of the image",
+                    p.process.ppid
+                )));
+            }
+            if !p.threads.is_empty() || !p.fds.is_empty() || !p.vmas.is_empty() {
+                return Err(refuse(
+                    "it is a zombie but has threads, descriptors or mappings".into(),
+                ));
+            }
+            continue;
+        }
         if !p.threads.iter().any(|t| t.tid == pid) {
             return Err(refuse(format!(
                 "none of its {} threads is its thread group leader",
@@ -123,6 +138,11 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a process of the image is a zombie (exited, not reaped).
+pub fn is_zombie(p: &cr_formats::schema::Process) -> bool {
+    matches!(p.state, cr_formats::schema::TaskState::Zombie { .. })
 }
 
 /// PID 1's side: builds the tree of husks. Only returns on error.
@@ -302,11 +322,44 @@ fn become_process(
             ));
         }
     }
+    // A zombie child's exit must not leave a SIGCHLD pending in this husk
+    // (default action, unblocked: the kernel discards it).
+    // SAFETY: signal and sigprocmask with a live, initialised set.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    let mut zombies = Vec::new();
     for child in image.children_of(pid) {
+        let zombie = is_zombie(&image.processes[&child].process);
         if fork_with_pid(child)? == 0 {
+            if zombie {
+                become_zombie(&image.processes[&child].process, &report);
+            }
             let result = become_process(child, image, table, report);
             return result;
         }
+        if zombie {
+            zombies.push(child);
+        }
+    }
+    for z in zombies {
+        // Until it has exited (WNOWAIT: it stays a zombie).
+        // SAFETY: waitid writes into a live, zeroed siginfo_t.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                z as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        Errno::result(rc)
+            .map_err(|e| Error::sys(format!("process {pid}: waiting for zombie {z} to exit"), e))?;
     }
     let mut keep: HashSet<RawFd> = HashSet::new();
     keep.insert(report.as_raw_fd());
@@ -330,6 +383,72 @@ fn become_process(
     loop {
         // SAFETY: pause takes no arguments; the restorer interrupts it.
         unsafe { libc::pause() };
+    }
+}
+
+/// A zombie's side: takes its recorded session, group and ids, then exits
+/// with its recorded status (a signal's, without a core dump); its parent
+/// leaves it unreaped. What fails is written to the report pipe.
+fn become_zombie(p: &cr_formats::schema::Process, report: &OwnedFd) -> ! {
+    let pid = p.pid;
+    let c = &p.creds;
+    let groups: Vec<libc::gid_t> = c.groups.clone();
+    // SAFETY: plain integer syscalls, setgroups with a live array, write
+    // from a live buffer; _exit never returns.
+    unsafe {
+        let steps: [(&str, libc::c_int); 5] = [
+            (
+                "setsid",
+                if p.sid == pid && libc::getsid(0) != pid {
+                    libc::setsid()
+                } else {
+                    0
+                },
+            ),
+            (
+                "setpgid",
+                if libc::getpgid(0) != p.pgid {
+                    libc::setpgid(0, p.pgid)
+                } else {
+                    0
+                },
+            ),
+            ("setgroups", libc::setgroups(groups.len(), groups.as_ptr())),
+            (
+                "setresgid",
+                libc::setresgid(c.gid.real, c.gid.effective, c.gid.saved),
+            ),
+            (
+                "setresuid",
+                libc::setresuid(c.uid.real, c.uid.effective, c.uid.saved),
+            ),
+        ];
+        for (what, rc) in steps {
+            if rc < 0 {
+                let msg = format!("zombie {pid}: {what}: {}", Errno::last());
+                libc::write(report.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            }
+        }
+        let status = match p.state {
+            cr_formats::schema::TaskState::Zombie { exit_code } => exit_code,
+            _ => 0,
+        };
+        let sig = status & 0x7f;
+        if sig != 0 {
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit((status >> 8) & 0xff)
     }
 }
 
@@ -427,7 +546,13 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
-    wait_for_husks(image.processes.len(), report)?;
+    let live: Vec<i32> = image
+        .processes
+        .values()
+        .filter(|p| !is_zombie(&p.process))
+        .map(|p| p.process.pid)
+        .collect();
+    wait_for_husks(live.len(), report)?;
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
@@ -442,7 +567,7 @@ pub fn take_over(
         ..SeizeOptions::default()
     };
     let mut tracees = Vec::new();
-    for pid in image.processes.keys() {
+    for pid in &live {
         let host = *host_pid.get(pid).ok_or_else(|| {
             Error::Invalid(format!(
                 "restored process {pid} is not in the container's cgroup"
