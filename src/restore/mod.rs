@@ -10,8 +10,9 @@
 //! ```
 //!
 //! One process, all its threads, is rebuilt by [`process`]; the container's
-//! tree of processes by [`tree`]. Not yet: credentials, pending signals,
-//! POSIX timers, shared memory.
+//! tree of processes by [`tree`]; pending signals and POSIX timers by
+//! [`signals`], credentials and scheduling by [`creds`]. Not yet: shared
+//! memory, real-time scheduling.
 
 pub mod container;
 pub mod creds;

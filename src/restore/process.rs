@@ -48,6 +48,13 @@
 //!  PR_SET_NAME (comm), rseq; setpriority if its nice       itself
 //!  differs from the leader's
 //!        ▼
+//!  every thread blocks every signal (PTRACE_SETSIGMASK); 5b restore::signals,
+//!  leader: timer_create with the recorded ids,               restore::creds
+//!  rt_(tg)sigqueueinfo for each pending signal; every
+//!  thread, in itself: sched_setscheduler, ids, groups,
+//!  capabilities, securebits; leader: dumpable, pdeath
+//!  signal again (new ids reset them)
+//!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
 //!  the gadget ever runs; the other threads stay stopped)   address space
