@@ -48,6 +48,13 @@
 //!  PR_SET_NAME (comm), rseq; setpriority if its nice       itself
 //!  differs from the leader's
 //!        ▼
+//!  every thread blocks every signal (PTRACE_SETSIGMASK); 5b restore::signals,
+//!  leader: timer_create with the recorded ids,               restore::creds
+//!  rt_(tg)sigqueueinfo for each pending signal; every
+//!  thread, in itself: sched_setscheduler, ids, groups,
+//!  capabilities, securebits; leader: dumpable, pdeath
+//!  signal again (new ids reset them)
+//!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
 //!  the gadget ever runs; the other threads stay stopped)   address space
@@ -105,7 +112,7 @@ use libc::user_regs_struct;
 use nix::unistd::Pid;
 
 use super::shmem::{remote_openat, SharedObjects};
-use super::{RestoreError, Result};
+use super::{creds, signals, RestoreError, Result};
 use crate::inject::{
     read_maps, read_memory_exact, regs_from_array, write_memory, write_proc_mem, InjectError,
     KernelSigaction, RemoteSyscall, SigAltStack, Tracee, GP_REGS, SYSCALL_INSN,
@@ -550,6 +557,39 @@ pub fn finish(
             })?;
         }
     }
+
+    // Step 5b: POSIX timers and pending signals, every thread blocking
+    // every signal until step 6 (restore::signals); then scheduling and
+    // credentials, each thread its own, the leader last (restore::creds).
+    signals::block_all(pid, rs.tracee())?;
+    for (_, t) in born.0.iter_mut() {
+        signals::block_all(pid, t)?;
+    }
+    signals::restore_timers(&mut rs, pid, process, scratch)?;
+    signals::requeue_pending(&mut rs, pid, process, threads, scratch)?;
+    for ((_, t), thread) in born.0.iter_mut().zip(&others) {
+        let mut trs = RemoteSyscall::with_gadget(t, gadget);
+        creds::apply_sched(&mut trs, pid, thread.tid, &thread.sched, scratch)?;
+        let c = thread.creds.as_ref().unwrap_or(&process.creds);
+        creds::apply_creds(&mut trs, pid, thread.tid, c, scratch)?;
+    }
+    creds::apply_sched(&mut rs, pid, leader.tid, &leader.sched, scratch)?;
+    let c = leader.creds.as_ref().unwrap_or(&process.creds);
+    creds::apply_creds(&mut rs, pid, leader.tid, c, scratch)?;
+    // New ids reset these two (kernel commit_creds).
+    let again = |what: &'static str| {
+        move |source| RestoreError::ThreadState {
+            pid,
+            what: what.into(),
+            source,
+        }
+    };
+    if process.dumpable <= 1 {
+        rs.remote_prctl(libc::PR_SET_DUMPABLE, u64::from(process.dumpable), 0, 0, 0)
+            .map_err(again("prctl(PR_SET_DUMPABLE)"))?;
+    }
+    rs.remote_prctl(libc::PR_SET_PDEATHSIG, process.pdeath_sig as u64, 0, 0, 0)
+        .map_err(again("prctl(PR_SET_PDEATHSIG)"))?;
 
     // Step 7: nothing of the restorer stays mapped.
     let cleanup = |what, addr| {

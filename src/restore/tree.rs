@@ -5,7 +5,8 @@
 //! ```text
 //! PID 1 (restorer code, in the container's        supervisor (host side)
 //! namespaces, after pivot_root)
-//! open every file of the image at fds >= 1000,
+//! open every file of the image at fds >= base +
+//!   100 (base: above the image's highest fd),
 //! create every pipe and refill it
 //! become(1):
 //!   setsid/setpgid as recorded
@@ -52,10 +53,27 @@ use crate::restore::image::LoadedImage;
 use crate::restore::process::{finish, prepare_with, write_pages, Pages, PreparedHusk};
 use crate::restore::shmem::{self, SharedObjects};
 
-/// Image descriptors must be below this; the restorer's own fds live above.
+/// The restorer's own fds live at or above [`private_fds`], never below this.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
-/// Where the files of the image are parked before they are handed out.
-const TABLE_FD: RawFd = 1000;
+/// The files of the image are parked this far above the first private fd
+/// before they are handed out.
+const TABLE_OFFSET: RawFd = 100;
+
+/// Where the restorer's own descriptors start: above every descriptor of
+/// every process of the image (and never below [`FIRST_PRIVATE_FD`]), so
+/// that placing an image fd never clobbers one of them.
+pub fn private_fds(image: &LoadedImage) -> RawFd {
+    image
+        .processes
+        .values()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd.saturating_add(1)))
+        .max()
+        .unwrap_or(0)
+        .max(FIRST_PRIVATE_FD)
+}
+
+/// `SCHED_RESET_ON_FORK`, or-ed into a policy.
+const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
 
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
@@ -68,63 +86,48 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         let comm = &p.process.comm;
         let refuse =
             |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
+        if let cr_formats::schema::TaskState::Zombie { .. } = p.process.state {
+            let parent = image.processes.get(&p.process.ppid);
+            if pid == 1 || parent.is_none_or(|q| is_zombie(&q.process)) {
+                return Err(refuse(format!(
+                    "it is a zombie whose parent {} is not a live process of the image",
+                    p.process.ppid
+                )));
+            }
+            if !p.threads.is_empty() || !p.fds.is_empty() || !p.vmas.is_empty() {
+                return Err(refuse(
+                    "it is a zombie but has threads, descriptors or mappings".into(),
+                ));
+            }
+            continue;
+        }
         if !p.threads.iter().any(|t| t.tid == pid) {
             return Err(refuse(format!(
                 "none of its {} threads is its thread group leader",
                 p.threads.len()
             )));
         }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.creds.as_ref().is_some_and(|c| *c != p.process.creds))
-        {
+        if let cr_formats::schema::TaskState::Stopped { signo } = p.process.state {
+            if ![libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signo) {
+                return Err(refuse(format!(
+                    "it is stopped by signal {signo}, which is no stop signal"
+                )));
+            }
+        }
+        // SCHED_FIFO and SCHED_RR need a real-time budget that the
+        // container's cpu cgroup does not get yet.
+        if let Some(t) = p.threads.iter().find(|t| {
+            ![libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE]
+                .contains(&((t.sched.policy & !SCHED_RESET_ON_FORK) as i32))
+        }) {
             return Err(refuse(format!(
-                "thread {} has credentials of its own; restoring them is not supported yet",
-                t.tid
-            )));
-        }
-        if !p.process.shared_pending.is_empty() || p.threads.iter().any(|t| !t.pending.is_empty()) {
-            return Err(refuse(
-                "it has signals pending; re-queueing them is not supported yet".into(),
-            ));
-        }
-        if let cr_formats::schema::TaskState::Stopped { .. } = p.process.state {
-            return Err(refuse(
-                "it is stopped (SIGSTOP); restoring stopped tasks is not supported yet".into(),
-            ));
-        }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.sched.policy != libc::SCHED_OTHER as u32)
-        {
-            return Err(refuse(format!(
-                "thread {} has scheduling policy {}; only SCHED_OTHER is restored yet",
+                "thread {} has real-time scheduling policy {}; only SCHED_OTHER, SCHED_BATCH and SCHED_IDLE are restored",
                 t.tid, t.sched.policy
             )));
         }
-        let c = &p.process.creds;
-        if [
-            c.uid.real,
-            c.uid.effective,
-            c.uid.saved,
-            c.gid.real,
-            c.gid.effective,
-            c.gid.saved,
-        ] != [0; 6]
-        {
-            return Err(refuse(
-                "it runs as another user than root; restoring credentials is not supported yet"
-                    .into(),
-            ));
-        }
         for fd in &p.fds {
-            if fd.fd >= FIRST_PRIVATE_FD {
-                return Err(refuse(format!(
-                    "fd {} is above {FIRST_PRIVATE_FD}, which restore does not handle yet",
-                    fd.fd
-                )));
+            if fd.fd < 0 {
+                return Err(refuse(format!("it has a negative fd number {}", fd.fd)));
             }
             let file = image.files.get(&fd.file).ok_or_else(|| {
                 refuse(format!(
@@ -197,14 +200,21 @@ pub fn check(image: &LoadedImage) -> Result<()> {
     Ok(())
 }
 
+/// Whether a process of the image is a zombie (exited, not reaped).
+pub fn is_zombie(p: &cr_formats::schema::Process) -> bool {
+    matches!(p.state, cr_formats::schema::TaskState::Zombie { .. })
+}
+
 /// PID 1's side: builds the tree of husks. Only returns on error.
 pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
-    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(FIRST_PRIVATE_FD))
+    let base = private_fds(image);
+    raise_nofile(base + TABLE_OFFSET + image.files.len() as RawFd + 1)?;
+    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(base))
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
     let deleted = shmem::create_deleted(image)?;
-    let table = match open_table(image, &deleted) {
+    let table = match open_table(image, &deleted, base + TABLE_OFFSET) {
         Ok(table) => table,
         Err(e) => {
             for path in deleted.values() {
@@ -216,11 +226,43 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
     become_process(1, image, &table, report)
 }
 
-/// Opens every file and pipe of the image once, at fds >= 1000, and takes
-/// the flock and OFD locks of each (they belong to the open file
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, which must allow fd
+/// numbers up to `need - 1` (the image's highest and the restorer's own);
+/// each process gets its recorded limits back in [`set_attributes`].
+fn raise_nofile(need: RawFd) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(Error::sys("getrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+        if lim.rlim_max < need as libc::rlim_t {
+            return Err(Error::Invalid(format!(
+                "the image has descriptors up to {}, but the restorer may open at most {} (RLIMIT_NOFILE)",
+                need - 1,
+                lim.rlim_max
+            )));
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(Error::sys("setrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Opens every file and pipe of the image once, at fds >= `table_fd`, and
+/// takes the flock and OFD locks of each (they belong to the open file
 /// description, which every husk inherits). `deleted`: where each deleted
 /// file was written back.
-fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<HashMap<u64, RawFd>> {
+fn open_table(
+    image: &LoadedImage,
+    deleted: &HashMap<u64, String>,
+    table_fd: RawFd,
+) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     // Unix sockets are made together (pairs, names, queues): restore::unix.
@@ -287,7 +329,7 @@ fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<Has
                     // the image's ends are opened and the data goes back in.
                     let keeper = open(&path, OFlag::O_RDWR | OFlag::O_NONBLOCK)?;
                     refill_fifo(image, *pipe, keeper, &path)?;
-                    fifos.insert(*pipe, park(keeper)?);
+                    fifos.insert(*pipe, park(keeper, table_fd)?);
                 }
                 let fd = open(&path, flags | OFlag::O_NONBLOCK)?;
                 if !flags.contains(OFlag::O_NONBLOCK) {
@@ -300,7 +342,7 @@ fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<Has
                 let keeper = match memfds.get(object) {
                     Some(fd) => *fd,
                     None => {
-                        let fd = park(shmem::open_memfd(image, *object)?)?;
+                        let fd = park(shmem::open_memfd(image, *object)?, table_fd)?;
                         memfds.insert(*object, fd);
                         fd
                     }
@@ -330,7 +372,7 @@ fn open_table(image: &LoadedImage, deleted: &HashMap<u64, String>) -> Result<Has
                 )))
             }
         };
-        let fd = park(fd)?;
+        let fd = park(fd, table_fd)?;
         for lock in image
             .locks
             .iter()
@@ -405,10 +447,10 @@ fn refill_fifo(image: &LoadedImage, pipe: u64, fd: RawFd, path: &str) -> Result<
     Ok(())
 }
 
-/// Moves an fd to the private range (>= 1000), close-on-exec.
-fn park(fd: RawFd) -> Result<RawFd> {
+/// Moves an fd to the private range (>= `table_fd`), close-on-exec.
+fn park(fd: RawFd, table_fd: RawFd) -> Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; the old one is closed.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, TABLE_FD) };
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, table_fd) };
     let high = Errno::result(high).map_err(|e| Error::sys("parking a restored file", e))?;
     // SAFETY: closing the original fd we own.
     unsafe { libc::close(fd) };
@@ -477,11 +519,44 @@ fn become_process(
             ));
         }
     }
+    // A zombie child's exit must not leave a SIGCHLD pending in this husk
+    // (default action, unblocked: the kernel discards it).
+    // SAFETY: signal and sigprocmask with a live, initialised set.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    let mut zombies = Vec::new();
     for child in image.children_of(pid) {
+        let zombie = is_zombie(&image.processes[&child].process);
         if fork_with_pid(child)? == 0 {
+            if zombie {
+                become_zombie(&image.processes[&child].process, &report);
+            }
             let result = become_process(child, image, table, report);
             return result;
         }
+        if zombie {
+            zombies.push(child);
+        }
+    }
+    for z in zombies {
+        // Until it has exited (WNOWAIT: it stays a zombie).
+        // SAFETY: waitid writes into a live, zeroed siginfo_t.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                z as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        Errno::result(rc)
+            .map_err(|e| Error::sys(format!("process {pid}: waiting for zombie {z} to exit"), e))?;
     }
     let mut keep: HashSet<RawFd> = HashSet::new();
     keep.insert(report.as_raw_fd());
@@ -520,6 +595,72 @@ fn become_process(
     loop {
         // SAFETY: pause takes no arguments; the restorer interrupts it.
         unsafe { libc::pause() };
+    }
+}
+
+/// A zombie's side: takes its recorded session, group and ids, then exits
+/// with its recorded status (a signal's, without a core dump); its parent
+/// leaves it unreaped. What fails is written to the report pipe.
+fn become_zombie(p: &cr_formats::schema::Process, report: &OwnedFd) -> ! {
+    let pid = p.pid;
+    let c = &p.creds;
+    let groups: Vec<libc::gid_t> = c.groups.clone();
+    // SAFETY: plain integer syscalls, setgroups with a live array, write
+    // from a live buffer; _exit never returns.
+    unsafe {
+        let steps: [(&str, libc::c_int); 5] = [
+            (
+                "setsid",
+                if p.sid == pid && libc::getsid(0) != pid {
+                    libc::setsid()
+                } else {
+                    0
+                },
+            ),
+            (
+                "setpgid",
+                if libc::getpgid(0) != p.pgid {
+                    libc::setpgid(0, p.pgid)
+                } else {
+                    0
+                },
+            ),
+            ("setgroups", libc::setgroups(groups.len(), groups.as_ptr())),
+            (
+                "setresgid",
+                libc::setresgid(c.gid.real, c.gid.effective, c.gid.saved),
+            ),
+            (
+                "setresuid",
+                libc::setresuid(c.uid.real, c.uid.effective, c.uid.saved),
+            ),
+        ];
+        for (what, rc) in steps {
+            if rc < 0 {
+                let msg = format!("zombie {pid}: {what}: {}", Errno::last());
+                libc::write(report.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            }
+        }
+        let status = match p.state {
+            cr_formats::schema::TaskState::Zombie { exit_code } => exit_code,
+            _ => 0,
+        };
+        let sig = status & 0x7f;
+        if sig != 0 {
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit((status >> 8) & 0xff)
     }
 }
 
@@ -617,7 +758,13 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
-    if let Err(e) = wait_for_husks(image.processes.len(), report) {
+    let live: Vec<i32> = image
+        .processes
+        .values()
+        .filter(|p| !is_zombie(&p.process))
+        .map(|p| p.process.pid)
+        .collect();
+    if let Err(e) = wait_for_husks(live.len(), report) {
         // Deleted files PID 1 wrote back go with the failed restore.
         if !image.deleted.is_empty() {
             for pid in cgroup.pids().unwrap_or_default() {
@@ -642,7 +789,7 @@ pub fn take_over(
         ..SeizeOptions::default()
     };
     let mut tracees = Vec::new();
-    for pid in image.processes.keys() {
+    for pid in &live {
         let host = *host_pid.get(pid).ok_or_else(|| {
             Error::Invalid(format!(
                 "restored process {pid} is not in the container's cgroup"
@@ -656,7 +803,7 @@ pub fn take_over(
         RemoteSyscall::new(&mut tracee)
             .inject(
                 libc::SYS_close_range,
-                [FIRST_PRIVATE_FD as u64, u64::from(u32::MAX), 0, 0, 0, 0],
+                [private_fds(image) as u64, u64::from(u32::MAX), 0, 0, 0, 0],
             )
             .map_err(|e| {
                 Error::Invalid(format!(
@@ -680,7 +827,24 @@ pub fn take_over(
         }
     }
     // Detach everything, even past a failure, and report the first one.
+    // A process that was stopped gets SIGSTOP first, while every thread is
+    // still in a ptrace stop: it stops again before any of its code runs,
+    // and SIGCONT resumes it.
     let mut first_error = None;
+    for (pid, tracee, _) in &tracees {
+        if let cr_formats::schema::TaskState::Stopped { signo } = image.processes[pid].process.state
+        {
+            if let Err(e) = nix::sys::signal::kill(
+                tracee.tgid(),
+                nix::sys::signal::Signal::try_from(signo)
+                    .unwrap_or(nix::sys::signal::Signal::SIGSTOP),
+            ) {
+                first_error.get_or_insert_with(|| {
+                    Error::sys(format!("stopping restored process {pid} again"), e)
+                });
+            }
+        }
+    }
     for (pid, tracee, threads) in tracees {
         for thread in threads {
             let tid = thread.tid();
