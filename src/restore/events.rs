@@ -70,15 +70,18 @@ pub fn handles(kind: &FileKind) -> bool {
 
 /// Checks the event objects of process `p` before anything is built.
 pub fn check(image: &LoadedImage, p: &ProcessImage) -> std::result::Result<(), String> {
+    // The restorer's own descriptors start here; an item is placed at its
+    // fd number for a moment while it is added.
+    let private = crate::restore::tree::private_fds(image);
     for fd in &p.fds {
         let Some(file) = image.files.get(&fd.file) else {
             continue;
         };
         if let FileKind::Epoll { items } = &file.kind {
             for item in items {
-                if !(0..FIRST_PRIVATE_FD).contains(&item.fd) {
+                if !(0..private).contains(&item.fd) {
                     return Err(format!(
-                        "fd {} is an epoll with an item added as fd {}, above {FIRST_PRIVATE_FD}, which restore does not handle yet",
+                        "fd {} is an epoll with an item added as fd {}, at or above {private} where the restorer keeps its own descriptors, which restore does not handle yet",
                         fd.fd, item.fd
                     ));
                 }
