@@ -15,7 +15,9 @@
 
 pub mod container;
 pub mod image;
+pub mod pages;
 pub mod process;
+pub mod timing;
 pub mod tree;
 
 use cr_formats::schema::VmaKind;

@@ -48,7 +48,7 @@ use crate::dump::procfs;
 use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::image::LoadedImage;
-use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
+use crate::restore::process::{finish, prepare};
 
 /// Image descriptors must be below this; the restorer's own fds live above.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
@@ -409,7 +409,9 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
+    crate::restore::timing::mark("pid 1 setup");
     wait_for_husks(image.processes.len(), report)?;
+    crate::restore::timing::mark("husks ready");
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
@@ -447,6 +449,7 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
+    crate::restore::timing::mark("seized");
     match rebuild_all(image, &mut tracees) {
         Ok(()) => {}
         Err(e) => {
@@ -470,6 +473,7 @@ pub fn take_over(
                 .get_or_insert_with(|| Error::Invalid(format!("resuming process {pid}: {e}")));
         }
     }
+    crate::restore::timing::mark("resumed");
     match first_error {
         Some(e) => Err(e),
         None => Ok(host_pid),
@@ -514,49 +518,15 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
         let husk = prepare(tracee, &p.process, &p.threads, &p.vmas).map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
     }
-    stream_pages(image, &husks, &fail)?;
+    crate::restore::timing::mark("prepared");
+    crate::restore::pages::stream(image, &husks, &fail)?;
+    crate::restore::timing::mark("pages");
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
             .remove(pid)
             .ok_or_else(|| Error::Invalid(format!("process {pid} was not prepared")))?;
         *threads = finish(tracee, husk, &p.process, &p.threads).map_err(|e| fail(*pid, e))?;
-    }
-    Ok(())
-}
-
-/// Writes the page store of `image.dir` into the prepared husks, one
-/// verified chunk at a time.
-fn stream_pages(
-    image: &LoadedImage,
-    husks: &HashMap<i32, PreparedHusk>,
-    fail: &dyn Fn(i32, crate::restore::RestoreError) -> Error,
-) -> Result<()> {
-    let path = cr_formats::layout::pages_path(&image.dir);
-    let file = File::open(&path).map_err(|e| Error::io("opening checkpoint image", &path, e))?;
-    let bad = |e: cr_formats::FormatError| {
-        Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
-    };
-    let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
-        .map_err(bad)?;
-    while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        let cr_formats::PageOwner::Mm { pid } = chunk.header.owner else {
-            continue;
-        };
-        let husk = husks.get(&pid).ok_or_else(|| {
-            Error::Invalid(format!(
-                "checkpoint image {}: pages of unknown process {pid}",
-                path.display()
-            ))
-        })?;
-        let runs: Vec<Pages<'_>> = chunk.runs().map(Pages::from).collect();
-        write_pages(husk.pid, &image.processes[&pid].vmas, &runs).map_err(|e| fail(pid, e))?;
-    }
-    if !reader.is_complete() {
-        return Err(Error::Invalid(format!(
-            "checkpoint image {}: the page store is truncated",
-            path.display()
-        )));
     }
     Ok(())
 }
