@@ -115,9 +115,13 @@ pub fn stream(
                 }
             }
         });
-        let written = write_chunks(
-            image, husks, shared, fail, chunk_rx, &pool_tx, job_tx, &done_rx,
-        );
+        let targets = Targets {
+            image,
+            husks,
+            shared,
+            fail,
+        };
+        let written = write_chunks(&targets, chunk_rx, &pool_tx, job_tx, &done_rx);
         // The reader ends once the stream does, or once the writers
         // stopped and dropped their end of the channel.
         let verified = reader
@@ -129,18 +133,30 @@ pub fn stream(
     })
 }
 
+/// Where the pages of the store go.
+struct Targets<'a, 'h> {
+    image: &'a LoadedImage,
+    husks: &'h HashMap<i32, PreparedHusk>,
+    shared: &'h SharedObjects<'h>,
+    fail: &'h dyn Fn(i32, RestoreError) -> Error,
+}
+
 /// The supervisor's side: takes the verified chunks in stream order and
 /// writes each, half of it through the helper.
 fn write_chunks<'a>(
-    image: &'a LoadedImage,
-    husks: &HashMap<i32, PreparedHusk>,
-    shared: &SharedObjects<'_>,
-    fail: &dyn Fn(i32, RestoreError) -> Error,
+    targets: &Targets<'a, '_>,
     chunks: mpsc::Receiver<OwnedPageChunk>,
     pool: &mpsc::Sender<Vec<u8>>,
     jobs: mpsc::Sender<Job<'a>>,
     done: &mpsc::Receiver<std::result::Result<(), RestoreError>>,
 ) -> Result<()> {
+    let Targets {
+        image,
+        husks,
+        shared,
+        fail,
+    } = targets;
+    let image: &'a LoadedImage = image;
     for chunk in chunks {
         let pid = match chunk.header.owner {
             PageOwner::Mm { pid } => pid,
