@@ -131,6 +131,16 @@ fn summary(record: &Record) -> String {
             FileKind::CharDevice { path, .. } => format!("file {} device {path}", f.id),
             FileKind::Pipe { pipe, end } => format!("file {} pipe {pipe} {end:?} end", f.id),
             FileKind::Fifo { path, end, .. } => format!("file {} fifo {path} {end:?} end", f.id),
+            FileKind::Unix(u) => format!(
+                "file {} unix {:?} {:?} socket:[{}] peer {:?} name {:?} {} queued",
+                f.id,
+                u.kind,
+                u.state,
+                u.ino,
+                u.peer,
+                u.name,
+                u.queue.len()
+            ),
             FileKind::EventFd { count, semaphore } => {
                 format!("file {} eventfd count {count} semaphore {semaphore}", f.id)
             }

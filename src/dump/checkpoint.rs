@@ -122,7 +122,30 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         });
     }
     tasks.sort_by_key(|t| t.status.pid_in_ns());
+    check_unix_sockets(&tasks)?;
     Ok(tasks)
+}
+
+/// The container's unix sockets, checked together (peers, backlogs,
+/// descriptors in flight: see [`crate::dump::unix::check`]).
+fn check_unix_sockets(tasks: &[Task]) -> Result<()> {
+    let mut sockets = Vec::new();
+    for t in tasks {
+        for (entry, kind, _) in &t.fds {
+            if kind.name == files::UNIX_SOCKET {
+                if let Some(ino) = crate::dump::unix::socket_ino(&entry.target) {
+                    sockets.push(crate::dump::unix::SocketFd {
+                        host_pid: t.host_pid,
+                        pid: t.status.pid_in_ns(),
+                        comm: &t.status.name,
+                        fd: entry.fd,
+                        ino,
+                    });
+                }
+            }
+        }
+    }
+    Ok(crate::dump::unix::check(&sockets)?)
 }
 
 /// Refusals name the process by its PID inside the container.

@@ -104,6 +104,11 @@ pub static REGISTRY: &[FileKindDump] = &[
         },
     },
     FileKindDump {
+        name: UNIX_SOCKET,
+        claims: crate::dump::unix::is_unix,
+        collect: crate::dump::unix::collect,
+    },
+    FileKindDump {
         name: "eventfd",
         claims: |o| o.entry.target == events::EVENTFD,
         collect: events::collect,
@@ -129,6 +134,10 @@ pub static REGISTRY: &[FileKindDump] = &[
         collect: events::collect,
     },
 ];
+
+/// The name of the unix socket kind ([`crate::dump::unix`]), which the
+/// survey also checks as a whole.
+pub const UNIX_SOCKET: &str = "unix socket";
 
 fn path_target<'a>(o: &'a FdObject) -> Option<&'a str> {
     o.entry

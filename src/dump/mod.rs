@@ -11,6 +11,7 @@
 //!                                threads: regs, xsave, mask  -> Thread
 //!                                maps + pages                -> Vma + page store
 //!                                fds                         -> File, Fd, PipeData
+//!                                unix sockets (unix.rs)      -> File { Unix }
 //! write records.img, pages.img   (formats: framed, checksummed, optional zstd)
 //! leave running: detach + thaw   ── frozen window ends
 //! or stop: kill every process
@@ -25,6 +26,7 @@ pub mod events;
 pub mod files;
 pub mod mm;
 pub mod procfs;
+pub mod unix;
 
 use std::path::{Path, PathBuf};
 

@@ -18,6 +18,7 @@ pub mod events;
 pub mod image;
 pub mod process;
 pub mod tree;
+pub mod unix;
 
 use cr_formats::schema::VmaKind;
 use nix::unistd::Pid;

@@ -136,6 +136,7 @@ pub fn check(image: &LoadedImage) -> Result<()> {
         }
         events::check(image, p).map_err(refuse)?;
     }
+    crate::restore::unix::check(image)?;
     Ok(())
 }
 
@@ -153,6 +154,8 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
 fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
+    // Unix sockets are made together (pairs, names, queues): restore::unix.
+    let mut unix = crate::restore::unix::open_all(image)?;
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
     for id in ids {
@@ -208,6 +211,9 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                     "restoring the FIFO {path} is not supported yet"
                 )));
             }
+            FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
+                Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
+            })?,
             kind if events::handles(kind) => events::create(kind, flags)?,
             kind => {
                 return Err(Error::Invalid(format!(

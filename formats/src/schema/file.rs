@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
 use super::event::{EpollItem, InotifyWatch, TimerFd};
+use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
 pub type FileId = u64;
@@ -82,6 +83,8 @@ pub enum FileKind {
         pipe: PipeId,
         end: PipeEnd,
     },
+    /// A unix domain socket (see [`super::unix`]).
+    Unix(UnixSocket),
     /// An eventfd: its counter and `EFD_SEMAPHORE` (`O_NONBLOCK` is in the
     /// file's flags). See [`super::event`].
     EventFd {

@@ -28,6 +28,7 @@ mod file;
 mod manifest;
 mod process;
 mod thread;
+mod unix;
 mod vma;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,7 @@ pub use process::{
     TaskState, Timer,
 };
 pub use thread::{RobustList, Rseq, Sched, SigAltStack, SyscallRestart, Thread};
+pub use unix::{UnixCred, UnixName, UnixSocket, UnixState, UnixType};
 pub use vma::{Vma, VmaKind};
 
 /// Declares [`Record`] and [`RecordKind`] from one list so they cannot drift;

@@ -1,0 +1,575 @@
+//! Unix domain sockets at restore: PID 1 of the restore (in the container's
+//! namespaces, after pivot_root, before any husk is forked) creates every
+//! socket of the image once; the tree hands them out like any other file,
+//! so a socket shared by several processes is one open file again.
+//!
+//! ```text
+//!  connected pairs      unnamed:  socketpair(type)
+//!                       named:    bind the client's own name, if any; a
+//!                                 temporary listener bound to the accepted
+//!                                 side's name; connect; accept; close the
+//!                                 temporary listener (the accepted socket
+//!                                 keeps the name, getsockname/getpeername
+//!                                 answer as before)
+//!                       peer closed: socketpair, the other end closed after
+//!                                 the refill (EOF after the data)
+//!  the others           socket(type), bind (a stale socket file at the
+//!                       path is removed first), listen(backlog)
+//!  backlogs             each client waiting in a listener's backlog
+//!                       connects to it again, oldest first
+//!  datagram links       connect(peer's name) when only one side named it
+//!  queues               each socket's receive queue is sent again from its
+//!                       peer (datagram: from a temporary socket to its
+//!                       name when it has no peer), message by message
+//!  then                 shutdown(2) states, socket files removed after the
+//!                       bind when they were at checkpoint, file modes and
+//!                       owners, SO_SNDBUF/SO_RCVBUF, SO_PASSCRED, O_NONBLOCK
+//! ```
+//!
+//! `SO_PEERCRED` of a restored socket names the process that created it
+//! here, the container's PID 1, with uid and gid 0 (the image keeps the
+//! checkpointed value, see docs/image-format.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use cr_formats::schema::{FileId, FileKind, UnixName, UnixSocket, UnixState, UnixType};
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::restore::image::LoadedImage;
+
+/// The unix sockets of an image, by inode, with their file id and flags.
+fn sockets(image: &LoadedImage) -> BTreeMap<u64, (FileId, &UnixSocket, u32)> {
+    image
+        .files
+        .values()
+        .filter_map(|f| match &f.kind {
+            FileKind::Unix(u) => Some((u.ino, (f.id, u, f.flags))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refuse(u: &UnixSocket, what: &str) -> Error {
+    Error::Invalid(format!(
+        "cannot restore unix socket socket:[{}]: {what}",
+        u.ino
+    ))
+}
+
+/// Checks that every unix socket of the image can be rebuilt.
+pub fn check(image: &LoadedImage) -> Result<()> {
+    let all = sockets(image);
+    for (_, u, _) in all.values() {
+        if let Some(peer) = u.peer {
+            let Some((_, p, _)) = all.get(&peer) else {
+                return Err(refuse(
+                    u,
+                    &format!("its peer socket:[{peer}] is not in the image"),
+                ));
+            };
+            if u.kind == UnixType::Dgram && p.peer != Some(u.ino) && p.name.is_none() {
+                return Err(refuse(
+                    u,
+                    &format!("it is connected to the unnamed socket:[{peer}], which cannot be named again"),
+                ));
+            }
+            if u.kind != UnixType::Dgram && p.peer != Some(u.ino) {
+                return Err(refuse(u, "its peer is connected elsewhere"));
+            }
+        }
+        let mutual = u
+            .peer
+            .is_some_and(|p| all.get(&p).is_some_and(|(_, p, _)| p.peer == Some(u.ino)));
+        if !u.queue.is_empty() && u.kind == UnixType::Dgram && u.name.is_none() && !mutual {
+            return Err(refuse(
+                u,
+                "it has messages queued but no name and no peer to send them from",
+            ));
+        }
+        if u.state == UnixState::Connected
+            && u.peer.is_none()
+            && !u.peer_closed
+            && !all.values().any(|(_, l, _)| l.pending.contains(&u.ino))
+        {
+            return Err(refuse(u, "it is connected but names no peer"));
+        }
+        for client in &u.pending {
+            if !all.contains_key(client) {
+                return Err(refuse(
+                    u,
+                    &format!(
+                        "the client socket:[{client}] waiting in its backlog is not in the image"
+                    ),
+                ));
+            }
+            if u.name.is_none() {
+                return Err(refuse(
+                    u,
+                    "it has connections waiting but no name to connect them to",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sys(u: &UnixSocket, what: &str) -> Error {
+    Error::sys(
+        format!("unix socket socket:[{}]: {what}", u.ino),
+        Errno::last(),
+    )
+}
+
+fn sock_type(kind: UnixType) -> i32 {
+    match kind {
+        UnixType::Stream => libc::SOCK_STREAM,
+        UnixType::Dgram => libc::SOCK_DGRAM,
+        UnixType::Seqpacket => libc::SOCK_SEQPACKET,
+    }
+}
+
+fn new_socket(u: &UnixSocket) -> Result<OwnedFd> {
+    // SAFETY: socket takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, sock_type(u.kind) | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(sys(u, "socket"));
+    }
+    // SAFETY: the fd was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A `sockaddr_un` for `name` and its length.
+fn sockaddr(name: &UnixName) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, extra): (Vec<u8>, usize) = match name {
+        UnixName::Path { path, .. } => (path.0.clone(), 1),
+        UnixName::Abstract(blob) => {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&blob.0);
+            (b, 0)
+        }
+    };
+    if bytes.len() + extra > addr.sun_path.len() {
+        return None;
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(&bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + extra;
+    Some((addr, len as libc::socklen_t))
+}
+
+fn path_of(name: &UnixName) -> Option<CString> {
+    match name {
+        UnixName::Path { path, .. } => CString::new(path.0.clone()).ok(),
+        UnixName::Abstract(_) => None,
+    }
+}
+
+/// Binds `fd` to `name`, removing a stale socket file at the path first.
+fn bind(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
+    let (addr, len) = sockaddr(name).ok_or_else(|| refuse(u, "its name is too long"))?;
+    if let Some(path) = path_of(name) {
+        // SAFETY: an all-zero stat is valid; lstat writes into it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: lstat with a NUL-terminated path and a live stat.
+        if unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        {
+            // SAFETY: unlink with a NUL-terminated path.
+            unsafe { libc::unlink(path.as_ptr()) };
+        }
+    }
+    // SAFETY: bind reads `len` bytes of a live sockaddr_un.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(sys(u, &format!("binding to {}", show(name))));
+    }
+    Ok(())
+}
+
+fn connect(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
+    let (addr, len) = sockaddr(name).ok_or_else(|| refuse(u, "its peer's name is too long"))?;
+    // SAFETY: connect reads `len` bytes of a live sockaddr_un.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(sys(u, &format!("connecting to {}", show(name))));
+    }
+    Ok(())
+}
+
+fn show(name: &UnixName) -> String {
+    match name {
+        UnixName::Path { path, .. } => path.to_string(),
+        UnixName::Abstract(b) => format!("@{}", String::from_utf8_lossy(&b.0)),
+    }
+}
+
+fn unlink(name: &UnixName) {
+    if let Some(path) = path_of(name) {
+        // SAFETY: unlink with a NUL-terminated path.
+        unsafe { libc::unlink(path.as_ptr()) };
+    }
+}
+
+/// A connected stream or seqpacket pair: a client (bound to `own` first,
+/// if given) connected to a temporary listener bound to `name`; returns
+/// (client, accepted), and the accepted socket carries `name`.
+fn connect_named(
+    a: &UnixSocket,
+    own: Option<&UnixName>,
+    b: &UnixSocket,
+    name: &UnixName,
+) -> Result<(OwnedFd, OwnedFd)> {
+    let client = new_socket(a)?;
+    if let Some(own) = own {
+        bind(a, &client, own)?;
+    }
+    let listener = new_socket(b)?;
+    bind(b, &listener, name)?;
+    // SAFETY: listen on a socket we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), 1) } < 0 {
+        return Err(sys(b, "listening on a temporary socket"));
+    }
+    let connected = connect(a, &client, name);
+    let accepted = connected.and_then(|()| {
+        // SAFETY: accept4 on our listener with null address pointers.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(sys(b, "accepting from a temporary socket"));
+        }
+        // SAFETY: accept4 returned a new fd that we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    });
+    drop(listener);
+    unlink(name);
+    Ok((client, accepted?))
+}
+
+fn socketpair(u: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            sock_type(u.kind) | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(sys(u, "socketpair"));
+    }
+    // SAFETY: socketpair returned two new fds that we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_int(u: &UnixSocket, fd: &OwnedFd, opt: i32, v: i32, what: &str) -> Result<()> {
+    // SAFETY: setsockopt reads one int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(sys(u, what));
+    }
+    Ok(())
+}
+
+/// Buffer sizes: the forced variants (CAP_NET_ADMIN) go past
+/// `wmem_max`/`rmem_max`; the plain ones are the fallback. The kernel
+/// doubles what it is given, so half of what getsockopt said is set.
+fn set_buffers(u: &UnixSocket, fd: &OwnedFd) -> Result<()> {
+    for (force, plain, v, what) in [
+        (
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            u.sndbuf,
+            "setting SO_SNDBUF",
+        ),
+        (
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            u.rcvbuf,
+            "setting SO_RCVBUF",
+        ),
+    ] {
+        let v = (v / 2).min(i32::MAX as u32) as i32;
+        if v == 0 {
+            continue;
+        }
+        if set_int(u, fd, force, v, what).is_err() {
+            set_int(u, fd, plain, v, what)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `u`'s queue into it from `from` (connected to it) or, with
+/// `to`, from an unconnected socket to that name.
+fn refill(u: &UnixSocket, from: &OwnedFd, to: Option<&UnixName>) -> Result<()> {
+    let addr = match to {
+        Some(name) => Some(sockaddr(name).ok_or_else(|| refuse(u, "its name is too long"))?),
+        None => None,
+    };
+    for msg in &u.queue {
+        let mut data = &msg.0[..];
+        loop {
+            let (ptr, plen) = match &addr {
+                Some((a, l)) => ((a as *const libc::sockaddr_un).cast::<libc::sockaddr>(), *l),
+                None => (std::ptr::null(), 0),
+            };
+            // SAFETY: sendto reads `data` and, when given, `plen` bytes of a
+            // live sockaddr_un.
+            let n = unsafe {
+                libc::sendto(
+                    from.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ptr,
+                    plen,
+                )
+            };
+            if n < 0 {
+                return Err(sys(
+                    u,
+                    &format!("writing back its queue ({} bytes left)", data.len()),
+                ));
+            }
+            if u.kind != UnixType::Stream {
+                break;
+            }
+            data = &data[n as usize..];
+            if data.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates every unix socket of the image; returns the fd of each by file
+/// id (the caller owns them).
+pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
+    let all = sockets(image);
+    let mut fds: HashMap<u64, OwnedFd> = HashMap::new();
+    // The other end of a pair whose peer was closed, until the refill.
+    let mut ghosts: HashMap<u64, OwnedFd> = HashMap::new();
+    // Names of listening (or otherwise bound, unpaired) sockets bind last;
+    // names of accepted sockets are those of their listener.
+    let mut paired: HashSet<u64> = HashSet::new();
+
+    // 1. Connected pairs.
+    for (ino, (_, u, _)) in &all {
+        if paired.contains(ino) {
+            continue;
+        }
+        let mutual = u
+            .peer
+            .and_then(|p| all.get(&p))
+            .filter(|(_, p, _)| p.peer == Some(*ino));
+        if let Some((_, p, _)) = mutual {
+            let (a, b) = match (&u.name, &p.name) {
+                (None, None) => socketpair(u)?,
+                (_, Some(name)) if u.kind != UnixType::Dgram => {
+                    connect_named(u, u.name.as_ref(), p, name)?
+                }
+                (Some(name), None) if u.kind != UnixType::Dgram => {
+                    let (pb, ua) = connect_named(p, None, u, name)?;
+                    (ua, pb)
+                }
+                _ => {
+                    // Datagram sockets, at least one named: a socketpair
+                    // bound afterwards (binding does not touch the link).
+                    let (a, b) = socketpair(u)?;
+                    if let Some(n) = &u.name {
+                        bind(u, &a, n)?;
+                    }
+                    if let Some(n) = &p.name {
+                        bind(p, &b, n)?;
+                    }
+                    (a, b)
+                }
+            };
+            paired.insert(*ino);
+            paired.insert(p.ino);
+            fds.insert(*ino, a);
+            fds.insert(p.ino, b);
+        } else if u.peer_closed {
+            let (a, b) = match &u.name {
+                None => socketpair(u)?,
+                Some(name) => {
+                    let (ghost, a) = connect_named(u, None, u, name)?;
+                    (a, ghost)
+                }
+            };
+            paired.insert(*ino);
+            fds.insert(*ino, a);
+            ghosts.insert(*ino, b);
+        }
+    }
+    // Clients waiting in a backlog connect once their listener listens.
+    let waiting: HashSet<u64> = all
+        .values()
+        .flat_map(|(_, u, _)| u.pending.iter().copied())
+        .collect();
+    // 2. Everything else: bound, listening, unconnected.
+    for (ino, (_, u, _)) in &all {
+        if paired.contains(ino) || waiting.contains(ino) {
+            continue;
+        }
+        let fd = new_socket(u)?;
+        if let Some(name) = &u.name {
+            bind(u, &fd, name)?;
+        }
+        if u.state == UnixState::Listen {
+            // SAFETY: listen on a socket we own.
+            if unsafe { libc::listen(fd.as_raw_fd(), u.backlog as i32) } < 0 {
+                return Err(sys(u, "listen"));
+            }
+        }
+        fds.insert(*ino, fd);
+    }
+    // 2b. Connections waiting to be accepted, in their backlog's order.
+    for (_, l, _) in all.values() {
+        for client in &l.pending {
+            let Some((_, c, _)) = all.get(client) else {
+                continue;
+            };
+            let name = l
+                .name
+                .as_ref()
+                .ok_or_else(|| refuse(l, "it has connections waiting but no name"))?;
+            let fd = new_socket(c)?;
+            if let Some(own) = &c.name {
+                bind(c, &fd, own)?;
+            }
+            connect(c, &fd, name)?;
+            fds.insert(*client, fd);
+        }
+    }
+    // 3. One-way datagram links, now that every name is bound.
+    for (ino, (_, u, _)) in &all {
+        if paired.contains(ino) || waiting.contains(ino) {
+            continue;
+        }
+        if let Some((_, p, _)) = u.peer.and_then(|p| all.get(&p)) {
+            let name = p
+                .name
+                .as_ref()
+                .ok_or_else(|| refuse(u, "its peer has no name to connect to"))?;
+            connect(u, &fds[ino], name)?;
+        }
+    }
+    // 4. Queues, from the peer (or a stranger, to the name).
+    for (ino, (_, u, _)) in &all {
+        set_buffers(u, &fds[ino])?;
+    }
+    for (ino, (_, u, _)) in &all {
+        if u.queue.is_empty() {
+            continue;
+        }
+        if let Some(ghost) = ghosts.get(ino) {
+            refill(u, ghost, None)?;
+            continue;
+        }
+        let partner = u
+            .peer
+            .filter(|p| all.get(p).is_some_and(|(_, p, _)| p.peer == Some(*ino)));
+        match (partner, &u.name) {
+            (Some(p), _) => refill(u, &fds[&p], None)?,
+            (None, Some(name)) if u.kind == UnixType::Dgram => {
+                let stranger = new_socket(u)?;
+                refill(u, &stranger, Some(name))?;
+            }
+            _ => return Err(refuse(u, "nothing can send its queued data back to it")),
+        }
+    }
+    drop(ghosts);
+    // 5. Shutdown states, names removed since, files, flags.
+    for (ino, (_, u, flags)) in &all {
+        let fd = &fds[ino];
+        let how = match u.shutdown & 3 {
+            1 => Some(libc::SHUT_RD),
+            2 => Some(libc::SHUT_WR),
+            3 => Some(libc::SHUT_RDWR),
+            _ => None,
+        };
+        if let Some(how) = how {
+            if !u.peer_closed {
+                // SAFETY: shutdown on a socket we own.
+                if unsafe { libc::shutdown(fd.as_raw_fd(), how) } < 0 {
+                    return Err(sys(u, "shutdown"));
+                }
+            }
+        }
+        if let Some(
+            name @ UnixName::Path {
+                unlinked,
+                mode,
+                uid,
+                gid,
+                ..
+            },
+        ) = &u.name
+        {
+            if *unlinked {
+                if !paired.contains(ino) {
+                    unlink(name);
+                }
+            } else if let Some(path) = path_of(name) {
+                if !paired.contains(ino) {
+                    // SAFETY: chmod/lchown with a NUL-terminated path.
+                    unsafe {
+                        libc::chmod(path.as_ptr(), *mode as libc::mode_t);
+                        libc::lchown(path.as_ptr(), *uid, *gid);
+                    }
+                }
+            }
+        }
+        if u.pass_cred {
+            set_int(u, fd, libc::SO_PASSCRED, 1, "setting SO_PASSCRED")?;
+        }
+        if flags & libc::O_NONBLOCK as u32 != 0 {
+            // SAFETY: F_SETFL on a socket we own.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        }
+    }
+    let mut out = HashMap::new();
+    for (ino, fd) in fds {
+        if let Some((id, _, _)) = all.get(&ino) {
+            out.insert(*id, fd.into_raw_fd());
+        }
+    }
+    Ok(out)
+}
