@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::{cr_binary, Cleanup};
 
+/// Checkpoint + restore rounds per container; the best of each is kept.
+const ROUNDS: usize = 5;
+
 const WORKLOAD: &str = r#"import ctypes, os, select, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 n = int(sys.argv[1])
@@ -74,8 +77,8 @@ fn main() {
         "/usr/lib/python3.11",
     ]);
     println!("checkpoint and restore with event objects (300 eventfds + 300 timerfds in one epoll, 200 inotify watches on the overlay root)");
-    let mut figures = Vec::new();
-    for (name, n) in [("plain", "0"), ("events", "300")] {
+    let containers = [("plain", "0"), ("events", "300")];
+    for (name, n) in containers {
         run(&[
             "run",
             name,
@@ -96,24 +99,35 @@ fn main() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let image = root.join(format!("img-{name}"));
-        let image = image.to_str().expect("utf-8");
-        let t = Instant::now();
-        let out = run(&["checkpoint", name, "--json", "--image", image]);
-        let checkpoint_secs = t.elapsed().as_secs_f64();
-        let s: serde_json::Value = serde_json::from_str(&out).expect("summary json");
-        let frozen = s["frozen_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-        let t = Instant::now();
-        run(&["restore", name, "--image", image]);
-        let restore_secs = t.elapsed().as_secs_f64();
-        println!(
-            "  {name:6}: checkpoint {checkpoint_secs:.3} s (frozen {frozen:.3} s), restore {restore_secs:.3} s"
-        );
-        figures.push((checkpoint_secs, frozen, restore_secs));
+    }
+    // The machine is shared: alternate the two, several rounds, keep the best.
+    let mut figures = [(f64::MAX, f64::MAX, f64::MAX); 2];
+    for round in 0..ROUNDS {
+        for (i, (name, _)) in containers.iter().enumerate() {
+            let image = root.join(format!("img-{name}-{round}"));
+            let image = image.to_str().expect("utf-8");
+            let t = Instant::now();
+            let out = run(&["checkpoint", name, "--json", "--image", image]);
+            let checkpoint_secs = t.elapsed().as_secs_f64();
+            let s: serde_json::Value = serde_json::from_str(&out).expect("summary json");
+            let frozen = s["frozen_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+            let t = Instant::now();
+            run(&["restore", name, "--image", image]);
+            let restore_secs = t.elapsed().as_secs_f64();
+            println!(
+                "  round {round} {name:6}: checkpoint {checkpoint_secs:.3} s (frozen {frozen:.3} s), restore {restore_secs:.3} s"
+            );
+            let f = &mut figures[i];
+            *f = (
+                f.0.min(checkpoint_secs),
+                f.1.min(frozen),
+                f.2.min(restore_secs),
+            );
+        }
     }
     let (plain, events) = (figures[0], figures[1]);
     println!(
-        "  limit (the same program without event objects): checkpoint {:.3} s, frozen {:.3} s, restore {:.3} s",
+        "  limit (the same program without event objects, best of the rounds): checkpoint {:.3} s, frozen {:.3} s, restore {:.3} s",
         plain.0, plain.1, plain.2
     );
     println!(
