@@ -1,6 +1,6 @@
 //! Event objects (eventfd, epoll, signalfd, timerfd, inotify) across a real
 //! `cr checkpoint` + `cr restore`, zdtm-style: one python program per kind
-//! (tests/programs/events/) sets its objects up, writes /root/ready, waits
+//! (tests/programs/events/; epoll also watches a unix socket) sets its objects up, writes /root/ready, waits
 //! for /root/go, checks every one of them exactly and writes PASS or
 //! FAIL: <what> to /root/result. fanotify must be refused before the freeze.
 

@@ -19,7 +19,7 @@
 //! container still runs. The registry entries in `files.rs` call the
 //! `collect_*` functions again on the frozen container.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -482,68 +482,63 @@ fn open_mount(pid: i32, point: &str) -> Result<OwnedFd, String> {
 /// Entries a search for a watched inode looks at, at most.
 const SEARCH_LIMIT: usize = 200_000;
 
-/// Finds the inode of a watch by walking its filesystem breadth first from
-/// the container's mount of it (for filesystems whose file handles cannot
-/// be opened, such as overlayfs without `nfs_export`). Other mounts are not
-/// entered.
-fn search_inode(pid: i32, point: &str, w: &RawWatch) -> Result<ByteString, String> {
+/// Finds inodes of watches by walking their filesystem breadth first from
+/// the container's mount of it at `point`, all of them in one walk (for
+/// filesystems whose file handles cannot be opened, such as overlayfs
+/// without `nfs_export`). Other mounts are not entered. Returns the path of
+/// each inode found.
+fn search_inodes(
+    pid: i32,
+    point: &str,
+    sdev: u32,
+    wanted: &HashSet<u64>,
+) -> HashMap<u64, ByteString> {
     use std::os::unix::fs::MetadataExt;
     let same_dev = |m: &fs::Metadata| {
-        libc::major(m.dev()) == w.sdev >> 20 && libc::minor(m.dev()) == w.sdev & 0xf_ffff
+        libc::major(m.dev()) == sdev >> 20 && libc::minor(m.dev()) == sdev & 0xf_ffff
     };
     let base = format!("/proc/{pid}/root");
-    let mut queue = std::collections::VecDeque::from([point.trim_end_matches('/').to_string()]);
+    let mut found = HashMap::new();
+    if let Ok(m) = fs::symlink_metadata(format!("{base}{point}")) {
+        if wanted.contains(&m.ino()) && same_dev(&m) {
+            found.insert(m.ino(), ByteString::from(point));
+        }
+    }
+    let mut queue = VecDeque::from([point.trim_end_matches('/').to_string()]);
     let mut seen = 0;
     while let Some(dir) = queue.pop_front() {
-        let here = if dir.is_empty() { "/" } else { dir.as_str() };
-        let meta = fs::symlink_metadata(format!("{base}{here}"));
-        if let Ok(m) = &meta {
-            if m.ino() == w.ino && same_dev(m) {
-                return Ok(ByteString::from(here));
-            }
+        if found.len() == wanted.len() {
+            break;
         }
+        let here = if dir.is_empty() { "/" } else { dir.as_str() };
         let Ok(entries) = fs::read_dir(format!("{base}{here}")) else {
             continue;
         };
         for entry in entries.flatten() {
             seen += 1;
             if seen > SEARCH_LIMIT {
-                return Err(format!(
-                    "its inode {} was not found in the first {SEARCH_LIMIT} entries under {point}",
-                    w.ino
-                ));
+                return found;
             }
             let Ok(m) = entry.metadata() else { continue };
             if !same_dev(&m) {
                 continue;
             }
             let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
-            if m.ino() == w.ino {
-                return Ok(ByteString::from(path.as_str()));
+            if wanted.contains(&m.ino()) {
+                found.insert(m.ino(), ByteString::from(path.as_str()));
             }
             if m.is_dir() {
                 queue.push_back(path);
             }
         }
     }
-    Err(format!("its inode {} is not under {point}", w.ino))
+    found
 }
 
-/// The path inside the container of the inode a watch is on: the file
-/// handle from fdinfo opened on a mount of the container, then read back
-/// from /proc/self/fd (which shows it relative to the container's root);
-/// where the filesystem cannot open handles, a search by inode number.
-fn watch_path(pid: i32, w: &RawWatch) -> Result<ByteString, String> {
-    let points = mounts_of(pid, w.sdev)?;
-    match by_handle(pid, &points[0], w) {
-        Ok(path) => Ok(path),
-        Err(handle_error) => {
-            search_inode(pid, &points[0], w).map_err(|e| format!("{handle_error}, and {e}"))
-        }
-    }
-}
-
-/// [`watch_path`] through the watch's file handle.
+/// The path inside the container of the inode a watch is on, through the
+/// file handle from fdinfo opened on the container's mount of its device,
+/// then read back from /proc/self/fd (which shows it relative to the
+/// container's root).
 fn by_handle(pid: i32, point: &str, w: &RawWatch) -> Result<ByteString, String> {
     let mount = open_mount(pid, point)?;
     // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
@@ -586,17 +581,53 @@ fn by_handle(pid: i32, point: &str, w: &RawWatch) -> Result<ByteString, String> 
     ))
 }
 
+/// Each watch's path: by its file handle, or where the filesystem cannot
+/// open handles, by one search per mount for every inode left.
 fn collect_inotify(pid: i32, entry: &FdEntry) -> Result<FileKind, String> {
+    let refuse = |w: &RawWatch, e: &str| {
+        format!(
+            "an inotify instance whose watch {} (inode {} on device {}:{}) cannot be moved: {e}",
+            w.wd,
+            w.ino,
+            w.sdev >> 20,
+            w.sdev & 0xf_ffff
+        )
+    };
+    let raw = parse_inotify(entry)?;
+    let mut paths: Vec<Result<ByteString, String>> = Vec::new();
+    // (device, mount point) -> inodes to search for
+    let mut missing: HashMap<(u32, String), HashSet<u64>> = HashMap::new();
+    for w in &raw {
+        let points = mounts_of(pid, w.sdev).map_err(|e| refuse(w, &e))?;
+        let path = by_handle(pid, &points[0], w);
+        if path.is_err() {
+            missing
+                .entry((w.sdev, points[0].clone()))
+                .or_default()
+                .insert(w.ino);
+        }
+        paths.push(path);
+    }
+    let mut found = HashMap::new();
+    for ((sdev, point), wanted) in &missing {
+        for (ino, path) in search_inodes(pid, point, *sdev, wanted) {
+            found.insert((*sdev, ino), path);
+        }
+    }
     let mut watches = Vec::new();
-    for w in parse_inotify(entry)? {
-        let path = watch_path(pid, &w).map_err(|e| {
-            format!(
-                "an inotify instance whose watch {} (inode on device {}:{}) cannot be moved: {e}",
-                w.wd,
-                w.sdev >> 20,
-                w.sdev & 0xf_ffff
-            )
-        })?;
+    for (w, path) in raw.iter().zip(paths) {
+        let path = match path {
+            Ok(p) => p,
+            Err(handle_error) => found.get(&(w.sdev, w.ino)).cloned().ok_or_else(|| {
+                refuse(
+                    w,
+                    &format!(
+                        "{handle_error}, and the inode is not found in its mount \
+                         (searched at most {SEARCH_LIMIT} entries)"
+                    ),
+                )
+            })?,
+        };
         watches.push(InotifyWatch {
             wd: w.wd,
             path,

@@ -35,6 +35,7 @@ def signalfd(signals):
 
 D_PIPE, D_EVENT, D_ONESHOT, D_MOVED = 0x1111222233334444, 0xE7, 0x03, 0x04
 D_TIMER, D_SIGNAL, D_NESTED = 0x05, 0xFFFFFFFFFFFFFFF6, 0x07
+D_SOCKET = 0x50C
 
 
 def main():
@@ -60,6 +61,9 @@ def main():
     ctl(ep, EPOLL_CTL_ADD, tfd, EPOLLIN, D_TIMER)
     ctl(ep, EPOLL_CTL_ADD, sfd, EPOLLIN, D_SIGNAL)
     ctl(ep2, EPOLL_CTL_ADD, ep, EPOLLIN, D_NESTED)             # epoll in epoll
+    import socket
+    s1, s2 = socket.socketpair()
+    ctl(ep, EPOLL_CTL_ADD, s1.fileno(), EPOLLIN, D_SOCKET)     # a unix socket
     # The one-shot fires now and is disarmed from then on.
     check("before: ready", wait(ep), {(EPOLLOUT, D_ONESHOT), (EPOLLIN, D_PIPE)})
     before = (interest(ep), interest(ep2))
@@ -83,6 +87,9 @@ def main():
     os.kill(os.getpid(), signal.SIGUSR1)
     check("signalfd item", wait(ep), {(EPOLLIN, D_PIPE), (EPOLLIN, D_SIGNAL)})
     os.read(sfd, 128)
+    s2.send(b"q")
+    check("unix socket item", wait(ep), {(EPOLLIN, D_PIPE), (EPOLLIN, D_SOCKET)})
+    check("unix socket data", s1.recv(8), b"q")
     ctl(ep, EPOLL_CTL_MOD, w1, EPOLLOUT | EPOLLONESHOT, D_ONESHOT)
     check("re-armed one-shot", wait(ep), {(EPOLLOUT, D_ONESHOT), (EPOLLIN, D_PIPE)})
     os.read(r1, 1)
