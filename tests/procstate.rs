@@ -113,3 +113,27 @@ fn zombies_come_back_with_their_exit_status() {
     let r = checkpoint_restore_check(&h, "zombie", include_str!("programs/zombie.py"));
     assert_eq!(r, "PASS");
 }
+
+#[test]
+fn a_stopped_child_stays_stopped_when_the_container_is_left_running() {
+    let h = TestHost::new();
+    h.run_python_until(
+        "stopped-lr",
+        &program(include_str!("programs/stopped.py")),
+        "/crtest/ready",
+    );
+    h.ok(&["checkpoint", "stopped-lr", "--leave-running"]);
+    assert_eq!(h.state("stopped-lr"), "running");
+    h.exec("stopped-lr", &["touch", "/crtest/go"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || !file_in(
+            &h,
+            "stopped-lr",
+            "/crtest/result"
+        )
+        .is_empty()),
+        "no result; console: {}",
+        h.ok(&["logs", "stopped-lr"])
+    );
+    assert_eq!(file_in(&h, "stopped-lr", "/crtest/result").trim(), "PASS");
+}

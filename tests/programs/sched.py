@@ -8,7 +8,7 @@ def worker():
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     os.setpriority(os.PRIO_PROCESS, info["tid"], 12)
     wready.set()
-    wait_go()
+    done.wait()
 
 
 t = threading.Thread(target=worker)
@@ -22,5 +22,6 @@ check("main policy", os.sched_getscheduler(0), os.SCHED_BATCH)
 check("main nice", os.getpriority(os.PRIO_PROCESS, 0), 5)
 check("worker policy", os.sched_getscheduler(info["tid"]), os.SCHED_IDLE)
 check("worker nice", os.getpriority(os.PRIO_PROCESS, info["tid"]), 12)
+done.set()
 t.join()
 result()
