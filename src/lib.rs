@@ -20,6 +20,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod inject;
+pub mod netlock;
 pub mod restore;
 pub mod size;
 

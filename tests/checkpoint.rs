@@ -489,11 +489,15 @@ fn the_containers_own_files_travel_in_the_image() {
 }
 
 #[test]
-fn file_locks_are_refused_before_the_freeze() {
+fn file_leases_are_refused_before_the_freeze() {
+    // flock, POSIX and OFD locks are moved (tests/memkinds.rs); a lease is not.
     let h = TestHost::new();
-    let script = "import fcntl, time\nf = open('/root/lockfile', 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\nopen('/root/locked', 'w').close()\ntime.sleep(1000)\n";
+    let script = "import fcntl, os, time\nfd = os.open('/root/lockfile', os.O_RDONLY | os.O_CREAT)\nfcntl.fcntl(fd, 1024, fcntl.F_RDLCK)\nopen('/root/locked', 'w').close()\ntime.sleep(1000)\n";
     h.run_python_until("lock", script, "/root/locked");
     let err = h.fails(&["checkpoint", "lock"]);
-    assert!(err.contains("file lock") && err.contains("FLOCK"), "{err}");
+    assert!(
+        err.contains("LEASE lock") && err.contains("/root/lockfile"),
+        "{err}"
+    );
     assert_eq!(h.state("lock"), "running");
 }

@@ -147,8 +147,18 @@ fn pipes_come_back_with_their_data() {
 #[test]
 fn what_restore_cannot_rebuild_is_refused_before_building() {
     let h = TestHost::new();
-    // A process running as another user: restoring credentials is not built yet.
-    let script = "import os, time\nos.setgid(65534)\nos.setuid(65534)\ntime.sleep(1000)\n";
+    // A real-time process: the restored container's cpu cgroup gets no
+    // real-time budget, so SCHED_FIFO is not restored yet. This one gets a
+    // budget from the test, on the host side.
+    let script = "import os, time\n\
+        while True:\n\
+        \ttry:\n\
+        \t\tos.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))\n\
+        \t\tbreak\n\
+        \texcept PermissionError:\n\
+        \t\ttime.sleep(0.05)\n\
+        open('/root/rt', 'w').close()\n\
+        time.sleep(1000)\n";
     h.run(
         "user",
         TestImage::Python,
@@ -156,12 +166,28 @@ fn what_restore_cannot_rebuild_is_refused_before_building() {
         &[],
         &["/usr/bin/python3", "-c", script],
     );
+    let pid = h.status_json("user")["pid"].as_i64().expect("pid of PID 1");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let cpu = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":cpu:").map(|(_, p)| p.to_string()))
+        .expect("a v1 cpu cgroup (prerequisite of this test)");
+    let mut dir = std::path::PathBuf::from("/sys/fs/cgroup/cpu");
+    for (i, part) in cpu.trim_matches('/').split('/').enumerate() {
+        dir.push(part);
+        std::fs::write(
+            dir.join("cpu.rt_runtime_us"),
+            (20_000 - i * 1000).to_string(),
+        )
+        .expect("giving the container a real-time budget");
+    }
     assert!(
         wait_until(Duration::from_secs(5), || h
-            .exec("user", &["cat", "/proc/1/status"])
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534"))),
-        "python did not become nobody"
+            .cr(&["exec", "user", "--", "test", "-e", "/root/rt"])
+            .status
+            .success()),
+        "python did not get SCHED_FIFO: {}",
+        h.ok(&["logs", "user"])
     );
     // A checkpoint that would stop the container is refused: it keeps running.
     let err = h.fails(&["checkpoint", "user"]);
@@ -177,9 +203,7 @@ fn what_restore_cannot_rebuild_is_refused_before_building() {
     h.ok(&["destroy", "user"]);
     let err = h.fails(&["restore", "user"]);
     assert!(
-        err.contains("process 1")
-            && err.contains("another user")
-            && err.contains("not supported yet"),
+        err.contains("process 1") && err.contains("real-time scheduling policy"),
         "{err}"
     );
     assert!(
@@ -507,21 +531,4 @@ fn a_user_namespace_container_comes_back_with_its_id_map() {
         > at_checkpoint + 2));
     assert_eq!(h.exec("uns", &["cat", "/proc/self/uid_map"]), map);
     assert_eq!(h.exec("uns", &["id", "-u"]).trim(), "0");
-}
-
-#[test]
-fn pending_signals_keep_the_container_running_instead_of_losing_them() {
-    let h = TestHost::new();
-    let script = "import os, signal, time\n\
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})\n\
-        os.kill(os.getpid(), signal.SIGUSR2)\n\
-        open('/root/pending', 'w').close()\n\
-        time.sleep(1000)\n";
-    h.run_python_until("sig", script, "/root/pending");
-    let err = h.fails(&["checkpoint", "sig"]);
-    assert!(
-        err.contains("signals pending") && err.contains("keeps running"),
-        "{err}"
-    );
-    assert_eq!(h.state("sig"), "running");
 }

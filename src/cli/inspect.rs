@@ -141,6 +141,38 @@ fn summary(record: &Record) -> String {
                 u.name,
                 u.queue.len()
             ),
+            FileKind::EventFd { count, semaphore } => {
+                format!("file {} eventfd count {count} semaphore {semaphore}", f.id)
+            }
+            FileKind::Epoll { items } => format!("file {} epoll with {} items", f.id, items.len()),
+            FileKind::SignalFd { mask } => format!("file {} signalfd mask {mask:#x}", f.id),
+            FileKind::TimerFd(t) => format!(
+                "file {} timerfd clock {} value {} ns interval {} ns ticks {}",
+                f.id, t.clock, t.value_ns, t.interval_ns, t.ticks
+            ),
+            FileKind::Inotify { watches } => {
+                format!("file {} inotify with {} watches", f.id, watches.len())
+            }
+            FileKind::Inet(s) => format!(
+                "file {} {:?} {:?} {} -> {} {}",
+                f.id,
+                s.proto,
+                s.family,
+                s.local.map(|a| a.to_string()).unwrap_or("-".into()),
+                s.peer.map(|a| a.to_string()).unwrap_or("-".into()),
+                match &s.state {
+                    cr_formats::schema::InetState::Idle => "idle".to_string(),
+                    cr_formats::schema::InetState::Listen { backlog } =>
+                        format!("listening (backlog {backlog})"),
+                    cr_formats::schema::InetState::Established(c) => format!(
+                        "established ({} bytes to send, {} received)",
+                        c.send_queue.0.len(),
+                        c.recv_queue.0.len()
+                    ),
+                }
+            ),
+            FileKind::Memfd { id, pos } => format!("file {} memfd {id} at {pos}", f.id),
+            FileKind::Deleted { id, pos } => format!("file {} deleted file {id} at {pos}", f.id),
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",
@@ -158,6 +190,14 @@ fn summary(record: &Record) -> String {
         Record::FileLock(l) => format!(
             "lock of {} on file {}: {:?} {:?}",
             l.pid, l.file, l.kind, l.mode
+        ),
+        Record::Shmem(o) => format!("shmem {} of {} bytes {:?}", o.id, o.size, o.kind),
+        Record::DeletedFile(d) => format!(
+            "deleted file {} {} mode {:o}: {} bytes",
+            d.id,
+            d.path,
+            d.mode,
+            d.data.0.len()
         ),
     }
 }

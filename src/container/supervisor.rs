@@ -321,6 +321,14 @@ fn spawn_init(
     if let Err(e) = cgroup.add_pid(child) {
         return Err(fail(e.to_string()));
     }
+    // A restored TCP socket must not meet a peer's packet before it exists.
+    let netlock = match restore.filter(|image| restore::inet::needs_lock(image)) {
+        Some(_) => match crate::netlock::NetLock::lock(child.as_raw()) {
+            Ok(lock) => Some(lock),
+            Err(e) => return Err(fail(e.to_string())),
+        },
+        None => None,
+    };
     if let Some(net) = &config.network {
         if let Err(e) = network::setup(net, child) {
             return Err(fail(e.to_string()));
@@ -332,6 +340,9 @@ fn spawn_init(
     drop(to_child);
     if let Some(image) = restore {
         if let Err(e) = restore::tree::take_over(image, cgroup, &mut from_child) {
+            return Err(fail(e.to_string()));
+        }
+        if let Some(Err(e)) = netlock.map(crate::netlock::NetLock::unlock) {
             return Err(fail(e.to_string()));
         }
     } else {

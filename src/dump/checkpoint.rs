@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cr_formats::schema::{
     Arch, Blob, ByteString, CapSets, Credentials, Fd as FdRecord, File as FileRecord, FileKind,
-    ITimers, IdSet, Manifest, MmState, PipeData, Process, Record, Rlimit, RobustList, Rseq, Sched,
-    SigAction, SigAltStack, SyscallRestart, TaskState, Thread, Timer,
+    ITimers, IdSet, Manifest, MmState, PipeData, PosixTimer, Process, Record, Rlimit, RobustList,
+    Rseq, Sched, SigAction, SigAltStack, SyscallRestart, TaskState, Thread, Timer,
 };
 use cr_formats::{Compression, PageOwner, PageWriter, PageWriterOptions, RecordWriter};
 use nix::fcntl::OFlag;
@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, DumpError};
+use crate::dump::{files, inet, shmem, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -63,33 +63,24 @@ struct Task {
     /// metadata (stat taken once, in the survey).
     fds: Vec<(FdEntry, &'static files::FileKindDump, fs::Metadata)>,
     maps: Vec<(procfs::MapsEntry, cr_formats::schema::VmaKind)>,
+    /// The signal of the group stop the task was in, if any (learnt
+    /// from its first ptrace stop: a frozen task's /proc state says D).
+    stopped_by: Option<i32>,
+    /// A zombie's exit status (as `waitpid` reports it).
+    zombie: Option<i32>,
 }
 
 /// Finds every process of the container and checks that cr can move each of
 /// its objects. Refuses with the first one it cannot.
 fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
-    let held_locks = procfs::read_locks();
-    for pid in cgroup.pids()? {
-        let pid = pid.as_raw();
+    let mut locked = std::collections::HashSet::new();
+    let pids: Vec<i32> = cgroup.pids()?.iter().map(|p| p.as_raw()).collect();
+    for &pid in &pids {
         let status = procfs::read_status(pid)?;
         let comm = status.name.clone();
         if status.state == 'Z' {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: "it is a zombie".into(),
-            }
-            .into());
-        }
-        let timers = fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-        if !timers.trim().is_empty() {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: "it has POSIX timers".into(),
-            }
-            .into());
+            continue; // found with its parent below
         }
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
@@ -97,30 +88,41 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
                 files::classify(pid, &comm, &entry).map_err(|e| rename_pid(e, &status))?;
             fds.push((entry, kind, meta));
         }
-        if let Some(lock) = held_locks.iter().find(|(p, _)| *p == pid) {
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm,
-                what: format!(
-                    "it holds a file lock ({}), which cr cannot move yet",
-                    lock.1
-                ),
-            }
-            .into());
-        }
         let mut maps = Vec::new();
         for m in procfs::read_maps(pid)? {
             let kind = mm::classify(status.pid_in_ns(), &comm, &m)?;
             maps.push((m, kind));
         }
+        shmem::survey_task(status.pid_in_ns(), &comm, pid, &maps, &fds)?;
+        locked.extend(shmem::locked_inodes(&fds));
         tasks.push(Task {
             host_pid: pid,
             tids: procfs::read_tids(pid)?,
             status,
             fds,
             maps,
+            stopped_by: None,
+            zombie: None,
         });
     }
+    // Zombies have left the cgroup: their parents still hold them.
+    let parents: Vec<i32> = tasks.iter().map(|t| t.host_pid).collect();
+    for (pid, exit_status) in procfs::zombie_children(&parents) {
+        let Ok(status) = procfs::read_status(pid) else {
+            continue; // reaped meanwhile (never while frozen)
+        };
+        tasks.push(Task {
+            host_pid: pid,
+            status,
+            tids: Vec::new(),
+            fds: Vec::new(),
+            maps: Vec::new(),
+            stopped_by: None,
+            zombie: Some(exit_status),
+        });
+    }
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
     Ok(tasks)
@@ -148,6 +150,41 @@ fn check_unix_sockets(tasks: &[Task]) -> Result<()> {
     Ok(crate::dump::unix::check(&sockets)?)
 }
 
+/// The record of a zombie: its ids, credentials and exit status; no
+/// memory, threads or descriptors.
+fn zombie_process(
+    task: &Task,
+    host_to_ns: &HashMap<i32, i32>,
+    exit_status: i32,
+) -> Result<Process> {
+    let st = &task.status;
+    Ok(Process {
+        pid: st.pid_in_ns(),
+        ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
+        pgid: st.ns_pgid.last().copied().unwrap_or(0),
+        sid: st.ns_sid.last().copied().unwrap_or(0),
+        state: TaskState::Zombie {
+            exit_code: exit_status,
+        },
+        comm: ByteString::from(st.name.as_str()),
+        exe: ByteString::from(""),
+        cwd: ByteString::from(""),
+        root: ByteString::from(""),
+        creds: credentials(task.host_pid, st, 0)?,
+        umask: st.umask,
+        personality: 0,
+        dumpable: 0,
+        pdeath_sig: 0,
+        child_subreaper: false,
+        rlimits: Vec::new(),
+        mm: None,
+        sigactions: Vec::new(),
+        shared_pending: Vec::new(),
+        itimers: ITimers::default(),
+        posix_timers: Vec::new(),
+    })
+}
+
 /// Refusals name the process by its PID inside the container.
 fn rename_pid(err: DumpError, status: &TaskStatus) -> DumpError {
     match err {
@@ -171,16 +208,38 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
-    survey(&cgroup)?;
+    let before = survey(&cgroup)?;
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
 
-    let frozen_at = Instant::now();
-    cgroup.freeze()?;
+    // Stopped tasks are seized before the freeze: attaching to a task in a
+    // group stop waits until it traps again, which a frozen one never does.
     let mut tracees: Vec<Tracee> = Vec::new();
-    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees).and_then(|done| {
+    for task in before.iter().filter(|t| t.status.state == 'T') {
+        for tid in &task.tids {
+            match Tracee::seize_and_interrupt(Pid::from_raw(*tid)) {
+                Ok(t) => tracees.push(t),
+                Err(e) => {
+                    drop(tracees);
+                    let _ = fs::remove_dir_all(&partial);
+                    return Err(inject_err(e));
+                }
+            }
+        }
+    }
+    drop(before);
+    let frozen_at = Instant::now();
+    if let Err(e) = cgroup.freeze() {
+        drop(tracees);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e.into());
+    }
+    // TCP sockets held still (network lock, repair mode); dropped, it lets
+    // them go on.
+    let mut net: Option<inet::NetFreeze> = None;
+    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees, &mut net).and_then(|done| {
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
@@ -197,6 +256,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         Ok(done) => done,
         Err(err) => {
             // The container goes on as if nothing happened.
+            drop(net);
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
@@ -205,6 +265,13 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     };
     let frozen_ms;
     if opts.leave_running {
+        if let Some(Err(e)) = net.take().map(inet::NetFreeze::resume) {
+            drop(tracees);
+            let _ = cgroup.thaw();
+            let _ = pending.wait();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
         for t in tracees {
             let _ = t.detach();
         }
@@ -218,12 +285,16 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     } else {
         // The container goes away: its image must be durable first.
         if let Err(e) = pending.wait().and_then(|()| sync_image(&partial)) {
+            drop(net);
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
         kill_traced(tracees);
+        if let Some(net) = net {
+            net.close_silently();
+        }
         frozen_ms = ms(frozen_at.elapsed());
         crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
             match container.status() {
@@ -407,11 +478,15 @@ fn dump_frozen(
     dir: &Path,
     opts: &CheckpointOptions,
     tracees: &mut Vec<Tracee>,
+    net: &mut Option<inet::NetFreeze>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     // Processes may have come or gone between the survey and the freeze.
-    let tasks = survey(cgroup)?;
+    let mut tasks = survey(cgroup)?;
     for task in &tasks {
         for tid in &task.tids {
+            if tracees.iter().any(|t| t.tid().as_raw() == *tid) {
+                continue; // a stopped task, seized before the freeze
+            }
             tracees.push(Tracee::seize_and_interrupt(Pid::from_raw(*tid)).map_err(inject_err)?);
         }
     }
@@ -421,6 +496,29 @@ fn dump_frozen(
     for t in tracees.iter_mut() {
         t.wait_stop(Some(Duration::from_secs(10)))
             .map_err(inject_err)?;
+    }
+    // A task in a group stop reports that stop (with its signal) first.
+    for task in tasks.iter_mut() {
+        let first = tracees
+            .iter()
+            .find(|t| t.tid().as_raw() == task.host_pid)
+            .and_then(|t| t.stop());
+        if let Some(crate::inject::Stop::Group(signo)) = first {
+            task.stopped_by = Some(signo);
+        }
+    }
+    // Every task is stopped: lock the network, TCP connections in repair mode.
+    let sockets: Vec<(i32, i32)> = tasks
+        .iter()
+        .flat_map(|t| {
+            t.fds
+                .iter()
+                .filter(|(_, kind, _)| kind.name == inet::KIND_NAME)
+                .map(|(entry, _, _)| (t.host_pid, entry.fd))
+        })
+        .collect();
+    if let Some(init) = tasks.first() {
+        *net = inet::NetFreeze::begin(init.host_pid, &sockets)?;
     }
 
     let image_id =
@@ -462,21 +560,41 @@ fn dump_frozen(
         .map(|t| (t.host_pid, t.status.pid_in_ns()))
         .collect();
     let mut files = FileTable::default();
+    let mut shmem_objects = shmem::ShmemDump::default();
     let mut threads = 0;
     for task in &tasks {
         let pid = task.status.pid_in_ns();
+        if let Some(exit_status) = task.zombie {
+            records.write(&Record::Process(zombie_process(
+                task,
+                &host_to_ns,
+                exit_status,
+            )?))?;
+            continue;
+        }
         let mut task_tracees: Vec<&mut Tracee> = tracees
             .iter_mut()
             .filter(|t| task.tids.contains(&t.tid().as_raw()))
             .collect();
         let process = collect_process(task, &host_to_ns, &mut task_tracees)?;
-        records.write(&Record::Process(process))?;
+        records.write(&Record::Process(process.clone()))?;
         for tracee in task_tracees.iter_mut() {
-            let thread = collect_thread(pid, tracee)?;
+            let mut thread = collect_thread(pid, tracee)?;
+            if thread.creds.as_ref() == Some(&process.creds) {
+                thread.creds = None;
+            }
             records.write(&Record::Thread(thread))?;
             threads += 1;
         }
         dump_memory(task, &mut records, &mut pages)?;
+        shmem_objects.dump_task(
+            task.host_pid,
+            pid,
+            &task.maps,
+            &task.fds,
+            &mut records,
+            &mut pages,
+        )?;
         files.dump(task, &mut records)?;
     }
     records.finish()?;
@@ -578,6 +696,14 @@ fn collect_process(
             value_ns: word(2) * 1_000_000_000 + word(3) * 1000,
         };
     }
+    let securebits = scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)? as u32;
+    let posix_timers = collect_posix_timers(&mut scratch, host, pid)?;
     scratch.close().map_err(inject_err)?;
     let shared_pending = main
         .peek_pending_signals(true)
@@ -602,21 +728,14 @@ fn collect_process(
         }
     }
     // Ids as the container sees them (its user namespace, if it has one).
-    let uid_map = procfs::IdMap::read(host, "uid_map")?;
-    let gid_map = procfs::IdMap::read(host, "gid_map")?;
-    let ids = |v: [u32; 4], map: &procfs::IdMap| IdSet {
-        real: map.to_inside(v[0]),
-        effective: map.to_inside(v[1]),
-        saved: map.to_inside(v[2]),
-        fs: map.to_inside(v[3]),
-    };
     Ok(Process {
         pid,
         ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(0),
         pgid: st.ns_pgid.last().copied().unwrap_or(0),
         sid: st.ns_sid.last().copied().unwrap_or(0),
-        state: match st.state {
-            'T' => TaskState::Stopped {
+        state: match (task.stopped_by, st.state) {
+            (Some(signo), _) => TaskState::Stopped { signo },
+            (None, 'T') => TaskState::Stopped {
                 signo: libc::SIGSTOP,
             },
             _ => TaskState::Alive,
@@ -625,20 +744,7 @@ fn collect_process(
         exe: link("exe"),
         cwd: link("cwd"),
         root: link("root"),
-        creds: Credentials {
-            uid: ids(st.uid, &uid_map),
-            gid: ids(st.gid, &gid_map),
-            groups: st.groups.iter().map(|g| gid_map.to_inside(*g)).collect(),
-            caps: CapSets {
-                inheritable: st.cap_inh,
-                permitted: st.cap_prm,
-                effective: st.cap_eff,
-                bounding: st.cap_bnd,
-                ambient: st.cap_amb,
-            },
-            securebits: 0,
-            no_new_privs: st.no_new_privs,
-        },
+        creds: credentials(host, st, securebits)?,
         umask: st.umask,
         personality,
         dumpable,
@@ -667,18 +773,103 @@ fn collect_process(
             virt: itimers[1],
             prof: itimers[2],
         },
-        posix_timers: Vec::new(),
+        posix_timers,
     })
+}
+
+/// A task's credentials, ids as the container sees them (its user
+/// namespace, if it has one).
+fn credentials(host: i32, st: &TaskStatus, securebits: u32) -> Result<Credentials> {
+    let uid_map = procfs::IdMap::read(host, "uid_map")?;
+    let gid_map = procfs::IdMap::read(host, "gid_map")?;
+    let ids = |v: [u32; 4], map: &procfs::IdMap| IdSet {
+        real: map.to_inside(v[0]),
+        effective: map.to_inside(v[1]),
+        saved: map.to_inside(v[2]),
+        fs: map.to_inside(v[3]),
+    };
+    Ok(Credentials {
+        uid: ids(st.uid, &uid_map),
+        gid: ids(st.gid, &gid_map),
+        groups: st.groups.iter().map(|g| gid_map.to_inside(*g)).collect(),
+        caps: CapSets {
+            inheritable: st.cap_inh,
+            permitted: st.cap_prm,
+            effective: st.cap_eff,
+            bounding: st.cap_bnd,
+            ambient: st.cap_amb,
+        },
+        securebits,
+        no_new_privs: st.no_new_privs,
+    })
+}
+
+/// The POSIX timers of `/proc/HOST/timers`, with their time left and
+/// interval (`timer_gettime`) and overrun (`timer_getoverrun`) injected
+/// through `scratch`.
+fn collect_posix_timers(
+    scratch: &mut RemoteScratch<'_, '_>,
+    host: i32,
+    pid: i32,
+) -> Result<Vec<PosixTimer>> {
+    let path = format!("/proc/{host}/timers");
+    let text = fs::read_to_string(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
+    let listed = procfs::parse_proc_timers(&text).map_err(|message| DumpError::Parse {
+        pid,
+        path: path.clone().into(),
+        message,
+    })?;
+    let mut timers = Vec::with_capacity(listed.len());
+    for t in listed {
+        let at = scratch.addr();
+        scratch
+            .syscall()
+            .inject(libc::SYS_timer_gettime, [t.id as u64, at, 0, 0, 0, 0])
+            .map_err(inject_err)?;
+        let mut raw = [0u8; 32];
+        scratch.read(0, &mut raw).map_err(inject_err)?;
+        let word =
+            |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let overrun = scratch
+            .syscall()
+            .inject(libc::SYS_timer_getoverrun, [t.id as u64, 0, 0, 0, 0, 0])
+            .map_err(inject_err)? as i32;
+        let notify_tid = if t.notify & libc::SIGEV_THREAD_ID != 0 {
+            procfs::read_status(t.target)
+                .map(|s| s.pid_in_ns())
+                .map_err(Error::from)?
+        } else {
+            0
+        };
+        timers.push(PosixTimer {
+            id: t.id,
+            clock: t.clock,
+            notify: t.notify,
+            signo: t.signo,
+            value: t.value,
+            notify_tid,
+            timer: Timer {
+                interval_ns: word(0) * 1_000_000_000 + word(1),
+                value_ns: word(2) * 1_000_000_000 + word(3),
+            },
+            overrun,
+        });
+    }
+    Ok(timers)
 }
 
 fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let tid = tracee.tid().as_raw();
     let regs = tracee.collect_regs().map_err(inject_err)?;
     let rseq = tracee.get_rseq_config().map_err(inject_err)?;
+    // Queued for this thread, then those the seize or an injection
+    // dequeued (kept by the tracee for re-delivery; still theirs if the
+    // container is left running).
     let pending = tracee
         .peek_pending_signals(false)
         .map_err(inject_err)?
         .into_iter()
+        .chain(tracee.pending_signals().iter().cloned())
         .map(|s| Blob(s.siginfo))
         .collect();
     let user = regs.user_regs();
@@ -700,7 +891,22 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
         .map_err(inject_err)?;
     let mut word = [0u8; 8];
     scratch.read(0, &mut word).map_err(inject_err)?;
+    let securebits = scratch
+        .syscall()
+        .inject(
+            libc::SYS_prctl,
+            [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+        )
+        .map_err(inject_err)? as u32;
+    let mut param = [0u8; 4];
+    let at = scratch.addr();
+    scratch
+        .syscall()
+        .inject(libc::SYS_sched_getparam, [0, at, 0, 0, 0, 0])
+        .map_err(inject_err)?;
+    scratch.read(0, &mut param).map_err(inject_err)?;
     scratch.close().map_err(inject_err)?;
+    let status = procfs::read_status(tid)?;
     let (mut head, mut len) = (0u64, 0usize);
     // SAFETY: get_robust_list writes one pointer and one length into the
     // two locals passed by address.
@@ -722,9 +928,7 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
     let comm = fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     Ok(Thread {
         pid,
-        tid: procfs::read_status(tid)
-            .map(|s| s.pid_in_ns())
-            .unwrap_or(tid),
+        tid: status.pid_in_ns(),
         comm: ByteString::from(comm.trim_end()),
         regs: Blob(
             regs_to_array(&user)
@@ -754,10 +958,11 @@ fn collect_thread(pid: i32, tracee: &mut Tracee) -> Result<Thread> {
         }),
         sched: Sched {
             policy: policy.max(0) as u32,
-            priority: 0,
+            priority: u32::from_ne_bytes(param),
             nice,
         },
-        creds: None,
+        // Dropped by the caller when equal to the process's.
+        creds: Some(credentials(tid, &status, securebits)?),
         syscall,
     })
 }
@@ -801,6 +1006,8 @@ struct FileTable {
     /// (dev, ino) -> the descriptors seen on it
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes_done: Vec<u64>,
+    /// Locks written (flock and OFD locks show in every fd of their file).
+    locks_done: std::collections::HashSet<String>,
 }
 
 impl FileTable {
@@ -845,6 +1052,19 @@ impl FileTable {
                 .entry(key)
                 .or_default()
                 .push((task.host_pid, entry.fd, id));
+            for lock in shmem::fd_locks(pid, entry, id) {
+                let owner = match lock.kind {
+                    cr_formats::schema::LockKind::Posix => lock.pid,
+                    _ => 0,
+                };
+                let key = format!(
+                    "{owner} {:?}",
+                    cr_formats::schema::FileLock { pid: 0, ..lock }
+                );
+                if self.locks_done.insert(key) {
+                    records.write(&Record::FileLock(lock))?;
+                }
+            }
             records.write(&Record::Fd(FdRecord {
                 pid,
                 fd: entry.fd,
@@ -936,12 +1156,18 @@ pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProce
         status,
         fds: Vec::new(),
         maps,
+        stopped_by: None,
+        zombie: None,
     };
     let mut refs: Vec<&mut Tracee> = tracees.iter_mut().collect();
     let process = collect_process(&task, &HashMap::new(), &mut refs)?;
     let mut threads = Vec::with_capacity(tracees.len());
     for tracee in tracees.iter_mut() {
-        threads.push(collect_thread(pid, tracee)?);
+        let mut thread = collect_thread(pid, tracee)?;
+        if thread.creds.as_ref() == Some(&process.creds) {
+            thread.creds = None;
+        }
+        threads.push(thread);
     }
     let pagemap_path = format!("/proc/{host_pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|e| DumpError::proc(pid, &pagemap_path, e))?;

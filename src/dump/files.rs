@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use cr_formats::schema::{ByteString, FileKind, PipeEnd};
 
 use crate::dump::procfs::FdEntry;
-use crate::dump::DumpError;
+use crate::dump::{events, DumpError};
 
 /// What the kernel tells about the object behind one descriptor.
 pub struct FdObject<'a> {
@@ -108,6 +108,62 @@ pub static REGISTRY: &[FileKindDump] = &[
         claims: crate::dump::unix::is_unix,
         collect: crate::dump::unix::collect,
     },
+    FileKindDump {
+        name: "eventfd",
+        claims: |o| o.entry.target == events::EVENTFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "epoll",
+        claims: |o| o.entry.target == events::EPOLL,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "signalfd",
+        claims: |o| o.entry.target == events::SIGNALFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "timerfd",
+        claims: |o| o.entry.target == events::TIMERFD,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: "inotify",
+        claims: |o| o.entry.target == events::INOTIFY,
+        collect: events::collect,
+    },
+    FileKindDump {
+        name: crate::dump::inet::KIND_NAME,
+        claims: crate::dump::inet::claims,
+        collect: crate::dump::inet::collect,
+    },
+    FileKindDump {
+        name: "memfd",
+        claims: |o| {
+            o.meta.file_type().is_file()
+                && crate::dump::shmem::memfd_name(&o.entry.target).is_some()
+        },
+        collect: |o| {
+            Ok(FileKind::Memfd {
+                id: o.meta.ino(),
+                pos: o.entry.info.pos,
+            })
+        },
+    },
+    FileKindDump {
+        name: "deleted file",
+        claims: |o| {
+            o.meta.file_type().is_file()
+                && crate::dump::shmem::deleted_path(&o.entry.target).is_some()
+        },
+        collect: |o| {
+            Ok(FileKind::Deleted {
+                id: o.meta.ino(),
+                pos: o.entry.info.pos,
+            })
+        },
+    },
 ];
 
 /// The name of the unix socket kind ([`crate::dump::unix`]), which the
@@ -141,6 +197,7 @@ pub fn classify(
     comm: &str,
     entry: &FdEntry,
 ) -> Result<(&'static FileKindDump, fs::Metadata), DumpError> {
+    events::survey(pid, comm, entry)?;
     let path = format!("/proc/{pid}/fd/{}", entry.fd);
     let meta = fs::metadata(&path).map_err(|e| DumpError::proc(pid, &path, e))?;
     let object = FdObject { pid, entry, meta };
@@ -181,6 +238,9 @@ fn describe(o: &FdObject) -> String {
         return format!("an {inner} ({target})");
     }
     if target.starts_with("socket:") {
+        if let Some(inet) = crate::dump::inet::describe(o) {
+            return inet;
+        }
         return format!("a socket ({target})");
     }
     let ft = o.meta.file_type();

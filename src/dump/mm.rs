@@ -8,7 +8,11 @@
 //! file-page bit). Pages never touched are not present and not saved; pages
 //! that are all zero become zero runs in the page store and take no space.
 //! The vDSO and vvar are not saved: restore moves the new process's own vDSO
-//! to the old address.
+//! to the old address. Shared mappings save nothing under the process: the
+//! pages of shared anonymous memory and memfds are saved once per object
+//! (`dump::shmem`), those of shared file mappings are the file's (part of
+//! the container's files); a private mapping of a memfd saves its
+//! copy-on-write pages like a private file mapping.
 
 use std::fs::File;
 use std::io::IoSliceMut;
@@ -50,15 +54,19 @@ pub fn classify(pid: i32, comm: &str, m: &MapsEntry) -> Result<VmaKind, DumpErro
         "[vdso]" => VmaKind::Vdso,
         "[vvar]" | "[vvar_vclock]" => VmaKind::Vvar,
         "[vsyscall]" => VmaKind::Vsyscall,
-        "" if m.shared => return Err(refuse("shared anonymous memory")),
+        "" | "/dev/zero (deleted)" if m.shared => VmaKind::Shmem { id: m.inode },
+        name if name.starts_with("[anon_shmem:") && m.shared => VmaKind::Shmem { id: m.inode },
         "" => VmaKind::Anonymous,
         name if name.starts_with("[anon:") && !m.shared => VmaKind::Anonymous,
-        name if name.starts_with("/memfd:") => return Err(refuse("a memfd mapping")),
         name if name.starts_with("/SYSV") => return Err(refuse("SysV shared memory")),
-        name if name.ends_with(" (deleted)") => return Err(refuse("a mapping of a deleted file")),
-        name if name.starts_with('/') && m.shared && m.write => {
-            return Err(refuse("a writable shared file mapping"))
-        }
+        name if name.starts_with("/memfd:") => VmaKind::Memfd {
+            name: ByteString::from(crate::dump::shmem::memfd_name(name).unwrap_or(name)),
+            id: m.inode,
+        },
+        // Files, deleted ones included (their contents go into a
+        // DeletedFile record, found again by device and inode), shared
+        // writable ones included (their data lives in the file, which is
+        // part of the container's files).
         name if name.starts_with('/') => VmaKind::File {
             path: ByteString::from(name),
             dev: libc::makedev(m.dev_major, m.dev_minor),
@@ -123,7 +131,7 @@ pub fn dirty_runs(
         }
         done += n;
     }
-    let file_backed = matches!(kind, VmaKind::File { .. });
+    let file_backed = matches!(kind, VmaKind::File { .. } | VmaKind::Memfd { .. });
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (i, entry) in raw.chunks_exact(8).enumerate() {
         let bits = u64::from_le_bytes([
@@ -189,19 +197,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(classify(1, "x", &maps[0]).unwrap(), VmaKind::Heap);
-        let err = classify(1, "x", &maps[1]).unwrap_err().to_string();
-        assert!(
-            err.contains("0x2000-0x3000") && err.contains("deleted"),
-            "{err}"
+        assert_eq!(
+            classify(1, "x", &maps[1]).unwrap(),
+            VmaKind::Shmem { id: 5 }
         );
         assert!(matches!(
             classify(1, "x", &maps[2]).unwrap(),
             VmaKind::File { ino: 77, .. }
         ));
-        assert!(classify(1, "x", &maps[3])
-            .unwrap_err()
-            .to_string()
-            .contains("shared file mapping"));
+        assert!(matches!(
+            classify(1, "x", &maps[3]).unwrap(),
+            VmaKind::File { ino: 78, .. }
+        ));
         assert_eq!(classify(1, "x", &maps[4]).unwrap(), VmaKind::Anonymous);
         let vdso = classify(1, "x", &maps[5]).unwrap();
         assert!(!vma_record(1, &maps[5], vdso).in_page_store);

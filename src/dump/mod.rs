@@ -22,9 +22,12 @@
 //! is removed.
 
 pub mod checkpoint;
+pub mod events;
 pub mod files;
+pub mod inet;
 pub mod mm;
 pub mod procfs;
+pub mod shmem;
 pub mod unix;
 
 use std::path::{Path, PathBuf};

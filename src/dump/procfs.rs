@@ -387,6 +387,123 @@ pub fn read_tids(pid: i32) -> Result<Vec<i32>, DumpError> {
     Ok(tids)
 }
 
+/// Parses `/proc/PID/timers`: one block per timer.
+///
+/// ```text
+/// ID: 2
+/// signal: 37/0000000000001234
+/// notify: signal/pid.1
+/// ClockID: 1
+/// ```
+///
+/// Returns (id, signo, value, notify, notified host pid, clock) per timer;
+/// `notify` carries `libc::SIGEV_THREAD_ID` when the line says `tid`.
+pub fn parse_proc_timers(text: &str) -> std::result::Result<Vec<ProcTimer>, String> {
+    let mut out: Vec<ProcTimer> = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        let bad = || format!("bad {key} line in timers: {value:?}");
+        if key == "ID" {
+            out.push(ProcTimer {
+                id: value.parse().map_err(|_| bad())?,
+                ..ProcTimer::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else {
+            return Err(format!("timers: {key} before any ID"));
+        };
+        match key {
+            "signal" => {
+                let (sig, val) = value.split_once('/').ok_or_else(bad)?;
+                t.signo = sig.parse().map_err(|_| bad())?;
+                t.value =
+                    u64::from_str_radix(val.trim_start_matches("0x"), 16).map_err(|_| bad())?;
+            }
+            "notify" => {
+                let (kind, target) = value.split_once('/').ok_or_else(bad)?;
+                let (who, id) = target.split_once('.').ok_or_else(bad)?;
+                t.notify = match kind {
+                    "signal" => libc::SIGEV_SIGNAL,
+                    "none" => libc::SIGEV_NONE,
+                    "thread" => libc::SIGEV_THREAD,
+                    _ => return Err(bad()),
+                };
+                if who == "tid" {
+                    t.notify |= libc::SIGEV_THREAD_ID;
+                }
+                t.target = id.parse().map_err(|_| bad())?;
+            }
+            "ClockID" => t.clock = value.parse().map_err(|_| bad())?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// One block of `/proc/PID/timers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcTimer {
+    pub id: i32,
+    pub signo: i32,
+    pub value: u64,
+    pub notify: i32,
+    /// The notified process or thread, as a host id.
+    pub target: i32,
+    pub clock: i32,
+}
+
+/// State, parent and exit status of a task from `/proc/PID/stat` (fields
+/// 3, 4 and 52: the exit status is in the form `waitpid` reports it).
+pub fn parse_stat_exit(text: &str) -> Result<(char, i32, i32), String> {
+    let rest = &text[text.rfind(')').ok_or("no ')' in stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields
+        .first()
+        .and_then(|f| f.chars().next())
+        .ok_or("stat has no state")?;
+    let int = |n: usize| -> Result<i32, String> {
+        fields
+            .get(n - 3)
+            .ok_or_else(|| format!("stat has no field {n}"))?
+            .parse()
+            .map_err(|_| format!("stat field {n} is not a number"))
+    };
+    Ok((state, int(4)?, int(52)?))
+}
+
+/// Zombies (exited, not yet reaped) whose parent is one of `parents`
+/// (host PIDs), with their exit status. A zombie has left its cgroup, so
+/// only its parent links it to the container.
+pub fn zombie_children(parents: &[i32]) -> Vec<(i32, i32)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Ok(('Z', ppid, status)) = parse_stat_exit(&text) {
+            if parents.contains(&ppid) {
+                out.push((pid, status));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +582,37 @@ mod tests {
             vec![("eventfd-count".to_string(), "5".to_string())]
         );
         assert!(parse_fdinfo("pos:\tx\n").is_err());
+    }
+
+    #[test]
+    fn proc_timers() {
+        let t = parse_proc_timers(
+            "ID: 2\nsignal: 37/0000000000001234\nnotify: signal/pid.1\nClockID: 1\nID: 5\nsignal: 14/0000000000000000\nnotify: signal/tid.77\nClockID: 0\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[0],
+            ProcTimer {
+                id: 2,
+                signo: 37,
+                value: 0x1234,
+                notify: libc::SIGEV_SIGNAL,
+                target: 1,
+                clock: 1
+            }
+        );
+        assert_eq!(t[1].notify, libc::SIGEV_THREAD_ID);
+        assert_eq!(t[1].target, 77);
+        assert!(parse_proc_timers("signal: 1/0\n").is_err());
+        assert!(parse_proc_timers("ID: x\n").is_err());
+        assert_eq!(parse_proc_timers("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn stat_exit_status() {
+        let zombie = "77 (a b) c) Z 1 77 1 0 -1 4228 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 10752\n";
+        assert_eq!(parse_stat_exit(zombie).unwrap(), ('Z', 1, 10752));
+        assert!(parse_stat_exit("1 (x) S 0").is_err());
     }
 }

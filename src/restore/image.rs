@@ -11,7 +11,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use cr_formats::schema::{
-    Fd, File as FileRecord, FileId, Manifest, PipeData, PipeId, Process, Record, Thread, Vma,
+    DeletedFile, Fd, File as FileRecord, FileId, FileLock, Manifest, PipeData, PipeId, Process,
+    Record, ShmemObject, Thread, Vma,
 };
 
 use crate::container::config::ContainerConfig;
@@ -34,6 +35,12 @@ pub struct LoadedImage {
     pub processes: BTreeMap<i32, ProcessImage>,
     pub files: HashMap<FileId, FileRecord>,
     pub pipes: HashMap<PipeId, PipeData>,
+    /// File locks, in image order.
+    pub locks: Vec<FileLock>,
+    /// Shared anonymous memory objects and memfds, by id.
+    pub shmem: HashMap<u64, ShmemObject>,
+    /// Files deleted while open or mapped, by id.
+    pub deleted: HashMap<u64, DeletedFile>,
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
@@ -55,6 +62,9 @@ impl LoadedImage {
         let mut processes: BTreeMap<i32, ProcessImage> = BTreeMap::new();
         let mut files = HashMap::new();
         let mut pipes = HashMap::new();
+        let mut locks = Vec::new();
+        let mut shmem = HashMap::new();
+        let mut deleted = HashMap::new();
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -63,7 +73,14 @@ impl LoadedImage {
         };
         for entry in image.entries {
             match entry.record {
-                Record::Manifest(_) | Record::FileLock(_) => {}
+                Record::Manifest(_) => {}
+                Record::FileLock(l) => locks.push(l),
+                Record::Shmem(o) => {
+                    shmem.insert(o.id, o);
+                }
+                Record::DeletedFile(d) => {
+                    deleted.insert(d.id, d);
+                }
                 Record::Process(p) => {
                     processes.insert(
                         p.pid,
@@ -110,6 +127,9 @@ impl LoadedImage {
             processes,
             files,
             pipes,
+            locks,
+            shmem,
+            deleted,
             dir: dir.to_path_buf(),
         })
     }

@@ -10,12 +10,18 @@
 //! ```
 //!
 //! One process, all its threads, is rebuilt by [`process`]; the container's
-//! tree of processes by [`tree`]. Not yet: credentials, pending signals,
-//! POSIX timers, shared memory.
+//! tree of processes by [`tree`]; pending signals and POSIX timers by
+//! [`signals`], credentials and scheduling by [`creds`]. Not yet: SysV
+//! shared memory, real-time scheduling.
 
 pub mod container;
+pub mod creds;
+pub mod events;
 pub mod image;
+pub mod inet;
 pub mod process;
+pub mod shmem;
+pub mod signals;
 pub mod tree;
 pub mod unix;
 

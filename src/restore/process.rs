@@ -48,6 +48,13 @@
 //!  PR_SET_NAME (comm), rseq; setpriority if its nice       itself
 //!  differs from the leader's
 //!        ▼
+//!  every thread blocks every signal (PTRACE_SETSIGMASK); 5b restore::signals,
+//!  leader: timer_create with the recorded ids,               restore::creds
+//!  rt_(tg)sigqueueinfo for each pending signal; every
+//!  thread, in itself: sched_setscheduler, ids, groups,
+//!  capabilities, securebits; leader: dumpable, pdeath
+//!  signal again (new ids reset them)
+//!        ▼
 //!  munmap scratch; munmap gadget (the syscall-exit stop 7  nothing of cr is
 //!  comes after the page is gone: no instruction after      left in the
 //!  the gadget ever runs; the other threads stay stopped)   address space
@@ -104,7 +111,8 @@ use cr_formats::PageRunRef;
 use libc::user_regs_struct;
 use nix::unistd::Pid;
 
-use super::{RestoreError, Result};
+use super::shmem::{remote_openat, SharedObjects};
+use super::{creds, signals, RestoreError, Result};
 use crate::inject::{
     read_maps, read_memory_exact, regs_from_array, write_memory, write_proc_mem, InjectError,
     KernelSigaction, RemoteSyscall, SigAltStack, Tracee, GP_REGS, SYSCALL_INSN,
@@ -253,6 +261,19 @@ pub fn prepare(
     threads: &[Thread],
     vmas: &[Vma],
 ) -> Result<PreparedHusk> {
+    prepare_with(tracee, process, threads, vmas, None)
+}
+
+/// [`prepare`] for a process of a tree: `shared` creates or finds the
+/// shared memory objects (and deleted files) several husks map; without
+/// it, such mappings are refused.
+pub fn prepare_with(
+    tracee: &mut Tracee,
+    process: &Process,
+    threads: &[Thread],
+    vmas: &[Vma],
+    shared: Option<&mut SharedObjects<'_>>,
+) -> Result<PreparedHusk> {
     let pid = tracee.tgid();
     let invalid = |what: String| RestoreError::Invalid { pid, what };
     let (_leader, others, _mm) = split_threads(pid, process, threads)?;
@@ -359,7 +380,7 @@ pub fn prepare(
     move_vdso(&mut rs, pid, &block, vmas, hop)?;
 
     // Step 3a: the image's mappings (their pages come with write_pages).
-    map_vmas(&mut rs, pid, vmas, scratch)?;
+    map_vmas(&mut rs, pid, vmas, scratch, shared, process.pid)?;
     Ok(PreparedHusk {
         pid,
         gadget,
@@ -536,6 +557,39 @@ pub fn finish(
             })?;
         }
     }
+
+    // Step 5b: POSIX timers and pending signals, every thread blocking
+    // every signal until step 6 (restore::signals); then scheduling and
+    // credentials, each thread its own, the leader last (restore::creds).
+    signals::block_all(pid, rs.tracee())?;
+    for (_, t) in born.0.iter_mut() {
+        signals::block_all(pid, t)?;
+    }
+    signals::restore_timers(&mut rs, pid, process, scratch)?;
+    signals::requeue_pending(&mut rs, pid, process, threads, scratch)?;
+    for ((_, t), thread) in born.0.iter_mut().zip(&others) {
+        let mut trs = RemoteSyscall::with_gadget(t, gadget);
+        creds::apply_sched(&mut trs, pid, thread.tid, &thread.sched, scratch)?;
+        let c = thread.creds.as_ref().unwrap_or(&process.creds);
+        creds::apply_creds(&mut trs, pid, thread.tid, c, scratch)?;
+    }
+    creds::apply_sched(&mut rs, pid, leader.tid, &leader.sched, scratch)?;
+    let c = leader.creds.as_ref().unwrap_or(&process.creds);
+    creds::apply_creds(&mut rs, pid, leader.tid, c, scratch)?;
+    // New ids reset these two (kernel commit_creds).
+    let again = |what: &'static str| {
+        move |source| RestoreError::ThreadState {
+            pid,
+            what: what.into(),
+            source,
+        }
+    };
+    if process.dumpable <= 1 {
+        rs.remote_prctl(libc::PR_SET_DUMPABLE, u64::from(process.dumpable), 0, 0, 0)
+            .map_err(again("prctl(PR_SET_DUMPABLE)"))?;
+    }
+    rs.remote_prctl(libc::PR_SET_PDEATHSIG, process.pdeath_sig as u64, 0, 0, 0)
+        .map_err(again("prctl(PR_SET_PDEATHSIG)"))?;
 
     // Step 7: nothing of the restorer stays mapped.
     let cleanup = |what, addr| {
@@ -837,7 +891,14 @@ fn remote_open(
 }
 
 /// Step 3a: every VMA of the image, with its recorded protection.
-fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) -> Result<()> {
+fn map_vmas(
+    rs: &mut RemoteSyscall<'_>,
+    pid: Pid,
+    vmas: &[Vma],
+    scratch: u64,
+    mut shared: Option<&mut SharedObjects<'_>>,
+    ns_pid: i32,
+) -> Result<()> {
     // Consecutive mappings of one file share one descriptor.
     let mut open: Option<(Vec<u8>, i32)> = None;
     for v in vmas {
@@ -858,26 +919,53 @@ fn map_vmas(rs: &mut RemoteSyscall<'_>, pid: Pid, vmas: &[Vma], scratch: u64) ->
                 -1,
                 0,
             ),
-            // Private file mappings, and shared ones nobody can write through
-            // (opened read-only, so a shared mapping cannot be writable).
-            VmaKind::File { path, .. }
-                if v.flags & libc::MAP_SHARED as u32 == 0 || prot & libc::PROT_WRITE == 0 =>
-            {
-                let shared = v.flags & libc::MAP_SHARED as u32 != 0;
-                let path = path.as_bytes().to_vec();
+            VmaKind::Shmem { .. } | VmaKind::Memfd { .. } if shared.is_some() => {
+                if let Some(objects) = shared.as_deref_mut() {
+                    objects.map(rs, pid, ns_pid, v, scratch).map_err(err)?;
+                }
+                continue;
+            }
+            // Private file mappings and shared ones; a writable shared one
+            // through a descriptor opened read-write (its data is the file's).
+            // A deleted file was written back under a path of its own.
+            VmaKind::File { path, dev, ino } => {
+                let map_shared = v.flags & libc::MAP_SHARED as u32 != 0;
+                let writable = map_shared && prot & libc::PROT_WRITE != 0;
+                let mut path = path.as_bytes().to_vec();
+                if path.ends_with(b" (deleted)") {
+                    match shared.as_deref().and_then(|s| s.deleted_path(*dev, *ino)) {
+                        Some(p) => path = p.as_bytes().to_vec(),
+                        None => {
+                            return Err(RestoreError::UnsupportedVma {
+                                pid,
+                                start: v.start,
+                                end: v.end,
+                                kind: v.kind.clone(),
+                            })
+                        }
+                    }
+                }
+                // The cache key tells read-only and read-write opens apart.
+                let mut key = path.clone();
+                key.push(u8::from(writable));
                 let fd = match &open {
-                    Some((p, fd)) if *p == path => *fd,
+                    Some((p, fd)) if *p == key => *fd,
                     _ => {
                         if let Some((_, old)) = open.take() {
                             rs.remote_close(old).map_err(err)?;
                         }
-                        let fd = remote_open(rs, pid, scratch, &path).map_err(err)?;
-                        open = Some((path, fd));
+                        let fd = if writable {
+                            remote_openat(rs, pid, scratch, &path, libc::O_RDWR)
+                        } else {
+                            remote_open(rs, pid, scratch, &path)
+                        }
+                        .map_err(err)?;
+                        open = Some((key, fd));
                         fd
                     }
                 };
                 // The image's pgoff is the byte offset of /proc/PID/maps.
-                let sharing = if shared {
+                let sharing = if map_shared {
                     libc::MAP_SHARED
                 } else {
                     libc::MAP_PRIVATE

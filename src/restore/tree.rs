@@ -5,7 +5,8 @@
 //! ```text
 //! PID 1 (restorer code, in the container's        supervisor (host side)
 //! namespaces, after pivot_root)
-//! open every file of the image at fds >= 1000,
+//! open every file of the image at fds >= base +
+//!   100 (base: above the image's highest fd),
 //! create every pipe and refill it
 //! become(1):
 //!   setsid/setpgid as recorded
@@ -37,7 +38,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use cr_formats::schema::{FileKind, PipeEnd};
+use cr_formats::schema::{FileKind, FileLock, LockKind, LockMode, PipeEnd, VmaKind};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -47,78 +48,86 @@ use crate::container::cgroups::ContainerCgroup;
 use crate::dump::procfs;
 use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
+use crate::restore::events;
 use crate::restore::image::LoadedImage;
-use crate::restore::process::{finish, prepare, write_pages, Pages, PreparedHusk};
+use crate::restore::process::{finish, prepare_with, write_pages, Pages, PreparedHusk};
+use crate::restore::shmem::{self, SharedObjects};
 
-/// Image descriptors must be below this; the restorer's own fds live above.
+/// The restorer's own fds live at or above [`private_fds`], never below this.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
-/// Where the files of the image are parked before they are handed out.
-const TABLE_FD: RawFd = 1000;
+/// The files of the image are parked this far above the first private fd
+/// before they are handed out.
+const TABLE_OFFSET: RawFd = 100;
+
+/// Where the restorer's own descriptors start: above every descriptor of
+/// every process of the image (and never below [`FIRST_PRIVATE_FD`]), so
+/// that placing an image fd never clobbers one of them.
+pub fn private_fds(image: &LoadedImage) -> RawFd {
+    image
+        .processes
+        .values()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd.saturating_add(1)))
+        .max()
+        .unwrap_or(0)
+        .max(FIRST_PRIVATE_FD)
+}
+
+/// `SCHED_RESET_ON_FORK`, or-ed into a policy.
+const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
 
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
+    if image.config.userns.is_some() {
+        shmem::check_userns(image)
+            .map_err(|what| Error::Invalid(format!("cannot restore: {what}")))?;
+    }
     for p in image.processes.values() {
         let pid = p.process.pid;
         let comm = &p.process.comm;
         let refuse =
             |what: String| Error::Invalid(format!("cannot restore process {pid} ({comm}): {what}"));
+        if let cr_formats::schema::TaskState::Zombie { .. } = p.process.state {
+            let parent = image.processes.get(&p.process.ppid);
+            if pid == 1 || parent.is_none_or(|q| is_zombie(&q.process)) {
+                return Err(refuse(format!(
+                    "it is a zombie whose parent {} is not a live process of the image",
+                    p.process.ppid
+                )));
+            }
+            if !p.threads.is_empty() || !p.fds.is_empty() || !p.vmas.is_empty() {
+                return Err(refuse(
+                    "it is a zombie but has threads, descriptors or mappings".into(),
+                ));
+            }
+            continue;
+        }
         if !p.threads.iter().any(|t| t.tid == pid) {
             return Err(refuse(format!(
                 "none of its {} threads is its thread group leader",
                 p.threads.len()
             )));
         }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.creds.as_ref().is_some_and(|c| *c != p.process.creds))
-        {
+        if let cr_formats::schema::TaskState::Stopped { signo } = p.process.state {
+            if ![libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signo) {
+                return Err(refuse(format!(
+                    "it is stopped by signal {signo}, which is no stop signal"
+                )));
+            }
+        }
+        // SCHED_FIFO and SCHED_RR need a real-time budget that the
+        // container's cpu cgroup does not get yet.
+        if let Some(t) = p.threads.iter().find(|t| {
+            ![libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE]
+                .contains(&((t.sched.policy & !SCHED_RESET_ON_FORK) as i32))
+        }) {
             return Err(refuse(format!(
-                "thread {} has credentials of its own; restoring them is not supported yet",
-                t.tid
-            )));
-        }
-        if !p.process.shared_pending.is_empty() || p.threads.iter().any(|t| !t.pending.is_empty()) {
-            return Err(refuse(
-                "it has signals pending; re-queueing them is not supported yet".into(),
-            ));
-        }
-        if let cr_formats::schema::TaskState::Stopped { .. } = p.process.state {
-            return Err(refuse(
-                "it is stopped (SIGSTOP); restoring stopped tasks is not supported yet".into(),
-            ));
-        }
-        if let Some(t) = p
-            .threads
-            .iter()
-            .find(|t| t.sched.policy != libc::SCHED_OTHER as u32)
-        {
-            return Err(refuse(format!(
-                "thread {} has scheduling policy {}; only SCHED_OTHER is restored yet",
+                "thread {} has real-time scheduling policy {}; only SCHED_OTHER, SCHED_BATCH and SCHED_IDLE are restored",
                 t.tid, t.sched.policy
             )));
         }
-        let c = &p.process.creds;
-        if [
-            c.uid.real,
-            c.uid.effective,
-            c.uid.saved,
-            c.gid.real,
-            c.gid.effective,
-            c.gid.saved,
-        ] != [0; 6]
-        {
-            return Err(refuse(
-                "it runs as another user than root; restoring credentials is not supported yet"
-                    .into(),
-            ));
-        }
         for fd in &p.fds {
-            if fd.fd >= FIRST_PRIVATE_FD {
-                return Err(refuse(format!(
-                    "fd {} is above {FIRST_PRIVATE_FD}, which restore does not handle yet",
-                    fd.fd
-                )));
+            if fd.fd < 0 {
+                return Err(refuse(format!("it has a negative fd number {}", fd.fd)));
             }
             let file = image.files.get(&fd.file).ok_or_else(|| {
                 refuse(format!(
@@ -126,11 +135,64 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                     fd.fd, fd.file
                 ))
             })?;
-            if let FileKind::Fifo { path, .. } = &file.kind {
+            match &file.kind {
+                FileKind::Memfd { id, .. } if !image.shmem.contains_key(id) => {
+                    return Err(refuse(format!(
+                        "fd {} is memfd {id}, whose contents the image lacks",
+                        fd.fd
+                    )));
+                }
+                FileKind::Deleted { id, .. } if !image.deleted.contains_key(id) => {
+                    return Err(refuse(format!(
+                        "fd {} is deleted file {id}, whose contents the image lacks",
+                        fd.fd
+                    )));
+                }
+                _ => {}
+            }
+        }
+        for v in &p.vmas {
+            let missing = match &v.kind {
+                VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } => !image.shmem.contains_key(id),
+                VmaKind::File { path, dev, ino } if path.as_bytes().ends_with(b" (deleted)") => {
+                    !image
+                        .deleted
+                        .values()
+                        .any(|d| d.dev == *dev && d.ino == *ino)
+                }
+                _ => false,
+            };
+            if missing {
                 return Err(refuse(format!(
-                    "fd {} is the FIFO {path}; restoring FIFOs is not supported yet",
-                    fd.fd
+                    "the mapping {:#x}-{:#x} ({:?}) names an object whose contents the image lacks",
+                    v.start, v.end, v.kind
                 )));
+            }
+        }
+        events::check(image, p).map_err(refuse)?;
+        for lock in image.locks.iter().filter(|l| l.pid == pid) {
+            if lock.kind != LockKind::Posix {
+                continue;
+            }
+            if !p.fds.iter().any(|f| f.file == lock.file) {
+                return Err(refuse(format!(
+                    "it holds a POSIX lock on file {} through no descriptor",
+                    lock.file
+                )));
+            }
+            // The rebuild opens and closes every mapped file in the process,
+            // and closing any descriptor of a file drops its POSIX locks.
+            if let Some(FileKind::Regular { path, .. }) =
+                image.files.get(&lock.file).map(|f| &f.kind)
+            {
+                if p.vmas
+                    .iter()
+                    .any(|v| matches!(&v.kind, VmaKind::File { path: mp, .. } if mp == path))
+                {
+                    return Err(refuse(format!(
+                        "it holds a POSIX lock on {path}, which it also maps; restoring that is not supported yet"
+                    )));
+                }
             }
         }
     }
@@ -138,24 +200,80 @@ pub fn check(image: &LoadedImage) -> Result<()> {
     Ok(())
 }
 
+/// Whether a process of the image is a zombie (exited, not reaped).
+pub fn is_zombie(p: &cr_formats::schema::Process) -> bool {
+    matches!(p.state, cr_formats::schema::TaskState::Zombie { .. })
+}
+
 /// PID 1's side: builds the tree of husks. Only returns on error.
 pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
-    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(FIRST_PRIVATE_FD))
+    let base = private_fds(image);
+    raise_nofile(base + TABLE_OFFSET + image.files.len() as RawFd + 1)?;
+    let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(base))
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
-    let table = open_table(image)?;
+    let deleted = shmem::create_deleted(image)?;
+    let table = match open_table(image, &deleted, base + TABLE_OFFSET) {
+        Ok(table) => table,
+        Err(e) => {
+            for path in deleted.values() {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     become_process(1, image, &table, report)
 }
 
-/// Opens every file and pipe of the image once, at fds >= 1000.
-fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, which must allow fd
+/// numbers up to `need - 1` (the image's highest and the restorer's own);
+/// each process gets its recorded limits back in [`set_attributes`].
+fn raise_nofile(need: RawFd) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(Error::sys("getrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+        if lim.rlim_max < need as libc::rlim_t {
+            return Err(Error::Invalid(format!(
+                "the image has descriptors up to {}, but the restorer may open at most {} (RLIMIT_NOFILE)",
+                need - 1,
+                lim.rlim_max
+            )));
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(Error::sys("setrlimit(RLIMIT_NOFILE)", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Opens every file and pipe of the image once, at fds >= `table_fd`, and
+/// takes the flock and OFD locks of each (they belong to the open file
+/// description, which every husk inherits). `deleted`: where each deleted
+/// file was written back.
+fn open_table(
+    image: &LoadedImage,
+    deleted: &HashMap<u64, String>,
+    table_fd: RawFd,
+) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     // Unix sockets are made together (pairs, names, queues): restore::unix.
     let mut unix = crate::restore::unix::open_all(image)?;
+    // One read-write descriptor per FIFO and per memfd, which the
+    // descriptions of the image are opened from.
+    let mut fifos: HashMap<u64, RawFd> = HashMap::new();
+    let mut memfds: HashMap<u64, RawFd> = HashMap::new();
     let mut ids: Vec<_> = image.files.keys().copied().collect();
     ids.sort_unstable();
+    ids.sort_by_key(|id| crate::restore::inet::open_order(&image.files[id].kind));
     for id in ids {
         let file = &image.files[&id];
         let flags = OFlag::from_bits_truncate(file.flags as i32)
@@ -204,24 +322,135 @@ fn open_table(image: &LoadedImage) -> Result<HashMap<u64, RawFd>> {
                 }
                 fd
             }
-            FileKind::Fifo { path, .. } => {
-                return Err(Error::Invalid(format!(
-                    "restoring the FIFO {path} is not supported yet"
-                )));
+            FileKind::Fifo { path, pipe, .. } => {
+                let path = path.to_string();
+                if !fifos.contains_key(pipe) {
+                    // Read-write never blocks and keeps both ends alive while
+                    // the image's ends are opened and the data goes back in.
+                    let keeper = open(&path, OFlag::O_RDWR | OFlag::O_NONBLOCK)?;
+                    refill_fifo(image, *pipe, keeper, &path)?;
+                    fifos.insert(*pipe, park(keeper, table_fd)?);
+                }
+                let fd = open(&path, flags | OFlag::O_NONBLOCK)?;
+                if !flags.contains(OFlag::O_NONBLOCK) {
+                    // SAFETY: F_SETFL on an fd we own.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, flags.bits() & !libc::O_NONBLOCK) };
+                }
+                fd
+            }
+            FileKind::Memfd { id: object, pos } => {
+                let keeper = match memfds.get(object) {
+                    Some(fd) => *fd,
+                    None => {
+                        let fd = park(shmem::open_memfd(image, *object)?, table_fd)?;
+                        memfds.insert(*object, fd);
+                        fd
+                    }
+                };
+                let fd = open(&format!("/proc/self/fd/{keeper}"), flags)?;
+                // SAFETY: lseek on an fd we just opened.
+                unsafe { libc::lseek(fd, *pos as libc::off_t, libc::SEEK_SET) };
+                fd
+            }
+            FileKind::Deleted { id: object, pos } => {
+                let path = deleted.get(object).ok_or_else(|| {
+                    Error::Invalid(format!("the image lacks deleted file {object}"))
+                })?;
+                let fd = open(path, flags)?;
+                // SAFETY: lseek on an fd we just opened.
+                unsafe { libc::lseek(fd, *pos as libc::off_t, libc::SEEK_SET) };
+                fd
             }
             FileKind::Unix(u) => unix.remove(&id).ok_or_else(|| {
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
+            FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
+            kind if events::handles(kind) => events::create(kind, flags)?,
+            kind => {
+                return Err(Error::Invalid(format!(
+                    "file {id}: restoring {kind:?} is not supported here"
+                )))
+            }
         };
-        table.insert(id, park(fd)?);
+        let fd = park(fd, table_fd)?;
+        for lock in image
+            .locks
+            .iter()
+            .filter(|l| l.file == id && l.kind != LockKind::Posix)
+        {
+            take_lock(fd, lock)?;
+        }
+        table.insert(id, fd);
     }
+    // Epoll items last: every file they may watch exists now.
+    events::fill_epolls(image, &table)?;
     Ok(table)
 }
 
-/// Moves an fd to the private range (>= 1000), close-on-exec.
-fn park(fd: RawFd) -> Result<RawFd> {
+/// Takes `lock` again on `fd` (never waiting: the image says it was held,
+/// so nothing may hold a conflicting one).
+fn take_lock(fd: RawFd, lock: &FileLock) -> Result<()> {
+    let what = || {
+        format!(
+            "taking the {:?} {:?} lock {}+{} on file {} again",
+            lock.kind, lock.mode, lock.start, lock.len, lock.file
+        )
+    };
+    let rc = match lock.kind {
+        LockKind::Flock => {
+            let op = match lock.mode {
+                LockMode::Read => libc::LOCK_SH,
+                LockMode::Write => libc::LOCK_EX,
+            };
+            // SAFETY: flock on an fd we own.
+            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+        }
+        LockKind::Posix | LockKind::Ofd => {
+            // SAFETY: an all-zero struct flock is valid; the fields are set below.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = match lock.mode {
+                LockMode::Read => libc::F_RDLCK,
+                LockMode::Write => libc::F_WRLCK,
+            } as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = lock.start as libc::off_t;
+            fl.l_len = lock.len as libc::off_t;
+            let cmd = if lock.kind == LockKind::Ofd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            // SAFETY: fcntl with a pointer to a live struct flock.
+            unsafe { libc::fcntl(fd, cmd, &fl) }
+        }
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::sys(what(), e))
+}
+
+/// Puts a FIFO's capacity and buffered bytes back through `fd`.
+fn refill_fifo(image: &LoadedImage, pipe: u64, fd: RawFd, path: &str) -> Result<()> {
+    let Some(data) = image.pipes.get(&pipe) else {
+        return Ok(());
+    };
+    // SAFETY: F_SETPIPE_SZ on our own FIFO descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, data.capacity as libc::c_int) };
+    let mut bytes = &data.data.0[..];
+    while !bytes.is_empty() {
+        // SAFETY: writing from a live slice to our FIFO descriptor.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        let n =
+            Errno::result(n).map_err(|e| Error::sys(format!("refilling the FIFO {path}"), e))?;
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// Moves an fd to the private range (>= `table_fd`), close-on-exec.
+fn park(fd: RawFd, table_fd: RawFd) -> Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own; the old one is closed.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, TABLE_FD) };
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, table_fd) };
     let high = Errno::result(high).map_err(|e| Error::sys("parking a restored file", e))?;
     // SAFETY: closing the original fd we own.
     unsafe { libc::close(fd) };
@@ -290,11 +519,44 @@ fn become_process(
             ));
         }
     }
+    // A zombie child's exit must not leave a SIGCHLD pending in this husk
+    // (default action, unblocked: the kernel discards it).
+    // SAFETY: signal and sigprocmask with a live, initialised set.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    let mut zombies = Vec::new();
     for child in image.children_of(pid) {
+        let zombie = is_zombie(&image.processes[&child].process);
         if fork_with_pid(child)? == 0 {
+            if zombie {
+                become_zombie(&image.processes[&child].process, &report);
+            }
             let result = become_process(child, image, table, report);
             return result;
         }
+        if zombie {
+            zombies.push(child);
+        }
+    }
+    for z in zombies {
+        // Until it has exited (WNOWAIT: it stays a zombie).
+        // SAFETY: waitid writes into a live, zeroed siginfo_t.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                z as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        Errno::result(rc)
+            .map_err(|e| Error::sys(format!("process {pid}: waiting for zombie {z} to exit"), e))?;
     }
     let mut keep: HashSet<RawFd> = HashSet::new();
     keep.insert(report.as_raw_fd());
@@ -311,6 +573,21 @@ fn become_process(
     }
     close_all_but(&keep);
     set_attributes(p)?;
+    // POSIX locks belong to the process: taken by the husk itself, once
+    // its descriptors are final (closing any descriptor of a file drops them).
+    for lock in image
+        .locks
+        .iter()
+        .filter(|l| l.pid == pid && l.kind == LockKind::Posix)
+    {
+        let fd = p.fds.iter().find(|f| f.file == lock.file).ok_or_else(|| {
+            Error::Invalid(format!(
+                "process {pid}: a POSIX lock on file {} it holds no descriptor of",
+                lock.file
+            ))
+        })?;
+        take_lock(fd.fd, lock).map_err(|e| Error::Invalid(format!("process {pid}: {e}")))?;
+    }
     // SAFETY: write one byte from a live buffer to the report pipe.
     let rc = unsafe { libc::write(report.as_raw_fd(), b"H".as_ptr().cast(), 1) };
     Errno::result(rc).map_err(|e| Error::sys(format!("process {pid}: reporting readiness"), e))?;
@@ -318,6 +595,72 @@ fn become_process(
     loop {
         // SAFETY: pause takes no arguments; the restorer interrupts it.
         unsafe { libc::pause() };
+    }
+}
+
+/// A zombie's side: takes its recorded session, group and ids, then exits
+/// with its recorded status (a signal's, without a core dump); its parent
+/// leaves it unreaped. What fails is written to the report pipe.
+fn become_zombie(p: &cr_formats::schema::Process, report: &OwnedFd) -> ! {
+    let pid = p.pid;
+    let c = &p.creds;
+    let groups: Vec<libc::gid_t> = c.groups.clone();
+    // SAFETY: plain integer syscalls, setgroups with a live array, write
+    // from a live buffer; _exit never returns.
+    unsafe {
+        let steps: [(&str, libc::c_int); 5] = [
+            (
+                "setsid",
+                if p.sid == pid && libc::getsid(0) != pid {
+                    libc::setsid()
+                } else {
+                    0
+                },
+            ),
+            (
+                "setpgid",
+                if libc::getpgid(0) != p.pgid {
+                    libc::setpgid(0, p.pgid)
+                } else {
+                    0
+                },
+            ),
+            ("setgroups", libc::setgroups(groups.len(), groups.as_ptr())),
+            (
+                "setresgid",
+                libc::setresgid(c.gid.real, c.gid.effective, c.gid.saved),
+            ),
+            (
+                "setresuid",
+                libc::setresuid(c.uid.real, c.uid.effective, c.uid.saved),
+            ),
+        ];
+        for (what, rc) in steps {
+            if rc < 0 {
+                let msg = format!("zombie {pid}: {what}: {}", Errno::last());
+                libc::write(report.as_raw_fd(), msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            }
+        }
+        let status = match p.state {
+            cr_formats::schema::TaskState::Zombie { exit_code } => exit_code,
+            _ => 0,
+        };
+        let sig = status & 0x7f;
+        if sig != 0 {
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit((status >> 8) & 0xff)
     }
 }
 
@@ -415,7 +758,23 @@ pub fn take_over(
     cgroup: &ContainerCgroup,
     report: &mut File,
 ) -> Result<HashMap<i32, i32>> {
-    wait_for_husks(image.processes.len(), report)?;
+    let live: Vec<i32> = image
+        .processes
+        .values()
+        .filter(|p| !is_zombie(&p.process))
+        .map(|p| p.process.pid)
+        .collect();
+    if let Err(e) = wait_for_husks(live.len(), report) {
+        // Deleted files PID 1 wrote back go with the failed restore.
+        if !image.deleted.is_empty() {
+            for pid in cgroup.pids().unwrap_or_default() {
+                if procfs::read_status(pid.as_raw()).is_ok_and(|s| s.pid_in_ns() == 1) {
+                    SharedObjects::new(image, &HashMap::from([(1, pid.as_raw())])).unlink_deleted();
+                }
+            }
+        }
+        return Err(e);
+    }
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
@@ -430,7 +789,7 @@ pub fn take_over(
         ..SeizeOptions::default()
     };
     let mut tracees = Vec::new();
-    for pid in image.processes.keys() {
+    for pid in &live {
         let host = *host_pid.get(pid).ok_or_else(|| {
             Error::Invalid(format!(
                 "restored process {pid} is not in the container's cgroup"
@@ -444,7 +803,7 @@ pub fn take_over(
         RemoteSyscall::new(&mut tracee)
             .inject(
                 libc::SYS_close_range,
-                [FIRST_PRIVATE_FD as u64, u64::from(u32::MAX), 0, 0, 0, 0],
+                [private_fds(image) as u64, u64::from(u32::MAX), 0, 0, 0, 0],
             )
             .map_err(|e| {
                 Error::Invalid(format!(
@@ -453,7 +812,14 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
-    match rebuild_all(image, &mut tracees) {
+    // Shared memory objects, memfds and deleted files several husks use.
+    let mut shared = SharedObjects::new(image, &host_pid);
+    let rebuilt = shared
+        .open_held()
+        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared));
+    shared.unlink_deleted();
+    drop(shared);
+    match rebuilt {
         Ok(()) => {}
         Err(e) => {
             abandon(tracees);
@@ -461,7 +827,24 @@ pub fn take_over(
         }
     }
     // Detach everything, even past a failure, and report the first one.
+    // A process that was stopped gets SIGSTOP first, while every thread is
+    // still in a ptrace stop: it stops again before any of its code runs,
+    // and SIGCONT resumes it.
     let mut first_error = None;
+    for (pid, tracee, _) in &tracees {
+        if let cr_formats::schema::TaskState::Stopped { signo } = image.processes[pid].process.state
+        {
+            if let Err(e) = nix::sys::signal::kill(
+                tracee.tgid(),
+                nix::sys::signal::Signal::try_from(signo)
+                    .unwrap_or(nix::sys::signal::Signal::SIGSTOP),
+            ) {
+                first_error.get_or_insert_with(|| {
+                    Error::sys(format!("stopping restored process {pid} again"), e)
+                });
+            }
+        }
+    }
     for (pid, tracee, threads) in tracees {
         for thread in threads {
             let tid = thread.tid();
@@ -505,7 +888,11 @@ fn abandon(tracees: Vec<(i32, Tracee, Vec<Tracee>)>) {
 /// Rebuilds every husk: all address spaces are laid out first, then the
 /// page store is streamed chunk by chunk into them (never held whole in
 /// memory), then each process gets its state and registers.
-fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) -> Result<()> {
+fn rebuild_all(
+    image: &LoadedImage,
+    tracees: &mut [(i32, Tracee, Vec<Tracee>)],
+    shared: &mut SharedObjects<'_>,
+) -> Result<()> {
     let fail = |pid: i32, e: crate::restore::RestoreError| {
         let comm = image
             .processes
@@ -517,10 +904,12 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
     let mut husks = HashMap::new();
     for (pid, tracee, _) in tracees.iter_mut() {
         let p = &image.processes[pid];
-        let husk = prepare(tracee, &p.process, &p.threads, &p.vmas).map_err(|e| fail(*pid, e))?;
+        let husk = prepare_with(tracee, &p.process, &p.threads, &p.vmas, Some(&mut *shared))
+            .map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
     }
-    stream_pages(image, &husks, &fail)?;
+    stream_pages(image, &husks, shared, &fail)?;
+    shared.seal()?;
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
@@ -536,6 +925,7 @@ fn rebuild_all(image: &LoadedImage, tracees: &mut [(i32, Tracee, Vec<Tracee>)]) 
 fn stream_pages(
     image: &LoadedImage,
     husks: &HashMap<i32, PreparedHusk>,
+    shared: &SharedObjects<'_>,
     fail: &dyn Fn(i32, crate::restore::RestoreError) -> Error,
 ) -> Result<()> {
     let path = cr_formats::layout::pages_path(&image.dir);
@@ -546,8 +936,12 @@ fn stream_pages(
     let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
         .map_err(bad)?;
     while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        let cr_formats::PageOwner::Mm { pid } = chunk.header.owner else {
-            continue;
+        let pid = match chunk.header.owner {
+            cr_formats::PageOwner::Mm { pid } => pid,
+            cr_formats::PageOwner::Shmem { id } => {
+                shared.write_chunk(id, chunk.runs())?;
+                continue;
+            }
         };
         let husk = husks.get(&pid).ok_or_else(|| {
             Error::Invalid(format!(

@@ -336,6 +336,8 @@ pub enum TestImage {
     Busybox,
     /// busybox plus Debian's python3 with its standard library.
     Python,
+    /// busybox plus Debian's redis-server and redis-cli.
+    Redis,
 }
 
 impl TestImage {
@@ -343,6 +345,7 @@ impl TestImage {
         match self {
             TestImage::Busybox => "busybox",
             TestImage::Python => "python",
+            TestImage::Redis => "redis",
         }
     }
 
@@ -354,6 +357,12 @@ impl TestImage {
                 "/usr/bin/python3",
                 "--tree",
                 "/usr/lib/python3.11",
+            ],
+            TestImage::Redis => vec![
+                "--with",
+                "/usr/bin/redis-server",
+                "--with",
+                "/usr/bin/redis-cli",
             ],
         }
     }

@@ -15,6 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::bytes::{Blob, ByteString};
+use super::event::{EpollItem, InotifyWatch, TimerFd};
+use super::inet::InetSocket;
 use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
@@ -84,6 +86,37 @@ pub enum FileKind {
     },
     /// A unix domain socket (see [`super::unix`]).
     Unix(UnixSocket),
+    /// An eventfd: its counter and `EFD_SEMAPHORE` (`O_NONBLOCK` is in the
+    /// file's flags). See [`super::event`].
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// An epoll instance and its interest list.
+    Epoll {
+        items: Vec<EpollItem>,
+    },
+    /// A signalfd and the signals it accepts (bit N-1 for signal N).
+    SignalFd {
+        mask: u64,
+    },
+    TimerFd(TimerFd),
+    /// An inotify instance and its watches; queued events are not kept.
+    Inotify {
+        watches: Vec<InotifyWatch>,
+    },
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(InetSocket),
+    /// A memfd held as a descriptor: the object is the `ShmemObject` `id`.
+    Memfd {
+        id: u64,
+        pos: u64,
+    },
+    /// A regular file deleted while open: the `DeletedFile` `id`.
+    Deleted {
+        id: u64,
+        pos: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,8 @@
 //!   File { id 4, .. }              one per open file description
 //!   PipeData { pipe .. }           one per pipe with data in it
 //!   FileLock { .. }                one per lock
+//!   Shmem { id .. }                one per shared memory object or memfd
+//!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -23,9 +25,12 @@
 //! within a major version (see [`crate::version`]).
 
 mod bytes;
+mod event;
 mod file;
+mod inet;
 mod manifest;
 mod process;
+mod shmem;
 mod thread;
 mod unix;
 mod vma;
@@ -33,14 +38,19 @@ mod vma;
 use serde::{Deserialize, Serialize};
 
 pub use bytes::{Blob, ByteString};
+pub use event::{EpollItem, InotifyWatch, TimerFd};
 pub use file::{
     Fd, File, FileId, FileKind, FileLock, FileOwner, LockKind, LockMode, PipeData, PipeEnd, PipeId,
+};
+pub use inet::{
+    InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
 pub use manifest::{Arch, Manifest};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
 };
+pub use shmem::{DeletedFile, ShmemKind, ShmemObject};
 pub use thread::{RobustList, Rseq, Sched, SigAltStack, SyscallRestart, Thread};
 pub use unix::{UnixCred, UnixName, UnixSocket, UnixState, UnixType};
 pub use vma::{Vma, VmaKind};
@@ -107,6 +117,10 @@ records! {
     Fd(Fd) = 5,
     PipeData(PipeData) = 6,
     FileLock(FileLock) = 7,
+    /// A shared anonymous memory object or a memfd (pages in pages.img).
+    Shmem(ShmemObject) = 8,
+    /// A file deleted while open or mapped, with its contents.
+    DeletedFile(DeletedFile) = 9,
 }
 
 impl std::fmt::Display for RecordKind {

@@ -177,6 +177,23 @@ fn vma(pid: i32, start: u64, pages: u64, kind: VmaKind, in_page_store: bool) -> 
 
 /// Every record kind and every nested enum variant at least once (the
 /// manifest excepted: it goes to `RecordWriter::new`).
+fn inet_options() -> cr_formats::schema::SocketOptions {
+    cr_formats::schema::SocketOptions {
+        reuseaddr: true,
+        reuseport: false,
+        keepalive: true,
+        keepidle: 60,
+        keepintvl: 10,
+        keepcnt: 5,
+        nodelay: true,
+        sndbuf: 87_040,
+        rcvbuf: 131_072,
+        linger: Some(3),
+        v6only: false,
+        broadcast: false,
+    }
+}
+
 pub fn records() -> Vec<Record> {
     let mut r = vec![
         Record::Process(process(1, TaskState::Alive)),
@@ -295,6 +312,41 @@ pub fn records() -> Vec<Record> {
             sndbuf: 1,
             rcvbuf: 2,
         }),
+        FileKind::Inet(cr_formats::schema::InetSocket {
+            family: cr_formats::schema::InetFamily::V4,
+            proto: cr_formats::schema::InetProto::Tcp,
+            local: Some("10.0.0.2:80".parse().unwrap()),
+            peer: Some("10.0.0.1:40000".parse().unwrap()),
+            state: cr_formats::schema::InetState::Established(cr_formats::schema::TcpConnection {
+                snd_seq: 0xdead_beef,
+                rcv_seq: 7,
+                send_queue: cr_formats::schema::Blob(b"to send".to_vec()),
+                unsent: 2,
+                recv_queue: cr_formats::schema::Blob(b"received".to_vec()),
+                mss: 1448,
+                wscale: Some((7, 9)),
+                sack: true,
+                timestamp: Some(123_456),
+                window: cr_formats::schema::TcpWindow {
+                    snd_wl1: 6,
+                    snd_wnd: 65_535,
+                    max_window: 65_535,
+                    rcv_wnd: 64_000,
+                    rcv_wup: 7,
+                },
+            }),
+            options: inet_options(),
+        }),
+        FileKind::Inet(cr_formats::schema::InetSocket {
+            family: cr_formats::schema::InetFamily::V6,
+            proto: cr_formats::schema::InetProto::Udp,
+            local: Some("[::1]:53".parse().unwrap()),
+            peer: None,
+            state: cr_formats::schema::InetState::Idle,
+            options: inet_options(),
+        }),
+        FileKind::Memfd { id: 78, pos: 5 },
+        FileKind::Deleted { id: 79, pos: 8 },
     ];
     for (id, kind) in files.into_iter().enumerate() {
         r.push(Record::File(File {
@@ -349,6 +401,27 @@ pub fn records() -> Vec<Record> {
             len: 0,
         }));
     }
+    r.push(Record::Shmem(ShmemObject {
+        id: 77,
+        size: 16 * 4096 + 100,
+        kind: ShmemKind::Anonymous,
+    }));
+    r.push(Record::Shmem(ShmemObject {
+        id: 78,
+        size: 4096,
+        kind: ShmemKind::Memfd {
+            name: ByteString::from("buf"),
+            seals: 0x7,
+        },
+    }));
+    r.push(Record::DeletedFile(DeletedFile {
+        id: 79,
+        dev: 0x801,
+        ino: 79,
+        path: ByteString::from("/tmp/gone"),
+        mode: 0o640,
+        data: Blob(b"deleted but open\n".repeat(3)),
+    }));
     r
 }
 

@@ -1,0 +1,191 @@
+//! Real services in containers, checkpointed and restored while a client
+//! outside the container keeps its connection open: redis-server with 100k
+//! keys and a connected client.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// A minimal RESP client over one TCP connection.
+struct Redis {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Status(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+impl Redis {
+    fn connect(addr: &str) -> std::io::Result<Redis> {
+        let stream = TcpStream::connect_timeout(
+            &format!("{addr}:6379").parse().expect("address"),
+            Duration::from_secs(2),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Redis {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+        })
+    }
+
+    fn send(&mut self, args: &[&[u8]]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out).expect("writing to redis");
+    }
+
+    fn reply(&mut self) -> Reply {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("reading from redis");
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "+" => Reply::Status(rest.to_string()),
+            ":" => Reply::Int(rest.parse().expect("integer reply")),
+            "$" => {
+                let n: i64 = rest.parse().expect("bulk length");
+                if n < 0 {
+                    return Reply::Bulk(None);
+                }
+                let mut data = vec![0; n as usize + 2];
+                std::io::Read::read_exact(&mut self.reader, &mut data).expect("bulk data");
+                data.truncate(n as usize);
+                Reply::Bulk(Some(data))
+            }
+            _ => panic!("redis replied {line:?}"),
+        }
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> Reply {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send(&args);
+        self.reply()
+    }
+
+    fn get(&mut self, key: &str) -> Option<String> {
+        match self.cmd(&["GET", key]) {
+            Reply::Bulk(v) => v.map(|v| String::from_utf8(v).expect("utf-8 value")),
+            other => panic!("GET {key}: {other:?}"),
+        }
+    }
+}
+
+const KEYS: usize = 100_000;
+
+fn value(i: usize) -> String {
+    format!("value-{}", i * 7919 % 1_000_003)
+}
+
+fn start_redis(h: &TestHost, name: &str) -> String {
+    h.run(
+        name,
+        TestImage::Redis,
+        Some(2),
+        &[],
+        &[
+            "/usr/bin/redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    );
+    let addr = h.net.addr(2);
+    let up = wait_until(Duration::from_secs(15), || {
+        Redis::connect(&addr).is_ok_and(|mut r| r.cmd(&["PING"]) == Reply::Status("PONG".into()))
+    });
+    assert!(up, "redis did not answer: {}", h.ok(&["logs", name]));
+    addr
+}
+
+/// Loads KEYS keys with pipelined MSETs of 1000 keys each.
+fn load(r: &mut Redis) {
+    for batch in 0..KEYS / 1000 {
+        let mut args = vec!["MSET".to_string()];
+        for i in batch * 1000..(batch + 1) * 1000 {
+            args.push(format!("key:{i}"));
+            args.push(value(i));
+        }
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        r.send(&refs);
+    }
+    for _ in 0..KEYS / 1000 {
+        assert_eq!(r.reply(), Reply::Status("OK".into()));
+    }
+}
+
+fn check_data(r: &mut Redis, extra_keys: i64) {
+    assert_eq!(r.cmd(&["DBSIZE"]), Reply::Int(KEYS as i64 + extra_keys));
+    for i in [0, 1, 4242, KEYS / 2, KEYS - 1] {
+        assert_eq!(r.get(&format!("key:{i}")), Some(value(i)), "key:{i}");
+    }
+}
+
+#[test]
+fn redis_with_100k_keys_keeps_its_data_and_its_connected_client() {
+    let h = TestHost::new();
+    let addr = start_redis(&h, "redis");
+    let mut client = Redis::connect(&addr).expect("connecting to redis");
+    load(&mut client);
+    assert_eq!(
+        client.cmd(&["SET", "session", "before"]),
+        Reply::Status("OK".into())
+    );
+    check_data(&mut client, 1);
+
+    h.ok(&["checkpoint", "redis"]);
+    assert_eq!(h.state("redis"), "stopped");
+    h.ok(&["restore", "redis"]);
+
+    // The same connection, opened before the checkpoint, goes on.
+    assert_eq!(client.get("session"), Some("before".into()));
+    check_data(&mut client, 1);
+    assert_eq!(
+        client.cmd(&["SET", "session", "after"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(client.cmd(&["INCR", "counter"]), Reply::Int(1));
+    // A new client sees the writes made after the restore.
+    let mut other = Redis::connect(&addr).expect("connecting after restore");
+    assert_eq!(other.get("session"), Some("after".into()));
+    check_data(&mut other, 2);
+}
+
+#[test]
+fn redis_left_running_after_a_checkpoint_serves_the_same_connection() {
+    let h = TestHost::new();
+    let addr = start_redis(&h, "redis");
+    let mut client = Redis::connect(&addr).expect("connecting to redis");
+    load(&mut client);
+    h.ok(&["checkpoint", "redis", "--leave-running"]);
+    assert_eq!(h.state("redis"), "running");
+    check_data(&mut client, 0);
+    assert_eq!(client.cmd(&["SET", "k", "v"]), Reply::Status("OK".into()));
+
+    // The image taken while it kept running restores too (after a destroy),
+    // with the data it had at the checkpoint.
+    drop(client);
+    h.ok(&["destroy", "redis"]);
+    h.ok(&["restore", "redis"]);
+    let mut again = Redis::connect(&addr).expect("connecting after restore");
+    check_data(&mut again, 0);
+}
