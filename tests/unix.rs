@@ -245,3 +245,42 @@ fn data_sent_on_a_connection_not_accepted_yet_is_refused_before_the_freeze() {
         "/root/result"
     ) == "PASS"));
 }
+
+const ASYNCIO: &str = r#"
+import asyncio, threading
+async def handle(reader, writer):
+    data = await reader.read(100)
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    # Another thread wakes the loop through its self-pipe (a socketpair).
+    threading.Thread(target=lambda: loop.call_soon_threadsafe(woken.set_result, b"+woken")).start()
+    extra = await asyncio.wait_for(woken, 5)
+    writer.write(b"async:" + data + extra)
+    await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(handle, "/root/async.sock")
+    open("/root/ready", "w").write("1")
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+#[test]
+fn an_asyncio_loop_idle_in_epoll_serves_after_restore() {
+    // asyncio's self-pipe is a socketpair and its listener a unix socket
+    // bound by path, both registered in an epoll set; the loop sleeps in
+    // epoll_wait at checkpoint.
+    let h = TestHost::new();
+    h.run_python_until("aio", ASYNCIO, "/root/ready");
+    h.ok(&["checkpoint", "aio"]);
+    h.ok(&["restore", "aio"]);
+    let out = h.exec(
+        "aio",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/root/async.sock'); s.sendall(b'hi'); print(s.recv(100).decode())",
+        ],
+    );
+    assert_eq!(out.trim(), "async:hi+woken");
+}
