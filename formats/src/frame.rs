@@ -523,6 +523,17 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Hands over the buffer that holds the last frame's payload (what
+    /// [`Self::payload`] returns), putting `spare` in its place: the payload
+    /// leaves the reader without a copy. The next frame refills `spare`.
+    pub(crate) fn take_payload(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        if self.in_raw {
+            std::mem::replace(&mut self.raw, spare)
+        } else {
+            std::mem::replace(&mut self.stored, spare)
+        }
+    }
+
     /// Marks the stream failed: a caller found the last payload invalid.
     pub(crate) fn poison(&mut self) {
         self.state = ReadState::Failed(self.offset);

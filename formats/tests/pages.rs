@@ -469,3 +469,60 @@ fn a_zstd_frame_that_lies_about_its_size_is_decompress() {
         );
     }
 }
+
+/// Every page of `bytes` read with `next_chunk_owned`, recycling each
+/// buffer into the next call.
+fn read_pages_owned(bytes: &[u8]) -> Result<Pages> {
+    let mut r = PageReader::new(bytes)?;
+    let mut out = Vec::new();
+    let mut spare = Vec::new();
+    while let Some(chunk) = r.next_chunk_owned(std::mem::take(&mut spare))? {
+        for run in chunk.runs() {
+            for i in 0..run.nr_pages as usize {
+                let vaddr = run.vaddr + (i * PAGE_SIZE) as u64;
+                let data = match run.kind {
+                    RunKind::Data => Some(run.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].to_vec()),
+                    RunKind::Zero => None,
+                };
+                out.push((run.owner, vaddr, data));
+            }
+        }
+        spare = chunk.into_buffer();
+    }
+    assert!(r.is_complete());
+    Ok(out)
+}
+
+#[test]
+fn owned_chunks_read_the_same_pages_and_the_same_damage() {
+    for compression in [Compression::None, Compression::Zstd { level: 3 }] {
+        let bytes = pages_image(compression);
+        assert_eq!(
+            read_pages_owned(&bytes).unwrap(),
+            expected_sample(),
+            "{compression:?}"
+        );
+    }
+    let mut bad = pages_image(Compression::None);
+    bad[STREAM_HEADER_LEN + FRAME_HEADER_LEN + 100] ^= 0x80;
+    let err = read_pages_owned(&bad).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FormatError::FrameChecksum {
+                seq: 0,
+                part: FramePart::Payload,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let good = pages_image(Compression::Zstd { level: 3 });
+    for len in [good.len() / 2, good.len() - 1] {
+        let err = read_pages_owned(&good[..len]).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Truncated { .. }),
+            "cut at {len}: {err}"
+        );
+    }
+}

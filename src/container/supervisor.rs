@@ -108,6 +108,9 @@ pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }.sys(|| format!("ignoring {sig}"))?;
     }
+    if restore.is_some() {
+        restore::timing::mark("start");
+    }
     let image = match restore.map(LoadedImage::load).transpose() {
         Ok(image) => image,
         Err(err) => {
@@ -115,8 +118,15 @@ pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
             return Ok(1);
         }
     };
+    if image.is_some() {
+        restore::timing::mark("image loaded");
+    }
     match launch(host, &config, image.as_ref()) {
         Ok(launched) => {
+            if image.is_some() {
+                restore::timing::mark("state saved");
+                eprintln!("{}", restore::timing::summary());
+            }
             drop(image);
             let _ = writeln!(status, "ok {}", launched.init);
             drop(status);
@@ -333,6 +343,9 @@ fn spawn_init(
         if let Err(e) = network::setup(net, child) {
             return Err(fail(e.to_string()));
         }
+    }
+    if restore.is_some() {
+        restore::timing::mark("cgroups+network");
     }
     if to_child.write_all(b"G").is_err() {
         return Err(fail("PID 1 exited before it was told to start".into()));

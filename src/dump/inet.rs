@@ -30,7 +30,7 @@ use cr_formats::schema::{
     Blob, FileKind, InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection,
     TcpWindow,
 };
-use nix::sys::socket::{getpeername, getsockname, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
 
 use crate::dump::files::FdObject;
 use crate::dump::DumpError;
@@ -289,7 +289,6 @@ fn local_addr(sock: &OwnedFd) -> Option<SocketAddr> {
 
 fn peer_addr(sock: &OwnedFd) -> Option<SocketAddr> {
     let a = getpeername::<SockaddrStorage>(sock.as_raw_fd()).ok()?;
-    let _ = a.family();
     to_std(&a)
 }
 
@@ -319,9 +318,12 @@ pub fn collect(o: &FdObject) -> Result<FileKind, DumpError> {
     let err =
         |what: &str, e: io::Error| DumpError::proc(pid, format!("socket fd {fd} ({what})"), e);
     let p = probe(pid, fd).map_err(|e| err("probing", e))?;
+    // A socket that changed since the survey: refused in the frozen
+    // window, named as the survey would.
+    let status = crate::dump::procfs::read_status(pid).ok();
     let refuse = |what: String| DumpError::Unsupported {
-        pid,
-        comm: String::new(),
+        pid: status.as_ref().map_or(pid, |s| s.pid_in_ns()),
+        comm: status.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
         what: format!("fd {fd} is {what}, which cr cannot move"),
     };
     p.unsupported().map_err(refuse)?;

@@ -19,9 +19,11 @@ pub mod creds;
 pub mod events;
 pub mod image;
 pub mod inet;
+pub mod pages;
 pub mod process;
 pub mod shmem;
 pub mod signals;
+pub mod timing;
 pub mod tree;
 pub mod unix;
 

@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::events;
 use crate::restore::image::LoadedImage;
-use crate::restore::process::{finish, prepare_with, write_pages, Pages, PreparedHusk};
+use crate::restore::process::{finish, prepare_with};
 use crate::restore::shmem::{self, SharedObjects};
 
 /// The restorer's own fds live at or above [`private_fds`], never below this.
@@ -764,6 +764,7 @@ pub fn take_over(
         .filter(|p| !is_zombie(&p.process))
         .map(|p| p.process.pid)
         .collect();
+    crate::restore::timing::mark("pid 1 setup");
     if let Err(e) = wait_for_husks(live.len(), report) {
         // Deleted files PID 1 wrote back go with the failed restore.
         if !image.deleted.is_empty() {
@@ -775,6 +776,7 @@ pub fn take_over(
         }
         return Err(e);
     }
+    crate::restore::timing::mark("husks ready");
     let mut host_pid = HashMap::new();
     for pid in cgroup.pids()? {
         let status = procfs::read_status(pid.as_raw())?;
@@ -812,6 +814,7 @@ pub fn take_over(
             })?;
         tracees.push((*pid, tracee, Vec::new()));
     }
+    crate::restore::timing::mark("seized");
     // Shared memory objects, memfds and deleted files several husks use.
     let mut shared = SharedObjects::new(image, &host_pid);
     let rebuilt = shared
@@ -859,6 +862,7 @@ pub fn take_over(
                 .get_or_insert_with(|| Error::Invalid(format!("resuming process {pid}: {e}")));
         }
     }
+    crate::restore::timing::mark("resumed");
     match first_error {
         Some(e) => Err(e),
         None => Ok(host_pid),
@@ -908,55 +912,16 @@ fn rebuild_all(
             .map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
     }
-    stream_pages(image, &husks, shared, &fail)?;
+    crate::restore::timing::mark("prepared");
+    crate::restore::pages::stream(image, &husks, shared, &fail)?;
     shared.seal()?;
+    crate::restore::timing::mark("pages");
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
             .remove(pid)
             .ok_or_else(|| Error::Invalid(format!("process {pid} was not prepared")))?;
         *threads = finish(tracee, husk, &p.process, &p.threads).map_err(|e| fail(*pid, e))?;
-    }
-    Ok(())
-}
-
-/// Writes the page store of `image.dir` into the prepared husks, one
-/// verified chunk at a time.
-fn stream_pages(
-    image: &LoadedImage,
-    husks: &HashMap<i32, PreparedHusk>,
-    shared: &SharedObjects<'_>,
-    fail: &dyn Fn(i32, crate::restore::RestoreError) -> Error,
-) -> Result<()> {
-    let path = cr_formats::layout::pages_path(&image.dir);
-    let file = File::open(&path).map_err(|e| Error::io("opening checkpoint image", &path, e))?;
-    let bad = |e: cr_formats::FormatError| {
-        Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
-    };
-    let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
-        .map_err(bad)?;
-    while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        let pid = match chunk.header.owner {
-            cr_formats::PageOwner::Mm { pid } => pid,
-            cr_formats::PageOwner::Shmem { id } => {
-                shared.write_chunk(id, chunk.runs())?;
-                continue;
-            }
-        };
-        let husk = husks.get(&pid).ok_or_else(|| {
-            Error::Invalid(format!(
-                "checkpoint image {}: pages of unknown process {pid}",
-                path.display()
-            ))
-        })?;
-        let runs: Vec<Pages<'_>> = chunk.runs().map(Pages::from).collect();
-        write_pages(husk.pid, &image.processes[&pid].vmas, &runs).map_err(|e| fail(pid, e))?;
-    }
-    if !reader.is_complete() {
-        return Err(Error::Invalid(format!(
-            "checkpoint image {}: the page store is truncated",
-            path.display()
-        )));
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use chunk::{encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk};
-pub use reader::{PageChunk, PageReader, PageRunRef, PageRuns};
+pub use reader::{OwnedPageChunk, PageChunk, PageReader, PageRunRef, PageRuns};
 pub use writer::{PageStats, PageWriter, PageWriterOptions};
 
 /// Bytes per page (x86-64).

@@ -49,6 +49,47 @@ impl<R: Read> PageReader<R> {
     /// The next verified chunk; `Ok(None)` only once the trailer has been
     /// verified and the input has ended. After an error every call fails.
     pub fn next_chunk(&mut self) -> Result<Option<PageChunk<'_>>> {
+        let Some((frame, header, data_len)) = self.next_header()? else {
+            return Ok(None);
+        };
+        let data = self.frames.payload().get(..data_len).unwrap_or_default();
+        Ok(Some(PageChunk {
+            frame,
+            header,
+            data,
+        }))
+    }
+
+    /// The next verified chunk as an owned value, for a consumer on another
+    /// thread: its buffer is the reader's own, handed over without a copy,
+    /// and `spare` (an empty buffer, or one [`OwnedPageChunk::into_buffer`]
+    /// gave back) takes its place. `Ok(None)` and errors as for
+    /// [`Self::next_chunk`].
+    pub fn next_chunk_owned(&mut self, spare: Vec<u8>) -> Result<Option<OwnedPageChunk>> {
+        let Some((frame, header, data_len)) = self.next_header()? else {
+            return Ok(None);
+        };
+        let buf = self.frames.take_payload(spare);
+        if buf.len() < data_len {
+            // parse_chunk checked the data fits the payload.
+            self.frames.poison();
+            return Err(FormatError::BadChunk {
+                seq: frame.seq,
+                offset: frame.offset,
+                what: "data runs do not cover the chunk's data exactly",
+            });
+        }
+        Ok(Some(OwnedPageChunk {
+            frame,
+            header,
+            buf,
+            data_len,
+        }))
+    }
+
+    /// Reads and verifies the next frame and parses its chunk index;
+    /// returns the index and the length of the chunk's page data.
+    fn next_header(&mut self) -> Result<Option<(FrameInfo, ChunkHeader, usize)>> {
         let Some(frame) = self.frames.next_frame()? else {
             return Ok(None);
         };
@@ -66,12 +107,7 @@ impl<R: Read> PageReader<R> {
         self.stats
             .add(&frame, header.data_pages(), header.zero_pages());
         let data_len = header.runs.iter().map(PageRun::data_len).sum::<u64>() as usize;
-        let data = self.frames.payload().get(..data_len).unwrap_or_default();
-        Ok(Some(PageChunk {
-            frame,
-            header,
-            data,
-        }))
+        Ok(Some((frame, header, data_len)))
     }
 
     /// True once the trailer has been verified: every page was read.
@@ -103,6 +139,38 @@ impl<'a> PageChunk<'a> {
             runs: self.header.runs.iter(),
             data: self.data,
         }
+    }
+}
+
+/// One verified chunk that owns its bytes (see
+/// [`PageReader::next_chunk_owned`]).
+#[derive(Debug)]
+pub struct OwnedPageChunk {
+    pub frame: FrameInfo,
+    pub header: ChunkHeader,
+    /// The raw chunk: page data first, then the index.
+    buf: Vec<u8>,
+    data_len: usize,
+}
+
+impl OwnedPageChunk {
+    /// The page data of the chunk's `Data` runs, in run order.
+    pub fn data(&self) -> &[u8] {
+        self.buf.get(..self.data_len).unwrap_or_default()
+    }
+
+    /// The runs, each with its slice of the data.
+    pub fn runs(&self) -> PageRuns<'_> {
+        PageRuns {
+            owner: self.header.owner,
+            runs: self.header.runs.iter(),
+            data: self.data(),
+        }
+    }
+
+    /// The buffer, to be handed back to [`PageReader::next_chunk_owned`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 }
 

@@ -1,0 +1,256 @@
+//! Streaming the page store into the prepared husks, on both cores.
+//!
+//! ```text
+//!  reader thread                   supervisor's thread            helper thread
+//!  read a chunk into a buffer,
+//!  verify it (frame checksum,
+//!  zstd, index), hand the    ───►  split its data runs in two ──► write half A
+//!  buffer over, no copy            halves; write half B           (process_vm_writev,
+//!  (at most IN_FLIGHT ahead)       wait for half A  ◄──────────── /proc/PID/mem for
+//!  ...                             buffer back to the reader      read-only maps)
+//!  verify the trailer              ...
+//! ```
+//!
+//! * Writing fresh memory is what costs: the kernel allocates (and zeroes)
+//!   every page it is written to, so two writers on the two halves of each
+//!   chunk, with the reader's copy and checksum overlapped on whichever core
+//!   is free, is what makes a big address space come back fast.
+//! * Every byte written is a byte the reader verified: the writers use the
+//!   reader's own buffer, so nothing is read twice and nothing can change
+//!   between the check and the write.
+//! * Chunks are applied in stream order: both halves of a chunk are written
+//!   before any page of the next one, so when a page appears twice in the
+//!   store the later copy wins.
+//! * Nothing resumes before the reader has verified the trailer; any error
+//!   (a corrupt or truncated chunk, a page outside the image's mappings, a
+//!   failed write) returns here and the caller abandons the whole tree.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use cr_formats::schema::Vma;
+use cr_formats::{OwnedPageChunk, PageOwner, PageReader, RunKind, PAGE_SIZE};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::restore::image::LoadedImage;
+use crate::restore::process::{write_pages, Pages, PreparedHusk};
+use crate::restore::shmem::SharedObjects;
+use crate::restore::RestoreError;
+
+/// Chunks with less page data than this are written by one thread.
+const SPLIT_MIN: usize = 256 << 10;
+/// Verified chunks the reader may hold ready beyond the one being written.
+const IN_FLIGHT: usize = 2;
+
+/// A run, or part of one, of a chunk: `data` is its byte range in the
+/// chunk's page data, `None` for zero pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    vaddr: u64,
+    nr_pages: u64,
+    data: Option<std::ops::Range<usize>>,
+}
+
+/// Half of a chunk for the helper thread.
+struct Job<'a> {
+    pid: Pid,
+    vmas: &'a [Vma],
+    chunk: Arc<OwnedPageChunk>,
+    pieces: Vec<Piece>,
+}
+
+/// Writes the page store of `image.dir` into the prepared husks (see the
+/// module documentation). Returns once every chunk was written and the
+/// whole store, trailer included, was verified.
+pub fn stream(
+    image: &LoadedImage,
+    husks: &HashMap<i32, PreparedHusk>,
+    shared: &SharedObjects<'_>,
+    fail: &dyn Fn(i32, RestoreError) -> Error,
+) -> Result<()> {
+    let path = cr_formats::layout::pages_path(&image.dir);
+    let file = File::open(&path).map_err(|e| Error::io("opening checkpoint image", &path, e))?;
+    let path = &path;
+    let bad = move |e: cr_formats::FormatError| {
+        Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
+    };
+    let (chunk_tx, chunk_rx) = mpsc::sync_channel::<OwnedPageChunk>(IN_FLIGHT);
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    let (job_tx, job_rx) = mpsc::channel::<Job<'_>>();
+    let (done_tx, done_rx) = mpsc::channel::<std::result::Result<(), RestoreError>>();
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<()> {
+            // Unbuffered: payloads are read straight into the chunk
+            // buffers (a BufReader would copy every byte once more); the
+            // frame headers cost one small read each.
+            let mut reader = PageReader::new(file).map_err(bad)?;
+            loop {
+                let spare = pool_rx.try_recv().unwrap_or_default();
+                match reader.next_chunk_owned(spare).map_err(bad)? {
+                    Some(chunk) => {
+                        if chunk_tx.send(chunk).is_err() {
+                            // The writers stopped; their error is the one to report.
+                            return Ok(());
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if !reader.is_complete() {
+                return Err(Error::Invalid(format!(
+                    "checkpoint image {}: the page store is truncated",
+                    path.display()
+                )));
+            }
+            Ok(())
+        });
+        s.spawn(move || {
+            for job in job_rx {
+                let r = write_pieces(job.pid, job.vmas, &job.chunk, &job.pieces);
+                if done_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        let written = write_chunks(
+            image, husks, shared, fail, chunk_rx, &pool_tx, job_tx, &done_rx,
+        );
+        // The reader ends once the stream does, or once the writers
+        // stopped and dropped their end of the channel.
+        let verified = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("the page store reader panicked".into())));
+        // A bad chunk ends the stream early: the reader's error explains
+        // what the writers saw (if anything).
+        verified.and(written)
+    })
+}
+
+/// The supervisor's side: takes the verified chunks in stream order and
+/// writes each, half of it through the helper.
+fn write_chunks<'a>(
+    image: &'a LoadedImage,
+    husks: &HashMap<i32, PreparedHusk>,
+    shared: &SharedObjects<'_>,
+    fail: &dyn Fn(i32, RestoreError) -> Error,
+    chunks: mpsc::Receiver<OwnedPageChunk>,
+    pool: &mpsc::Sender<Vec<u8>>,
+    jobs: mpsc::Sender<Job<'a>>,
+    done: &mpsc::Receiver<std::result::Result<(), RestoreError>>,
+) -> Result<()> {
+    for chunk in chunks {
+        let pid = match chunk.header.owner {
+            PageOwner::Mm { pid } => pid,
+            PageOwner::Shmem { id } => {
+                // A shared object's pages go through the supervisor's own
+                // descriptor of it, in stream order like the rest.
+                shared.write_chunk(id, chunk.runs())?;
+                let _ = pool.send(chunk.into_buffer());
+                continue;
+            }
+        };
+        let (Some(husk), Some(p)) = (husks.get(&pid), image.processes.get(&pid)) else {
+            return Err(Error::Invalid(format!(
+                "checkpoint image {}: pages of unknown process {pid}",
+                image.dir.display()
+            )));
+        };
+        let (theirs, mine) = split(&chunk);
+        let chunk = Arc::new(chunk);
+        let helped = !theirs.is_empty();
+        if helped {
+            let job = Job {
+                pid: husk.pid,
+                vmas: &p.vmas,
+                chunk: Arc::clone(&chunk),
+                pieces: theirs,
+            };
+            if jobs.send(job).is_err() {
+                return Err(Error::Invalid("the page writer thread is gone".into()));
+            }
+        }
+        let mine = write_pieces(husk.pid, &p.vmas, &chunk, &mine);
+        let theirs = if helped {
+            done.recv().unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid: husk.pid,
+                    what: "the page writer thread is gone".into(),
+                })
+            })
+        } else {
+            Ok(())
+        };
+        mine.and(theirs).map_err(|e| fail(pid, e))?;
+        if let Ok(chunk) = Arc::try_unwrap(chunk) {
+            let _ = pool.send(chunk.into_buffer());
+        }
+    }
+    Ok(())
+}
+
+/// Splits a chunk's runs in two halves of about the same data: the first
+/// for the helper, the second (with every zero run) for the caller. A
+/// small chunk goes whole to the caller.
+fn split(chunk: &OwnedPageChunk) -> (Vec<Piece>, Vec<Piece>) {
+    let total = chunk.data().len();
+    let mut pieces = Vec::new();
+    let mut at = 0usize;
+    for run in chunk.runs() {
+        let len = run.data.len();
+        pieces.push(Piece {
+            vaddr: run.vaddr,
+            nr_pages: u64::from(run.nr_pages),
+            data: match run.kind {
+                RunKind::Data => Some(at..at + len),
+                RunKind::Zero => None,
+            },
+        });
+        at += len;
+    }
+    if total < SPLIT_MIN {
+        return (Vec::new(), pieces);
+    }
+    let cut = total / 2 / PAGE_SIZE * PAGE_SIZE;
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for piece in pieces {
+        match piece.data.clone() {
+            Some(r) if r.end <= cut => first.push(piece),
+            Some(r) if r.start < cut => {
+                let head = ((cut - r.start) / PAGE_SIZE) as u64;
+                first.push(Piece {
+                    vaddr: piece.vaddr,
+                    nr_pages: head,
+                    data: Some(r.start..cut),
+                });
+                second.push(Piece {
+                    vaddr: piece.vaddr + head * PAGE_SIZE as u64,
+                    nr_pages: piece.nr_pages - head,
+                    data: Some(cut..r.end),
+                });
+            }
+            _ => second.push(piece),
+        }
+    }
+    (first, second)
+}
+
+fn write_pieces(
+    pid: Pid,
+    vmas: &[Vma],
+    chunk: &OwnedPageChunk,
+    pieces: &[Piece],
+) -> std::result::Result<(), RestoreError> {
+    let data = chunk.data();
+    let pages: Vec<Pages<'_>> = pieces
+        .iter()
+        .map(|p| Pages {
+            vaddr: p.vaddr,
+            nr_pages: p.nr_pages,
+            data: p.data.clone().map(|r| data.get(r).unwrap_or_default()),
+        })
+        .collect();
+    write_pages(pid, vmas, &pages)
+}
