@@ -122,11 +122,12 @@ import os, socket, time
 s = socket.socket(socket.AF_UNIX)
 s.connect("\0cr-test-host-daemon")
 s.sendall(b"hello host")
+pending = socket.socket(socket.AF_UNIX)
+pending.connect("\0cr-test-host-backlog")
 open("/root/ready", "w").write("1")
 while not os.path.exists("/root/go"):
     time.sleep(0.02)
-s.sendall(b"still here")
-open("/root/result", "w").write("PASS")
+open("/root/result", "w").write("PASS" if pending.getpeername() == b"\0cr-test-host-backlog" else "FAIL")
 time.sleep(1000)
 "#;
 
@@ -159,10 +160,15 @@ fn a_peer_outside_the_container_is_refused_before_the_freeze() {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("its netns");
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let addr = SocketAddr::from_abstract_name(b"cr-test-host-daemon").expect("address");
-        UnixListener::bind_addr(&addr).expect("binding the host daemon")
+        let backlog = SocketAddr::from_abstract_name(b"cr-test-host-backlog").expect("address");
+        (
+            UnixListener::bind_addr(&addr).expect("binding the host daemon"),
+            UnixListener::bind_addr(&backlog).expect("binding the host's second listener"),
+        )
     })
     .join()
     .expect("listener thread");
+    let (listener, never_accepts) = listener;
     h.exec("outside", &["touch", "/root/daemon"]);
     let (mut conn, _) = listener.accept().expect("the container connects");
     let mut hello = [0u8; 10];
@@ -181,11 +187,26 @@ fn a_peer_outside_the_container_is_refused_before_the_freeze() {
         "{err}"
     );
     assert_eq!(h.state("outside"), "running");
+    // Once the first connection is gone (the daemon closes it; a closed
+    // peer is fine), the one waiting in the backlog of a listener that is
+    // no process of the container is refused in its turn.
+    drop(conn);
+    let err = h.fails(&["checkpoint", "outside"]);
+    assert!(
+        err.contains("backlog of socket:[")
+            && err.contains("@cr-test-host-backlog, which is outside the container")
+            && err.contains("fd 4")
+            && err.contains("was not frozen"),
+        "{err}"
+    );
+    assert_eq!(h.state("outside"), "running");
     h.exec("outside", &["touch", "/root/go"]);
-    let mut more = [0u8; 10];
-    conn.read_exact(&mut more)
-        .expect("the container still talks");
-    assert_eq!(&more, b"still here");
+    assert!(wait_until(Duration::from_secs(10), || file_in(
+        &h,
+        "outside",
+        "/root/result"
+    ) == "PASS"));
+    drop(never_accepts);
 }
 
 const SENT_BEFORE_ACCEPT: &str = r#"
@@ -223,4 +244,43 @@ fn data_sent_on_a_connection_not_accepted_yet_is_refused_before_the_freeze() {
         "early",
         "/root/result"
     ) == "PASS"));
+}
+
+const ASYNCIO: &str = r#"
+import asyncio, threading
+async def handle(reader, writer):
+    data = await reader.read(100)
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    # Another thread wakes the loop through its self-pipe (a socketpair).
+    threading.Thread(target=lambda: loop.call_soon_threadsafe(woken.set_result, b"+woken")).start()
+    extra = await asyncio.wait_for(woken, 5)
+    writer.write(b"async:" + data + extra)
+    await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(handle, "/root/async.sock")
+    open("/root/ready", "w").write("1")
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+#[test]
+fn an_asyncio_loop_idle_in_epoll_serves_after_restore() {
+    // asyncio's self-pipe is a socketpair and its listener a unix socket
+    // bound by path, both registered in an epoll set; the loop sleeps in
+    // epoll_wait at checkpoint.
+    let h = TestHost::new();
+    h.run_python_until("aio", ASYNCIO, "/root/ready");
+    h.ok(&["checkpoint", "aio"]);
+    h.ok(&["restore", "aio"]);
+    let out = h.exec(
+        "aio",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/root/async.sock'); s.sendall(b'hi'); print(s.recv(100).decode())",
+        ],
+    );
+    assert_eq!(out.trim(), "async:hi+woken");
 }

@@ -500,7 +500,18 @@ pub fn check(sockets: &[SocketFd]) -> Result<(), DumpError> {
                 ));
             }
         }
-        if waiting_in(&diags, s.ino).is_some() {
+        let listener = waiting_in(&diags, s.ino);
+        if let Some(l) = listener.filter(|l| !ours.contains(&l.ino)) {
+            return Err(refuse(
+                s,
+                format!(
+                    "whose connection waits in the backlog of socket:[{}]{}, which is outside the container; cr cannot move a connection to the outside",
+                    l.ino,
+                    l.name.as_deref().map(|n| format!(" {}", show_name(n))).unwrap_or_default()
+                ),
+            ));
+        }
+        if listener.is_some() {
             // Its peer is the embryo in a listener's backlog (which has no
             // inode): the client's connect makes it again, but the data the
             // client already sent sits in the embryo, out of reach.
@@ -516,20 +527,30 @@ pub fn check(sockets: &[SocketFd]) -> Result<(), DumpError> {
             }
         } else if let Some(peer) = d.peer.filter(|p| *p != 0) {
             if !ours.contains(&u64::from(peer)) {
-                {
-                    let name = diags
-                        .get(&u64::from(peer))
-                        .and_then(|p| p.name.as_deref())
-                        .map(|n| format!(" {}", show_name(n)))
-                        .unwrap_or_default();
-                    return Err(refuse(
-                        s,
-                        format!(
-                            "connected to socket:[{peer}]{name}, which is outside the container (another process or the host); cr cannot move a connection to the outside"
-                        ),
-                    ));
-                }
+                let name = diags
+                    .get(&u64::from(peer))
+                    .and_then(|p| p.name.as_deref())
+                    .map(|n| format!(" {}", show_name(n)))
+                    .unwrap_or_default();
+                return Err(refuse(
+                    s,
+                    format!(
+                        "connected to socket:[{peer}]{name}, which is outside the container (another process or the host); cr cannot move a connection to the outside"
+                    ),
+                ));
             }
+        } else if d.peer == Some(0)
+            && d.state == TCP_ESTABLISHED
+            && i32::from(d.kind) != libc::SOCK_DGRAM
+            && d.shutdown & 3 != 3
+        {
+            // A peer without an inode that is not closed (closing sets
+            // both shutdown bits on the survivor): a connection waiting in
+            // the backlog of a listener this namespace does not show.
+            return Err(refuse(
+                s,
+                "whose connection waits to be accepted by a listening socket outside the container; cr cannot move a connection to the outside".into(),
+            ));
         }
         if d.state == TCP_LISTEN {
             if let Some(client) = d.icons.iter().find(|c| !ours.contains(&u64::from(**c))) {
@@ -721,4 +742,56 @@ fn peer_cred(sock: &OwnedFd, host_pid: i32) -> Option<UnixCred> {
         uid: uid_map.to_inside(cred.uid),
         gid: gid_map.to_inside(cred.gid),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, data: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(data);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
+    #[test]
+    fn a_unix_diag_message_is_parsed() {
+        let mut body = vec![libc::AF_UNIX as u8, libc::SOCK_STREAM as u8, TCP_LISTEN, 0];
+        body.extend_from_slice(&4242u32.to_ne_bytes());
+        body.extend_from_slice(&[0xff; 8]);
+        body.extend(attr(UNIX_DIAG_NAME, b"/run/a.sock\0"));
+        body.extend(attr(UNIX_DIAG_PEER, &7u32.to_ne_bytes()));
+        let icons: Vec<u8> = [11u32, 12].iter().flat_map(|i| i.to_ne_bytes()).collect();
+        body.extend(attr(UNIX_DIAG_ICONS, &icons));
+        let rq: Vec<u8> = [2u32, 128].iter().flat_map(|i| i.to_ne_bytes()).collect();
+        body.extend(attr(UNIX_DIAG_RQLEN, &rq));
+        body.extend(attr(UNIX_DIAG_SHUTDOWN, &[3]));
+        let d = parse_diag(&body).expect("parsed");
+        assert_eq!(d.ino, 4242);
+        assert_eq!(d.state, TCP_LISTEN);
+        assert_eq!(d.name.as_deref(), Some(&b"/run/a.sock\0"[..]));
+        assert_eq!(d.peer, Some(7));
+        assert_eq!(d.icons, vec![11, 12]);
+        assert_eq!(d.rqlen, (2, 128));
+        assert_eq!(d.shutdown, 3);
+        assert_eq!(
+            show_name(d.name.as_deref().unwrap_or_default()),
+            "/run/a.sock"
+        );
+        assert_eq!(show_name(b"\0svc"), "@svc");
+    }
+
+    #[test]
+    fn damaged_diag_messages_do_not_panic() {
+        assert!(parse_diag(&[1, 2, 3]).is_none());
+        let mut body = vec![0u8; 16];
+        body.extend_from_slice(&[200, 0, 1, 0, 9]);
+        let d = parse_diag(&body).expect("the header is enough");
+        assert!(d.name.is_none());
+        assert_eq!(socket_ino("socket:[77]"), Some(77));
+        assert_eq!(socket_ino("pipe:[77]"), None);
+    }
 }
