@@ -1003,7 +1003,9 @@ type SeenFd = (i32, i32, u64);
 #[derive(Default)]
 struct FileTable {
     next_id: u64,
-    /// (dev, ino) -> the descriptors seen on it
+    /// (dev, ino) -> one descriptor of each open file description seen on
+    /// it, in kcmp order (all anonymous-inode files share one inode, so a
+    /// group may be large: lookups are binary searches, not scans)
     seen: HashMap<(u64, u64), Vec<SeenFd>>,
     pipes_done: Vec<u64>,
     /// Locks written (flock and OFD locks show in every fd of their file).
@@ -1018,14 +1020,11 @@ impl FileTable {
                 std::os::unix::fs::MetadataExt::dev(meta),
                 std::os::unix::fs::MetadataExt::ino(meta),
             );
-            let shared = self.seen.get(&key).and_then(|list| {
-                list.iter()
-                    .find(|(p, f, _)| same_file(*p, *f, task.host_pid, entry.fd))
-                    .map(|(_, _, id)| *id)
-            });
-            let id = match shared {
-                Some(id) => id,
-                None => {
+            let group = self.seen.entry(key).or_default();
+            let found = find_file(group, task.host_pid, entry.fd);
+            let id = match found {
+                Ok(at) => group[at].2,
+                Err(at) => {
                     self.next_id += 1;
                     let id = self.next_id;
                     let file_kind = files::collect(task.host_pid, entry, kind, meta)?;
@@ -1045,13 +1044,12 @@ impl FileTable {
                         owner: None,
                         kind: file_kind,
                     }))?;
+                    if let Some(group) = self.seen.get_mut(&key) {
+                        group.insert(at, (task.host_pid, entry.fd, id));
+                    }
                     id
                 }
             };
-            self.seen
-                .entry(key)
-                .or_default()
-                .push((task.host_pid, entry.fd, id));
             for lock in shmem::fd_locks(pid, entry, id) {
                 let owner = match lock.kind {
                     cr_formats::schema::LockKind::Posix => lock.pid,
@@ -1076,11 +1074,41 @@ impl FileTable {
     }
 }
 
-/// Whether two descriptors refer to the same open file description.
-fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
+/// Where the open file description of `fd` of `pid` is in `group` (kept in
+/// kcmp order): `Ok(index)` if a descriptor of it is there, else `Err(index)`
+/// where it belongs. If the kernel cannot order two files, the group is
+/// searched one by one and a new file goes at the end (still correct,
+/// only slower).
+fn find_file(group: &[SeenFd], pid: i32, fd: i32) -> std::result::Result<usize, usize> {
+    let mut unordered = false;
+    let found = group.binary_search_by(|(p, f, _)| {
+        file_order(*p, *f, pid, fd).unwrap_or_else(|| {
+            unordered = true;
+            std::cmp::Ordering::Less
+        })
+    });
+    if !unordered {
+        return found;
+    }
+    group
+        .iter()
+        .position(|(p, f, _)| file_order(*p, *f, pid, fd) == Some(std::cmp::Ordering::Equal))
+        .ok_or(group.len())
+}
+
+/// How the kernel orders the open file descriptions behind two descriptors
+/// (`kcmp(KCMP_FILE)`: equal when they are the same description); `None`
+/// when it cannot tell.
+fn file_order(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Option<std::cmp::Ordering> {
     const KCMP_FILE: i32 = 0;
     // SAFETY: kcmp compares two kernel objects named by integers.
-    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0 }
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    match rc {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    }
 }
 
 /// The bytes waiting in a pipe, read without consuming them: a new read end
