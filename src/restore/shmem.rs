@@ -375,8 +375,24 @@ impl<'a> SharedObjects<'a> {
                     ],
                 )? as i32;
                 let sized = rs.inject(libc::SYS_ftruncate, [fd as u64, obj.size, 0, 0, 0, 0]);
+                // A shared mapping that cannot write goes through a read-only
+                // descriptor, as it must have been if the memfd is sealed
+                // against writing (a writable descriptor's shared mapping
+                // would forbid F_SEAL_WRITE).
+                let read_only = shared && prot & libc::PROT_WRITE == 0;
                 let got = sized.and_then(|_| {
-                    rs.remote_mmap(v.start, len, prot, sharing | libc::MAP_FIXED, fd, v.pgoff)
+                    let via = if read_only {
+                        let own = format!("/proc/self/fd/{fd}");
+                        remote_openat(rs, pid, scratch, own.as_bytes(), libc::O_RDONLY)?
+                    } else {
+                        fd
+                    };
+                    let got =
+                        rs.remote_mmap(v.start, len, prot, sharing | libc::MAP_FIXED, via, v.pgoff);
+                    if via != fd {
+                        rs.remote_close(via)?;
+                    }
+                    got
                 });
                 rs.remote_close(fd)?;
                 check_at(got?, v.start)?;

@@ -15,6 +15,25 @@ ro = mmap.mmap(mfd, 2 * PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 mm[PAGE:PAGE + 5] = b"memfd"
 os.close(mfd)
 
+# Memfds mapped with no descriptor left anywhere (python's mmap keeps a
+# duplicate, so these are mapped with libc directly): one read-write, one
+# read-only and sealed against writing.
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+nofd = os.memfd_create("nofd", os.MFD_ALLOW_SEALING)
+os.ftruncate(nofd, 4 * PAGE)
+nofd_addr = libc.mmap(None, 4 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, nofd, 0)
+ctypes.memmove(nofd_addr + PAGE, b"no fd", 5)
+sealed = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+os.write(sealed, b"sealed contents")
+SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+fcntl.fcntl(sealed, fcntl.F_ADD_SEALS, SEALS)
+sealed_addr = libc.mmap(None, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, sealed, 0)
+os.close(nofd)
+os.close(sealed)
+
 # A memfd held only as a descriptor, with an offset and seals.
 held = os.memfd_create("heldonly", os.MFD_ALLOW_SEALING)
 os.write(held, b"held data 0123")
@@ -27,6 +46,8 @@ if child == 0:
     check("child: shm page 3", bytes(shm[3 * PAGE:3 * PAGE + 8]), b"shm00003")
     check("child: memfd page 1", bytes(mm[PAGE:PAGE + 5]), b"memfd")
     check("child: memfd read-only view", bytes(ro[PAGE:PAGE + 5]), b"memfd")
+    check("child: fd-less memfd", ctypes.string_at(nofd_addr + PAGE, 5), b"no fd")
+    ctypes.memmove(nofd_addr + 2 * PAGE, b"CHILD", 5)
     shm[5 * PAGE:5 * PAGE + 5] = b"CHILD"
     mm[2 * PAGE:2 * PAGE + 5] = b"CHILD"
     if not wait_for(lambda: bytes(shm[6 * PAGE:6 * PAGE + 6]) == b"PARENT"):
@@ -54,7 +75,19 @@ try:
     checks.append("the held memfd could shrink despite its seal")
 except PermissionError:
     pass
+check("fd-less memfd", ctypes.string_at(nofd_addr + PAGE, 5), b"no fd")
+check("fd-less memfd in maps", len(maps_lines("/memfd:nofd (deleted)")), 1)
+check("sealed memfd", ctypes.string_at(sealed_addr, 15), b"sealed contents")
+sealed_maps = maps_lines("/memfd:sealed (deleted)")
+check("sealed memfd mapping", [l.split()[1] for l in sealed_maps], ["r--s"])
+if sealed_maps:
+    again = os.open("/proc/self/map_files/" + sealed_maps[0].split()[0], os.O_RDONLY)
+    check("sealed memfd seals", fcntl.fcntl(again, fcntl.F_GET_SEALS), SEALS)
+    check("sealed memfd size", os.fstat(again).st_size, 15)
+    os.close(again)
 # Writes by the child are seen here, and ours there.
+if not wait_for(lambda: ctypes.string_at(nofd_addr + 2 * PAGE, 5) == b"CHILD"):
+    checks.append("the child's write to the fd-less memfd never showed")
 if not wait_for(lambda: bytes(shm[5 * PAGE:5 * PAGE + 5]) == b"CHILD"):
     checks.append("the child's write to the shared memory never showed")
 if not wait_for(lambda: bytes(mm[2 * PAGE:2 * PAGE + 5]) == b"CHILD"):
