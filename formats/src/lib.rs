@@ -38,8 +38,8 @@ pub use frame::{
     FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
 };
 pub use pages::{
-    encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, PageChunk, PageOwner, PageReader,
-    PageRun, PageRunRef, PageStats, PageWriter, PageWriterOptions, RunKind, PAGE_SIZE,
+    encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, PageChunk, PageOwner, PageRanges,
+    PageReader, PageRun, PageRunRef, PageStats, PageWriter, PageWriterOptions, RunKind, PAGE_SIZE,
 };
 pub use records::{read_records, RecordEntry, RecordImage, RecordReader, RecordWriter};
 pub use schema::*;

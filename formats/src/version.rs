@@ -32,7 +32,8 @@ pub struct Version {
 }
 
 /// The version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 0 };
+/// 1.1: `PageOwner::PreCopy` and the "later run wins" rule of the page store.
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 1 };
 
 impl Version {
     pub const fn new(major: u16, minor: u16) -> Self {

@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, DumpError};
+use crate::dump::{files, precopy, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -35,6 +35,9 @@ pub struct CheckpointOptions {
     /// Thaw the container afterwards instead of stopping it.
     pub leave_running: bool,
     pub compression: Compression,
+    /// Rounds of pre-copy before the freeze (`dump/precopy.rs`); 0 copies
+    /// all memory in the frozen window.
+    pub pre_copy_rounds: u32,
 }
 
 /// What `cr checkpoint` prints.
@@ -52,6 +55,12 @@ pub struct CheckpointSummary {
     /// Bytes of the image on disk.
     pub bytes: u64,
     pub left_running: bool,
+    /// The pre-copy before the freeze (time, rounds, pages), if one ran.
+    pub pre_copy: Option<crate::dump::precopy::PreCopyStats>,
+    /// Pages stored with their contents while frozen.
+    pub frozen_pages_written: u64,
+    /// Zero pages recorded while frozen.
+    pub frozen_zero_pages: u64,
 }
 
 /// One process of the container as found on the host.
@@ -148,16 +157,74 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
-    survey(&cgroup)?;
+    let surveyed = survey(&cgroup)?;
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
+    let image_id =
+        u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
+    let (mut pages, pending) = match open_page_store(&partial, image_id, opts.compression) {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    };
+    // Memory copied while the container runs; the trackers live until the
+    // container was thawed or stopped.
+    let precopy = if opts.pre_copy_rounds > 0 {
+        let targets: Vec<precopy::Target<'_>> = surveyed
+            .iter()
+            .map(|t| precopy::Target {
+                host_pid: t.host_pid,
+                pid: t.status.pid_in_ns(),
+                comm: &t.status.name,
+                maps: &t.maps,
+            })
+            .collect();
+        match precopy::run(&targets, &mut pages, opts.pre_copy_rounds) {
+            Ok(pc) => Some(pc),
+            Err(e) => {
+                drop(pages);
+                let _ = fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    drop(surveyed);
+    let mut precopy = precopy;
+    let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
+    if !opts.leave_running && precopy.is_some() {
+        // The container will be stopped once its image is durable: what
+        // the pre-copy wrote goes to disk now, not in the frozen window.
+        let path = cr_formats::layout::pages_path(&partial);
+        let _ = File::open(&path).and_then(|f| f.sync_data());
+    }
 
     let frozen_at = Instant::now();
-    cgroup.freeze()?;
+    if let Err(e) = cgroup.freeze() {
+        drop(pages);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e.into());
+    }
     let mut tracees: Vec<Tracee> = Vec::new();
-    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees).and_then(|done| {
+    let dumped = dump_frozen(
+        container,
+        &cgroup,
+        &partial,
+        opts,
+        &mut tracees,
+        Frozen {
+            image_id,
+            pages,
+            pending,
+            precopy: precopy.as_mut(),
+        },
+    )
+    .and_then(|done| {
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
@@ -187,6 +254,9 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
         let _ = cgroup.thaw();
         frozen_ms = ms(frozen_at.elapsed());
+        // Tracking ends: the kernel unregisters the ranges, the container
+        // pays nothing more for it.
+        drop(precopy);
         // The page store is still being written: the container runs meanwhile.
         if let Err(e) = pending.wait() {
             let _ = fs::remove_dir_all(&partial);
@@ -202,6 +272,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
         kill_traced(tracees);
         frozen_ms = ms(frozen_at.elapsed());
+        drop(precopy);
         crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
             match container.status() {
                 Ok((Status::Stopped, _)) => Ok(()),
@@ -224,6 +295,10 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         zero_pages: stats.1,
         bytes,
         left_running: opts.leave_running,
+        frozen_pages_written: stats.0
+            - pre_copy_stats.as_ref().map_or(0, |p| p.pages_written),
+        frozen_zero_pages: stats.1 - pre_copy_stats.as_ref().map_or(0, |p| p.zero_pages),
+        pre_copy: pre_copy_stats,
     })
 }
 
@@ -377,6 +452,29 @@ pub fn dir_size(dir: &Path) -> u64 {
 type PageCounts = (u64, u64);
 type TaskCounts = (usize, usize);
 
+/// The page store opened before the freeze (a pre-copy writes into it
+/// first): its writer and the thread that writes its file.
+fn open_page_store(
+    dir: &Path,
+    image_id: u64,
+    compression: Compression,
+) -> Result<(PageWriter<BackgroundFile>, PendingWrite)> {
+    let pages_path = cr_formats::layout::pages_path(dir);
+    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
+    let mut page_opts = PageWriterOptions::new(image_id);
+    page_opts.compression = compression;
+    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
+    Ok((PageWriter::new(background, page_opts)?, pending))
+}
+
+/// What the frozen window continues from.
+struct Frozen<'a> {
+    image_id: u64,
+    pages: PageWriter<BackgroundFile>,
+    pending: PendingWrite,
+    precopy: Option<&'a mut precopy::PreCopy>,
+}
+
 /// Everything between the freeze and the thaw.
 fn dump_frozen(
     container: &Container,
@@ -384,7 +482,14 @@ fn dump_frozen(
     dir: &Path,
     opts: &CheckpointOptions,
     tracees: &mut Vec<Tracee>,
+    frozen: Frozen<'_>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
+    let Frozen {
+        image_id,
+        mut pages,
+        pending,
+        mut precopy,
+    } = frozen;
     // Processes may have come or gone between the survey and the freeze.
     let tasks = survey(cgroup)?;
     for task in &tasks {
@@ -400,8 +505,6 @@ fn dump_frozen(
             .map_err(inject_err)?;
     }
 
-    let image_id =
-        u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
     let manifest = Manifest {
         image_id,
         cr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -424,15 +527,9 @@ fn dump_frozen(
         },
     };
     let records_path = cr_formats::layout::records_path(dir);
-    let pages_path = cr_formats::layout::pages_path(dir);
     let records_file = File::create(&records_path).ctx("creating", &records_path)?;
-    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
     let mut records =
         RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
-    let mut page_opts = PageWriterOptions::new(image_id);
-    page_opts.compression = opts.compression;
-    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
-    let mut pages = PageWriter::new(background, page_opts)?;
 
     let host_to_ns: HashMap<i32, i32> = tasks
         .iter()
@@ -453,7 +550,10 @@ fn dump_frozen(
             records.write(&Record::Thread(thread))?;
             threads += 1;
         }
-        dump_memory(task, &mut records, &mut pages)?;
+        match precopy.as_deref_mut() {
+            Some(pc) => pc.dump_memory(task.host_pid, pid, &task.maps, &mut records, &mut pages)?,
+            None => dump_memory(task, &mut records, &mut pages)?,
+        }
         files.dump(task, &mut records)?;
     }
     records.finish()?;

@@ -5,11 +5,15 @@
 //!                                claimed by a kind in files::REGISTRY / mm,
 //!                                or the checkpoint is refused here, before
 //!                                anything is frozen
+//! pre-copy (still running)       precopy.rs: memory copied into the page
+//!                                store while dirty.rs tracks what is
+//!                                written meanwhile
 //! freeze (cgroup freezer)        ── frozen window starts
 //! seize every thread (ptrace)
 //! collect per process:           status, creds, tree links   -> Process
 //!                                threads: regs, xsave, mask  -> Thread
 //!                                maps + pages                -> Vma + page store
+//!                                (after a pre-copy: only pages written since)
 //!                                fds                         -> File, Fd, PipeData
 //! write records.img, pages.img   (formats: framed, checksummed, optional zstd)
 //! leave running: detach + thaw   ── frozen window ends
@@ -21,8 +25,10 @@
 //! is removed.
 
 pub mod checkpoint;
+pub mod dirty;
 pub mod files;
 pub mod mm;
+pub mod precopy;
 pub mod procfs;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@
 
 pub mod container;
 pub mod image;
+pub mod overlay;
 pub mod process;
 pub mod tree;
 

@@ -539,18 +539,27 @@ fn stream_pages(
     };
     let mut reader = cr_formats::PageReader::new(std::io::BufReader::with_capacity(4 << 20, file))
         .map_err(bad)?;
+    // Pre-copied pages and the later runs that supersede them.
+    let mut overlay = crate::restore::overlay::PageOverlay::default();
     while let Some(chunk) = reader.next_chunk().map_err(bad)? {
-        let cr_formats::PageOwner::Mm { pid } = chunk.header.owner else {
+        let owner = chunk.header.owner;
+        let Some(pid) = owner.pid() else {
             continue;
         };
-        let husk = husks.get(&pid).ok_or_else(|| {
-            Error::Invalid(format!(
-                "checkpoint image {}: pages of unknown process {pid}",
-                path.display()
-            ))
-        })?;
-        let runs: Vec<Pages<'_>> = chunk.runs().map(Pages::from).collect();
-        write_pages(husk.pid, &image.processes[&pid].vmas, &runs).map_err(|e| fail(pid, e))?;
+        let husk = match husks.get(&pid) {
+            Some(husk) => husk,
+            // Pre-copied from a process that exited before the freeze.
+            None if matches!(owner, cr_formats::PageOwner::PreCopy { .. }) => continue,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "checkpoint image {}: pages of unknown process {pid}",
+                    path.display()
+                )))
+            }
+        };
+        let vmas = &image.processes[&pid].vmas;
+        let runs: Vec<Pages<'_>> = overlay.runs(pid, owner, chunk.runs(), vmas);
+        write_pages(husk.pid, vmas, &runs).map_err(|e| fail(pid, e))?;
     }
     if !reader.is_complete() {
         return Err(Error::Invalid(format!(
