@@ -34,11 +34,7 @@ fn start_churn(h: &TestHost, name: &str) {
             .status
             .success()
     });
-    assert!(
-        ok,
-        "{name} did not get ready: {}",
-        h.ok(&["logs", name])
-    );
+    assert!(ok, "{name} did not get ready: {}", h.ok(&["logs", name]));
 }
 
 /// Asks the program for check number `gen` and returns its verdict.

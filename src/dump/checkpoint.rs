@@ -295,8 +295,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         zero_pages: stats.1,
         bytes,
         left_running: opts.leave_running,
-        frozen_pages_written: stats.0
-            - pre_copy_stats.as_ref().map_or(0, |p| p.pages_written),
+        frozen_pages_written: stats.0 - pre_copy_stats.as_ref().map_or(0, |p| p.pages_written),
         frozen_zero_pages: stats.1 - pre_copy_stats.as_ref().map_or(0, |p| p.zero_pages),
         pre_copy: pre_copy_stats,
     })

@@ -172,10 +172,12 @@ impl DirtyTracker {
     pub fn start(host_pid: i32, ranges: &[(u64, u64)]) -> Result<Self, DirtyError> {
         let start_time = start_time(host_pid)?;
         let uffd = take_userfaultfd(host_pid)?;
-        let sys = |what| move |source| DirtyError::Sys {
-            pid: host_pid,
-            what,
-            source,
+        let sys = |what| {
+            move |source| DirtyError::Sys {
+                pid: host_pid,
+                what,
+                source,
+            }
         };
         let wanted = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
         let mut api = UffdioApi {
@@ -269,10 +271,21 @@ impl DirtyTracker {
         Ok(out)
     }
 
-    /// Whether `[start, end)` lies inside one registered range.
+    /// Whether `[start, end)` lies inside the registered ranges (adjacent
+    /// ones may have been merged into one mapping since).
     fn covers(&self, start: u64, end: u64) -> bool {
         let i = self.registered.partition_point(|r| r.0 <= start);
-        i > 0 && self.registered[i - 1].1 >= end
+        if i == 0 {
+            return false;
+        }
+        let mut reach = self.registered[i - 1].1;
+        for &(s, e) in &self.registered[i..] {
+            if reach >= end || s > reach {
+                break;
+            }
+            reach = reach.max(e);
+        }
+        reach >= end
     }
 
     /// Registers `[start, end)` for write-protection and protects it.

@@ -220,6 +220,9 @@ pub fn run<W: Write + Send>(
             .map_err(|_| Error::Invalid("the pre-copy page writer panicked".into()))?;
         result.and(written)
     })?;
+    // The last chunk is sealed now (its zero runs would otherwise be
+    // counted with the frozen window's pages).
+    pages.flush_chunk()?;
     let after = pages.stats();
     pc.stats.pages_written = after.data_pages - before.data_pages;
     pc.stats.zero_pages = after.zero_pages - before.zero_pages;
@@ -276,8 +279,10 @@ fn plan_round(
     let (Some(tracker), Some(pagemap)) = (p.tracker.as_mut(), p.pagemap.as_ref()) else {
         return Ok(Vec::new());
     };
-    let vmas: Vec<&(MapsEntry, VmaKind)> =
-        maps.iter().filter(|(m, k)| tracked(m, k) && m.read).collect();
+    let vmas: Vec<&(MapsEntry, VmaKind)> = maps
+        .iter()
+        .filter(|(m, k)| tracked(m, k) && m.read)
+        .collect();
     let ranges: Vec<(u64, u64)> = vmas.iter().map(|(m, _)| (m.start, m.end)).collect();
     let written = if round == 0 {
         let reg = tracker.registered();
@@ -491,5 +496,49 @@ impl PreCopy {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    fn vma(start: u64, end: u64) -> MapsEntry {
+        crate::dump::procfs::parse_maps(&format!("{start:x}-{end:x} rw-p 00000000 00:00 0 \n"))
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn only_written_or_unstored_pages_are_copied_and_gone_ones_zeroed() {
+        let m = vma(0x10000, 0x20000);
+        // Pages 0..8 were pre-copied; 8..16 never were.
+        let mut any = PageRanges::new();
+        any.insert(0x10000, 0x10000 + 8 * P);
+        let mut cur = any.clone();
+        // Present now: 0..4 and 6..12; page 2 was written, page 5 was
+        // written and then released (not present).
+        let present = [(0x10000, 4), (0x10000 + 6 * P, 6)];
+        let written = Written::Runs(vec![(0x10000 + 2 * P, 1), (0x10000 + 5 * P, 1)]);
+        let (copy, zero) = plan_vma(&m, &present, &written, &mut cur, &any);
+        assert_eq!(copy, [(0x10000 + 2 * P, 1), (0x10000 + 8 * P, 4)]);
+        // Pre-copied pages 4 and 5 are not present any more: zero runs.
+        assert_eq!(zero, [(0x10000 + 4 * P, 2)]);
+        // Page 5's stored copy is not current any more.
+        assert_eq!(cur.overlaps(0x10000 + 5 * P, 0x10000 + 6 * P), []);
+    }
+
+    #[test]
+    fn an_untracked_mapping_is_copied_whole() {
+        let m = vma(0x10000, 0x14000);
+        let mut any = PageRanges::new();
+        any.insert(0x10000, 0x14000);
+        let mut cur = any.clone();
+        let present = [(0x10000, 2)];
+        let (copy, zero) = plan_vma(&m, &present, &Written::Whole, &mut cur, &any);
+        assert_eq!(copy, [(0x10000, 2)]);
+        assert_eq!(zero, [(0x10000 + 2 * P, 2)]);
     }
 }

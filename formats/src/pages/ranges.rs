@@ -51,11 +51,7 @@ impl PageRanges {
             }
         }
         // Ranges that start inside (or right at the end) merge.
-        let inside: Vec<(u64, u64)> = self
-            .map
-            .range(start..=end)
-            .map(|(s, e)| (*s, *e))
-            .collect();
+        let inside: Vec<(u64, u64)> = self.map.range(start..=end).map(|(s, e)| (*s, *e)).collect();
         for (s, e) in inside {
             end = end.max(e);
             self.map.remove(&s);
