@@ -313,6 +313,9 @@ fn plan_round(
     Ok(work)
 }
 
+/// Runs of pages: (first page address, number of pages).
+type Runs = Vec<(u64, u64)>;
+
 /// What to store of mapping `m` now: the present pages that were written
 /// (or are not stored as they are), and the pages stored before that are
 /// no longer present (superseded with zero). `present` is the mapping's
@@ -323,7 +326,7 @@ fn plan_vma(
     written: &Written,
     cur: &mut PageRanges,
     any: &PageRanges,
-) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+) -> (Runs, Runs) {
     let mut have = PageRanges::new();
     for &(a, n) in present {
         have.insert(a, a + n * PAGE_SIZE);
