@@ -210,6 +210,16 @@ impl DirtyTracker {
         for &(start, end) in ranges {
             if tracker.register(start, end)? {
                 tracker.registered.push((start, end));
+                continue;
+            }
+            // The mappings changed since `ranges` was read (a neighbour
+            // unmapped, leaving a hole): register what is mapped of the
+            // range now, mapping by mapping.
+            for m in crate::dump::procfs::read_maps(host_pid)? {
+                let (s, e) = (m.start.max(start), m.end.min(end));
+                if s < e && !m.shared && tracker.register(s, e)? {
+                    tracker.registered.push((s, e));
+                }
             }
         }
         tracker.registered.sort_unstable();
@@ -269,6 +279,15 @@ impl DirtyTracker {
             }
         }
         Ok(out)
+    }
+
+    /// The parts of `[start, end)` that were registered at the start.
+    pub fn registered_parts(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.registered
+            .iter()
+            .map(|&(s, e)| (s.max(start), e.min(end)))
+            .filter(|(s, e)| s < e)
+            .collect()
     }
 
     /// Whether `[start, end)` lies inside the registered ranges (adjacent

@@ -139,8 +139,16 @@ pub fn run<W: Write + Send>(
         stats: PreCopyStats::default(),
     };
     for t in targets {
-        let ranges: Vec<(u64, u64)> = t
-            .maps
+        // The mappings as they are now (they may have changed since the
+        // survey): what gets registered and copied in round 0.
+        let maps: Vec<(MapsEntry, VmaKind)> = match procfs::read_maps(t.host_pid) {
+            Ok(maps) => maps
+                .into_iter()
+                .filter_map(|m| mm::classify(t.pid, t.comm, &m).ok().map(|k| (m, k)))
+                .collect(),
+            Err(_) => t.maps.to_vec(),
+        };
+        let ranges: Vec<(u64, u64)> = maps
             .iter()
             .filter(|(m, k)| tracked(m, k) && m.read)
             .map(|(m, _)| (m.start, m.end))
@@ -169,7 +177,7 @@ pub fn run<W: Write + Send>(
                 comm: t.comm.to_string(),
                 tracker,
                 pagemap,
-                maps: t.maps.to_vec(),
+                maps,
                 stored_any: PageRanges::new(),
                 stored_cur: PageRanges::new(),
             },
@@ -285,14 +293,20 @@ fn plan_round(
         .collect();
     let ranges: Vec<(u64, u64)> = vmas.iter().map(|(m, _)| (m.start, m.end)).collect();
     let written = if round == 0 {
-        let reg = tracker.registered();
+        // Everything registered counts as written: copied now.
         ranges
             .iter()
             .map(|&(s, e)| {
-                if reg.iter().any(|&(rs, re)| rs <= s && e <= re) {
-                    Written::Runs(vec![(s, (e - s) / PAGE_SIZE)])
-                } else {
+                let parts = tracker.registered_parts(s, e);
+                if parts.is_empty() {
                     Written::Whole
+                } else {
+                    Written::Runs(
+                        parts
+                            .into_iter()
+                            .map(|(s, e)| (s, (e - s) / PAGE_SIZE))
+                            .collect(),
+                    )
                 }
             })
             .collect()
