@@ -10,13 +10,14 @@
 //! without its uffd-wp bit, which `PAGEMAP_SCAN` reports as `PAGE_IS_WRITTEN`.
 //!
 //! ```text
-//!  start(pid, ranges)
-//!    seize one thread ─ inject userfaultfd(USER_MODE_ONLY) through a syscall
-//!    instruction found in the vDSO (the text is not patched, so the other
-//!    threads run on) ─ pidfd_getfd takes the fd ─ inject close(fd) ─ detach
-//!    UFFDIO_API (WP_ASYNC | WP_UNPOPULATED), then per range
+//!  start(pid, select)
+//!    stop every thread (ptrace interrupt; a pause of milliseconds) ─
+//!    inject userfaultfd(USER_MODE_ONLY) through a syscall instruction found
+//!    in the vDSO ─ pidfd_getfd takes the fd ─ inject close(fd)
+//!    UFFDIO_API (WP_ASYNC | WP_UNPOPULATED), read the maps, then per
+//!    selected mapping, whole (a partial range would split it),
 //!    UFFDIO_REGISTER(MODE_WP) + UFFDIO_WRITEPROTECT: every page protected,
-//!    unpopulated ones too (pte markers)
+//!    unpopulated ones too (pte markers) ─ resume every thread
 //!  round(ranges)      per range: PAGEMAP_SCAN(WP_MATCHING | CHECK_WPASYNC,
 //!                     PAGE_IS_WRITTEN) -> the pages written since the last
 //!                     round, protected again in the same walk
@@ -39,8 +40,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::dump::procfs::{read_maps, MapsEntry};
 use crate::dump::DumpError;
-use crate::inject::{find_syscall_gadget, InjectError, RemoteSyscall, Tracee};
+use crate::inject::{find_syscall_gadget, list_threads, InjectError, RemoteSyscall, Tracee};
 
 const PAGE: u64 = 4096;
 
@@ -153,6 +155,8 @@ pub struct DirtyTracker {
     /// Ranges registered and protected at the start, ascending.
     registered: Vec<(u64, u64)>,
     regions: Vec<PageRegion>,
+    /// `/proc/PID/maps` when the ranges were registered.
+    maps: Vec<MapsEntry>,
 }
 
 impl std::fmt::Debug for DirtyTracker {
@@ -165,13 +169,28 @@ impl std::fmt::Debug for DirtyTracker {
 }
 
 impl DirtyTracker {
-    /// Starts tracking the page-aligned `ranges` (mappings of the process,
-    /// as in its `/proc/PID/maps`) of host process `host_pid`, which runs.
-    /// Every page counts as clean afterwards. A range whose registration the
-    /// kernel refuses is left out (reported `Whole` by every round).
-    pub fn start(host_pid: i32, ranges: &[(u64, u64)]) -> Result<Self, DirtyError> {
+    /// Starts tracking the mappings of host process `host_pid` (which runs)
+    /// that `select` picks from its `/proc/PID/maps`. Every page counts as
+    /// clean afterwards. A mapping whose registration the kernel refuses is
+    /// left out (reported `Whole` by every round).
+    ///
+    /// Registration must not change the process's mappings: registering
+    /// part of a mapping would split it (and, say, a later `mremap` of the
+    /// whole would fail with EFAULT). So every thread of the process is
+    /// stopped (ptrace interrupt) while its maps are read and whole
+    /// mappings are registered as they are, then resumed: a pause of a few
+    /// milliseconds for this one process, not a freeze of the container.
+    pub fn start(host_pid: i32, select: &dyn Fn(&MapsEntry) -> bool) -> Result<Self, DirtyError> {
         let start_time = start_time(host_pid)?;
-        let uffd = take_userfaultfd(host_pid)?;
+        let mut tracees = stop_all_threads(host_pid)?;
+        let main = tracees
+            .iter_mut()
+            .find(|t| t.tid().as_raw() == host_pid)
+            .ok_or_else(|| DirtyError::Inject {
+                pid: host_pid,
+                source: InjectError::Invalid("its main thread is gone".into()),
+            })?;
+        let uffd = take_userfaultfd(host_pid, main)?;
         let sys = |what| {
             move |source| DirtyError::Sys {
                 pid: host_pid,
@@ -199,6 +218,7 @@ impl DirtyTracker {
         let pagemap_path = format!("/proc/{host_pid}/pagemap");
         let pagemap =
             File::open(&pagemap_path).map_err(|e| DumpError::proc(host_pid, &pagemap_path, e))?;
+        let maps = read_maps(host_pid)?;
         let mut tracker = DirtyTracker {
             host_pid,
             start_time,
@@ -206,23 +226,15 @@ impl DirtyTracker {
             pagemap,
             registered: Vec::new(),
             regions: vec![PageRegion::default(); 4096],
+            maps: Vec::new(),
         };
-        for &(start, end) in ranges {
-            if tracker.register(start, end)? {
-                tracker.registered.push((start, end));
-                continue;
-            }
-            // The mappings changed since `ranges` was read (a neighbour
-            // unmapped, leaving a hole): register what is mapped of the
-            // range now, mapping by mapping.
-            for m in crate::dump::procfs::read_maps(host_pid)? {
-                let (s, e) = (m.start.max(start), m.end.min(end));
-                if s < e && !m.shared && tracker.register(s, e)? {
-                    tracker.registered.push((s, e));
-                }
+        for m in maps.iter().filter(|m| select(m)) {
+            if tracker.register(m.start, m.end)? {
+                tracker.registered.push((m.start, m.end));
             }
         }
         tracker.registered.sort_unstable();
+        tracker.maps = maps;
         // PAGEMAP_SCAN exists (6.7 and later) and accepts these flags.
         if let Some(&(start, _)) = tracker.registered.first() {
             match tracker.scan(start, start + PAGE) {
@@ -236,7 +248,18 @@ impl DirtyTracker {
                 Ok(_) => {}
             }
         }
+        for t in tracees {
+            t.detach().map_err(|source| DirtyError::Inject {
+                pid: host_pid,
+                source,
+            })?;
+        }
         Ok(tracker)
+    }
+
+    /// The process's mappings when tracking started.
+    pub fn maps_at_start(&self) -> &[MapsEntry] {
+        &self.maps
     }
 
     /// The host PID of the tracked process.
@@ -413,11 +436,37 @@ fn start_time(pid: i32) -> Result<u64, DumpError> {
         .ok_or_else(bad)
 }
 
-/// Makes `host_pid` create a userfaultfd and takes it: seize its main
-/// thread, inject `userfaultfd()` through a `syscall` instruction that is
-/// already there (the text is not patched, so its other threads may run),
-/// `pidfd_getfd`, inject `close`, detach.
-fn take_userfaultfd(host_pid: i32) -> Result<OwnedFd, DirtyError> {
+/// Seizes and stops every thread of `host_pid`, threads created meanwhile
+/// included. Dropping the tracees resumes them.
+fn stop_all_threads(host_pid: i32) -> Result<Vec<Tracee>, DirtyError> {
+    let inject = |source| DirtyError::Inject {
+        pid: host_pid,
+        source,
+    };
+    let pid = Pid::from_raw(host_pid);
+    let mut tracees: Vec<Tracee> = Vec::new();
+    loop {
+        let mut new = false;
+        for tid in list_threads(pid).map_err(inject)? {
+            if !tracees.iter().any(|t| t.tid() == tid) {
+                tracees.push(Tracee::seize_and_interrupt(tid).map_err(inject)?);
+                new = true;
+            }
+        }
+        for t in tracees.iter_mut() {
+            t.wait_stop(Some(Duration::from_secs(10))).map_err(inject)?;
+        }
+        if !new {
+            return Ok(tracees);
+        }
+    }
+}
+
+/// Makes `host_pid` create a userfaultfd and takes it: inject
+/// `userfaultfd()` into its stopped main thread `tracee` through a
+/// `syscall` instruction that is already there (the text is not patched),
+/// `pidfd_getfd`, inject `close`.
+fn take_userfaultfd(host_pid: i32, tracee: &mut Tracee) -> Result<OwnedFd, DirtyError> {
     let pid = Pid::from_raw(host_pid);
     let inject = |source| DirtyError::Inject {
         pid: host_pid,
@@ -433,11 +482,7 @@ fn take_userfaultfd(host_pid: i32) -> Result<OwnedFd, DirtyError> {
         _ => find_syscall_gadget(pid, None).map_err(inject)?,
     };
     let pidfd = pidfd_open(host_pid)?;
-    let mut tracee = Tracee::seize_and_interrupt(pid).map_err(inject)?;
-    tracee
-        .wait_stop(Some(Duration::from_secs(10)))
-        .map_err(inject)?;
-    let mut rs = RemoteSyscall::with_gadget(&mut tracee, gadget);
+    let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
     rs.set_timeout(Some(Duration::from_secs(10)));
     let remote = rs
         .remote_userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)
@@ -450,15 +495,12 @@ fn take_userfaultfd(host_pid: i32) -> Result<OwnedFd, DirtyError> {
         unsafe { OwnedFd::from_raw_fd(fd as i32) }
     });
     let closed = rs.remote_close(remote);
-    drop(rs);
-    let detached = tracee.detach();
     let taken = taken.map_err(|source| DirtyError::Sys {
         pid: host_pid,
         what: "pidfd_getfd of its userfaultfd",
         source,
     })?;
     closed.map_err(inject)?;
-    detached.map_err(inject)?;
     Ok(taken)
 }
 

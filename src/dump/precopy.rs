@@ -139,22 +139,15 @@ pub fn run<W: Write + Send>(
         stats: PreCopyStats::default(),
     };
     for t in targets {
-        // The mappings as they are now (they may have changed since the
-        // survey): what gets registered and copied in round 0.
-        let maps: Vec<(MapsEntry, VmaKind)> = match procfs::read_maps(t.host_pid) {
-            Ok(maps) => maps
-                .into_iter()
-                .filter_map(|m| mm::classify(t.pid, t.comm, &m).ok().map(|k| (m, k)))
-                .collect(),
-            Err(_) => t.maps.to_vec(),
+        let comm = t.comm;
+        let select = |m: &MapsEntry| {
+            m.read
+                && mm::classify(t.pid, comm, m)
+                    .map(|k| tracked(m, &k))
+                    .unwrap_or(false)
         };
-        let ranges: Vec<(u64, u64)> = maps
-            .iter()
-            .filter(|(m, k)| tracked(m, k) && m.read)
-            .map(|(m, _)| (m.start, m.end))
-            .collect();
         let pagemap = File::open(format!("/proc/{}/pagemap", t.host_pid)).ok();
-        let tracker = match DirtyTracker::start(t.host_pid, &ranges) {
+        let tracker = match DirtyTracker::start(t.host_pid, &select) {
             Ok(tr) if pagemap.is_some() => Some(tr),
             Ok(_) => {
                 pc.stats.fallbacks.push(format!(
@@ -170,6 +163,16 @@ pub fn run<W: Write + Send>(
                 None
             }
         };
+        // Round 0 copies the mappings as they were registered.
+        let maps: Vec<(MapsEntry, VmaKind)> = tracker
+            .as_ref()
+            .map(|tr| {
+                tr.maps_at_start()
+                    .iter()
+                    .filter_map(|m| mm::classify(t.pid, comm, m).ok().map(|k| (m.clone(), k)))
+                    .collect()
+            })
+            .unwrap_or_default();
         pc.procs.insert(
             t.pid,
             Proc {
