@@ -2,11 +2,13 @@
 //! bytes, half zero pages), beside a plain `process_vm_readv` reader of the
 //! same memory in the same run.
 //!
-//! Prints: frozen time, dump throughput, image size / RSS, and the reader's
-//! bandwidth. Targets (issue 3): frozen time at most 0.25 s, image at most
-//! 0.52 of RSS without compression. Restore: `cr restore` of the whole
-//! container, target at most 0.20 s, with the supervisor's phase breakdown
-//! (wall and CPU ms of each phase, from its log).
+//! Prints: frozen time with pre-copy (the default) and without it, the
+//! pre-copy's own duration and rate, dump throughput, image size / RSS, and
+//! the reader's bandwidth. Targets (issue 3): frozen time at most 0.25 s,
+//! image at most 0.52 of RSS without compression. Restore: `cr restore` of
+//! the whole container (from the pre-copied image), target at most 0.20 s,
+//! with the supervisor's phase breakdown (wall and CPU ms of each phase,
+//! from its log).
 //!
 //! Run as root: `cargo bench --bench checkpoint`.
 
@@ -95,10 +97,14 @@ fn main() {
     let reader_gbs = bytes_read as f64 / secs / 1e9;
 
     let mut results = Vec::new();
-    for (label, compress) in [("none", "none"), ("zstd", "zstd")] {
-        let image = root.join(format!("img-{label}"));
+    for (label, compress, pre_copy) in [
+        ("none", "none", true),
+        ("none, no pre-copy", "none", false),
+        ("zstd", "zstd", true),
+    ] {
+        let image = root.join(format!("img-{}", results.len()));
         let t = Instant::now();
-        let out = run(&[
+        let mut args = vec![
             "checkpoint",
             "mem",
             "--leave-running",
@@ -107,7 +113,11 @@ fn main() {
             compress,
             "--image",
             image.to_str().expect("utf-8"),
-        ]);
+        ];
+        if !pre_copy {
+            args.push("--no-pre-copy");
+        }
+        let out = run(&args);
         let wall = t.elapsed().as_secs_f64();
         let s: serde_json::Value = serde_json::from_str(&out).expect("summary json");
         results.push((label, s, wall));
@@ -120,8 +130,9 @@ fn main() {
     let log = root.join("containers/mem/supervisor.log");
     let mut restores = Vec::new();
     let mut restored_rss = 0;
-    for (label, runs) in [("none", RESTORE_RUNS), ("zstd", 1)] {
-        let image = root.join(format!("img-{label}"));
+    // img-0: uncompressed with pre-copy, img-2: zstd with pre-copy.
+    for (label, runs, image) in [("none", RESTORE_RUNS, "img-0"), ("zstd", 1, "img-2")] {
+        let image = root.join(image);
         for _ in 0..runs {
             let t = Instant::now();
             run(&["restore", "mem", "--image", image.to_str().expect("utf-8")]);
@@ -145,20 +156,32 @@ fn main() {
     println!("  limit: process_vm_readv of every present page   {reader_gbs:6.2} GB/s ({:.0} MiB in {:.3} s)", bytes_read as f64 / (1 << 20) as f64, secs);
     for (label, s, wall) in results {
         let frozen = s["frozen_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-        // Memory processed: stored pages and the zero pages found.
-        let stored = (s["pages_written"].as_u64().unwrap_or(0)
-            + s["zero_pages"].as_u64().unwrap_or(0))
-            * 4096;
+        // Memory processed while frozen: stored pages and the zero pages found.
+        let frozen_pages = s["frozen_pages_written"].as_u64().unwrap_or(0)
+            + s["frozen_zero_pages"].as_u64().unwrap_or(0);
         let bytes = s["bytes"].as_u64().unwrap_or(0);
-        let gbs = stored as f64 / frozen.max(1e-9) / 1e9;
+        let gbs = (frozen_pages * 4096) as f64 / frozen.max(1e-9) / 1e9;
         println!(
-            "  compression {label:4}: frozen {frozen:.3} s (target 0.25: {}), dump {gbs:.2} GB/s = {:.2} of the reader, image {:.0} MiB = {:.3} of RSS (target 0.52: {}), wall {wall:.2} s",
+            "  compression {label}: frozen {frozen:.3} s (target 0.25: {}), {frozen_pages} pages copied frozen ({gbs:.2} GB/s = {:.2} of the reader), image {:.0} MiB = {:.3} of RSS (target 0.52: {}), wall {wall:.2} s",
             if frozen <= 0.25 { "met" } else { "MISSED" },
             gbs / reader_gbs,
             bytes as f64 / (1 << 20) as f64,
             bytes as f64 / rss as f64,
             if (bytes as f64) <= 0.52 * rss as f64 { "met" } else { "MISSED" },
         );
+        let pre = &s["pre_copy"];
+        if pre.is_object() {
+            let secs = pre["ms"].as_f64().unwrap_or(0.0) / 1000.0;
+            let pages = pre["pages_written"].as_u64().unwrap_or(0)
+                + pre["zero_pages"].as_u64().unwrap_or(0);
+            let pre_gbs = (pages * 4096) as f64 / secs.max(1e-9) / 1e9;
+            println!(
+                "      pre-copy while running: {secs:.3} s, {} rounds {}, {pages} pages ({pre_gbs:.2} GB/s = {:.2} of the reader)",
+                pre["rounds"],
+                pre["round_pages"],
+                pre_gbs / reader_gbs,
+            );
+        }
     }
     print_restore(&restores, restored_rss);
 }

@@ -32,6 +32,9 @@ pub struct Version {
 }
 
 /// The version this build writes, and the newest it reads.
+/// 1.1: the `Shmem` and `DeletedFile` records, the new `FileKind`s (memfd,
+/// deleted, unix, event objects, inet), `PageOwner::Shmem` and `PreCopy`, and
+/// the "later run wins" rule of the page store.
 pub const FORMAT_VERSION: Version = Version { major: 1, minor: 1 };
 
 impl Version {

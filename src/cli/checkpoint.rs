@@ -34,6 +34,14 @@ pub struct CheckpointArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Copy all memory while frozen instead of pre-copying it while the
+    /// container runs.
+    #[arg(long)]
+    pub no_pre_copy: bool,
+    /// Pre-copy rounds at most before the freeze (the first copies all
+    /// memory, the others what was written meanwhile, while that shrinks).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pre_copy_rounds: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,20 +117,41 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
                     Compress::None => cr_formats::Compression::None,
                     Compress::Zstd => cr_formats::Compression::Zstd { level: 1 },
                 },
+                pre_copy_rounds: if args.no_pre_copy {
+                    0
+                } else {
+                    args.pre_copy_rounds
+                },
             };
             let summary = run_checkpoint(&container, &opts)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
+                let pre_copy = match &summary.pre_copy {
+                    Some(p) => format!(
+                        "pre-copy {:.1} ms in {} rounds, {} pages written ({} zero) while running{}; ",
+                        p.ms,
+                        p.rounds,
+                        p.pages_written,
+                        p.zero_pages,
+                        if p.fallbacks.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (copied frozen: {})", p.fallbacks.join("; "))
+                        }
+                    ),
+                    None => String::new(),
+                };
                 println!(
-                    "{} checkpointed to {}: frozen {:.1} ms, {} processes, {} threads, {} pages written ({} zero), {}; container {}",
+                    "{} checkpointed to {}: {}frozen {:.1} ms, {} pages written ({} zero) while frozen, {} processes, {} threads, {}; container {}",
                     name,
                     summary.image.display(),
+                    pre_copy,
                     summary.frozen_ms,
+                    summary.frozen_pages_written,
+                    summary.frozen_zero_pages,
                     summary.processes,
                     summary.threads,
-                    summary.pages_written,
-                    summary.zero_pages,
                     HumanSize(summary.bytes),
                     if summary.left_running { "left running" } else { "stopped" }
                 );

@@ -36,10 +36,32 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<i32> {
     let mut pages = PageReader::new(BufReader::new(file))
         .map_err(|e| anyhow::anyhow!("{}: {e}", pages_path.display()))?;
     let mut chunks = Vec::new();
+    // A later run for a page supersedes an earlier one (pre-copy): count
+    // the stored pages that restore overwrites.
+    let mut live: std::collections::HashMap<i32, cr_formats::PageRanges> = Default::default();
+    let (mut superseded, mut pre_copy_pages) = (0u64, 0u64);
     while let Some(chunk) = pages
         .next_chunk()
         .map_err(|e| anyhow::anyhow!("{}: {e}", pages_path.display()))?
     {
+        if let Some(pid) = chunk.header.owner.pid() {
+            let set = live.entry(pid).or_default();
+            for run in &chunk.header.runs {
+                let end = run.vaddr + u64::from(run.nr_pages) * 4096;
+                superseded += set
+                    .overlaps(run.vaddr, end)
+                    .iter()
+                    .map(|(s, e)| (e - s) / 4096)
+                    .sum::<u64>();
+                set.remove(run.vaddr, end);
+                if run.kind == cr_formats::RunKind::Data {
+                    set.insert(run.vaddr, end);
+                }
+            }
+            if matches!(chunk.header.owner, cr_formats::PageOwner::PreCopy { .. }) {
+                pre_copy_pages += chunk.header.data_pages();
+            }
+        }
         chunks.push(serde_json::json!({
             "frame": chunk.frame,
             "owner": chunk.header.owner,
@@ -54,7 +76,12 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<i32> {
             "manifest": manifest,
             "records": records,
             "page_chunks": chunks,
-            "pages": {"data": stats.data_pages, "zero": stats.zero_pages},
+            "pages": {
+                "data": stats.data_pages,
+                "zero": stats.zero_pages,
+                "pre_copy_data": pre_copy_pages,
+                "superseded": superseded,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
@@ -87,6 +114,11 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<i32> {
         stats.zero_pages,
         stats.data_pages * 4096
     );
+    if pre_copy_pages > 0 {
+        println!(
+            "       {pre_copy_pages} of the stored pages were copied before the freeze (pre-copy); {superseded} stored pages are superseded by a later run for the same page (restore applies runs in order)"
+        );
+    }
     let upper = args.image.join(crate::container::upper::UPPER_ARCHIVE);
     match std::fs::metadata(&upper) {
         Ok(meta) => println!(

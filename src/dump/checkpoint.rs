@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, inet, shmem, DumpError};
+use crate::dump::{files, inet, precopy, shmem, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -35,6 +35,9 @@ pub struct CheckpointOptions {
     /// Thaw the container afterwards instead of stopping it.
     pub leave_running: bool,
     pub compression: Compression,
+    /// Rounds of pre-copy before the freeze (`dump/precopy.rs`); 0 copies
+    /// all memory in the frozen window.
+    pub pre_copy_rounds: u32,
 }
 
 /// What `cr checkpoint` prints.
@@ -52,6 +55,12 @@ pub struct CheckpointSummary {
     /// Bytes of the image on disk.
     pub bytes: u64,
     pub left_running: bool,
+    /// The pre-copy before the freeze (time, rounds, pages), if one ran.
+    pub pre_copy: Option<crate::dump::precopy::PreCopyStats>,
+    /// Pages stored with their contents while frozen.
+    pub frozen_pages_written: u64,
+    /// Zero pages recorded while frozen.
+    pub frozen_zero_pages: u64,
 }
 
 /// One process of the container as found on the host.
@@ -208,38 +217,102 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
-    let before = survey(&cgroup)?;
+    let surveyed = survey(&cgroup)?;
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
+    let image_id =
+        u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
+    let (mut pages, pending) = match open_page_store(&partial, image_id, opts.compression) {
+        Ok(store) => store,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    };
+    // Memory copied while the container runs; the trackers live until the
+    // container was thawed or stopped.
+    let precopy = if opts.pre_copy_rounds > 0 {
+        // Not stopped or zombie tasks: a group-stopped task cannot be paused
+        // for the tracker's set-up, a zombie has no memory. They are copied
+        // while frozen.
+        let targets: Vec<precopy::Target<'_>> = surveyed
+            .iter()
+            .filter(|t| t.status.state != 'T' && t.zombie.is_none())
+            .map(|t| precopy::Target {
+                host_pid: t.host_pid,
+                pid: t.status.pid_in_ns(),
+                comm: &t.status.name,
+                maps: &t.maps,
+            })
+            .collect();
+        match precopy::run(&targets, &mut pages, opts.pre_copy_rounds) {
+            Ok(pc) => Some(pc),
+            Err(e) => {
+                drop(pages);
+                let _ = fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    // Stopped tasks and their threads, to seize before the freeze.
+    let stopped: Vec<(i32, i32)> = surveyed
+        .iter()
+        .filter(|t| t.status.state == 'T')
+        .flat_map(|t| t.tids.iter().map(move |tid| (t.host_pid, *tid)))
+        .collect();
+    drop(surveyed);
+    let mut precopy = precopy;
+    let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
+    if !opts.leave_running && precopy.is_some() {
+        // The container will be stopped once its image is durable: what
+        // the pre-copy wrote goes to disk now, not in the frozen window.
+        let path = cr_formats::layout::pages_path(&partial);
+        let _ = File::open(&path).and_then(|f| f.sync_data());
+    }
 
     // Stopped tasks are seized before the freeze: attaching to a task in a
     // group stop waits until it traps again, which a frozen one never does.
     let mut tracees: Vec<Tracee> = Vec::new();
-    for task in before.iter().filter(|t| t.status.state == 'T') {
-        for tid in &task.tids {
-            match Tracee::seize_and_interrupt(Pid::from_raw(*tid)) {
-                Ok(t) => tracees.push(t),
-                Err(e) => {
-                    drop(tracees);
-                    let _ = fs::remove_dir_all(&partial);
-                    return Err(inject_err(e));
-                }
+    for (_, tid) in stopped {
+        match Tracee::seize_and_interrupt(Pid::from_raw(tid)) {
+            Ok(t) => tracees.push(t),
+            Err(e) => {
+                drop(tracees);
+                drop(pages);
+                let _ = fs::remove_dir_all(&partial);
+                return Err(inject_err(e));
             }
         }
     }
-    drop(before);
     let frozen_at = Instant::now();
     if let Err(e) = cgroup.freeze() {
         drop(tracees);
+        drop(pages);
         let _ = fs::remove_dir_all(&partial);
         return Err(e.into());
     }
     // TCP sockets held still (network lock, repair mode); dropped, it lets
     // them go on.
     let mut net: Option<inet::NetFreeze> = None;
-    let dumped = dump_frozen(container, &cgroup, &partial, opts, &mut tracees, &mut net).and_then(|done| {
+    let dumped = dump_frozen(
+        container,
+        &cgroup,
+        &partial,
+        opts,
+        &mut tracees,
+        &mut net,
+        Frozen {
+            image_id,
+            pages,
+            pending,
+            precopy: precopy.as_mut(),
+        },
+    )
+    .and_then(|done| {
         if !opts.leave_running {
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
@@ -277,6 +350,9 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
         let _ = cgroup.thaw();
         frozen_ms = ms(frozen_at.elapsed());
+        // Tracking ends: the kernel unregisters the ranges, the container
+        // pays nothing more for it.
+        drop(precopy);
         // The page store is still being written: the container runs meanwhile.
         if let Err(e) = pending.wait() {
             let _ = fs::remove_dir_all(&partial);
@@ -296,6 +372,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             net.close_silently();
         }
         frozen_ms = ms(frozen_at.elapsed());
+        drop(precopy);
         crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
             match container.status() {
                 Ok((Status::Stopped, _)) => Ok(()),
@@ -318,6 +395,9 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         zero_pages: stats.1,
         bytes,
         left_running: opts.leave_running,
+        frozen_pages_written: stats.0 - pre_copy_stats.as_ref().map_or(0, |p| p.pages_written),
+        frozen_zero_pages: stats.1 - pre_copy_stats.as_ref().map_or(0, |p| p.zero_pages),
+        pre_copy: pre_copy_stats,
     })
 }
 
@@ -471,6 +551,29 @@ pub fn dir_size(dir: &Path) -> u64 {
 type PageCounts = (u64, u64);
 type TaskCounts = (usize, usize);
 
+/// The page store opened before the freeze (a pre-copy writes into it
+/// first): its writer and the thread that writes its file.
+fn open_page_store(
+    dir: &Path,
+    image_id: u64,
+    compression: Compression,
+) -> Result<(PageWriter<BackgroundFile>, PendingWrite)> {
+    let pages_path = cr_formats::layout::pages_path(dir);
+    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
+    let mut page_opts = PageWriterOptions::new(image_id);
+    page_opts.compression = compression;
+    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
+    Ok((PageWriter::new(background, page_opts)?, pending))
+}
+
+/// What the frozen window continues from.
+struct Frozen<'a> {
+    image_id: u64,
+    pages: PageWriter<BackgroundFile>,
+    pending: PendingWrite,
+    precopy: Option<&'a mut precopy::PreCopy>,
+}
+
 /// Everything between the freeze and the thaw.
 fn dump_frozen(
     container: &Container,
@@ -479,7 +582,14 @@ fn dump_frozen(
     opts: &CheckpointOptions,
     tracees: &mut Vec<Tracee>,
     net: &mut Option<inet::NetFreeze>,
+    frozen: Frozen<'_>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
+    let Frozen {
+        image_id,
+        mut pages,
+        pending,
+        mut precopy,
+    } = frozen;
     // Processes may have come or gone between the survey and the freeze.
     let mut tasks = survey(cgroup)?;
     for task in &tasks {
@@ -521,8 +631,6 @@ fn dump_frozen(
         *net = inet::NetFreeze::begin(init.host_pid, &sockets)?;
     }
 
-    let image_id =
-        u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
     let manifest = Manifest {
         image_id,
         cr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -545,15 +653,9 @@ fn dump_frozen(
         },
     };
     let records_path = cr_formats::layout::records_path(dir);
-    let pages_path = cr_formats::layout::pages_path(dir);
     let records_file = File::create(&records_path).ctx("creating", &records_path)?;
-    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
     let mut records =
         RecordWriter::new(BufWriter::with_capacity(1 << 20, records_file), &manifest)?;
-    let mut page_opts = PageWriterOptions::new(image_id);
-    page_opts.compression = opts.compression;
-    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
-    let mut pages = PageWriter::new(background, page_opts)?;
 
     let host_to_ns: HashMap<i32, i32> = tasks
         .iter()
@@ -586,7 +688,10 @@ fn dump_frozen(
             records.write(&Record::Thread(thread))?;
             threads += 1;
         }
-        dump_memory(task, &mut records, &mut pages)?;
+        match precopy.as_deref_mut() {
+            Some(pc) => pc.dump_memory(task.host_pid, pid, &task.maps, &mut records, &mut pages)?,
+            None => dump_memory(task, &mut records, &mut pages)?,
+        }
         shmem_objects.dump_task(
             task.host_pid,
             pid,

@@ -5,11 +5,15 @@
 //!                                claimed by a kind in files::REGISTRY / mm,
 //!                                or the checkpoint is refused here, before
 //!                                anything is frozen
+//! pre-copy (still running)       precopy.rs: memory copied into the page
+//!                                store while dirty.rs tracks what is
+//!                                written meanwhile
 //! freeze (cgroup freezer)        ── frozen window starts
 //! seize every thread (ptrace)
 //! collect per process:           status, creds, tree links   -> Process
 //!                                threads: regs, xsave, mask  -> Thread
 //!                                maps + pages                -> Vma + page store
+//!                                (after a pre-copy: only pages written since)
 //!                                fds                         -> File, Fd, PipeData
 //!                                unix sockets (unix.rs)      -> File { Unix }
 //! write records.img, pages.img   (formats: framed, checksummed, optional zstd)
@@ -22,10 +26,12 @@
 //! is removed.
 
 pub mod checkpoint;
+pub mod dirty;
 pub mod events;
 pub mod files;
 pub mod inet;
 pub mod mm;
+pub mod precopy;
 pub mod procfs;
 pub mod shmem;
 pub mod unix;

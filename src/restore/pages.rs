@@ -31,11 +31,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use cr_formats::schema::Vma;
-use cr_formats::{OwnedPageChunk, PageOwner, PageReader, RunKind, PAGE_SIZE};
+use cr_formats::{OwnedPageChunk, PageOwner, PageReader, PAGE_SIZE};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::restore::image::LoadedImage;
+use crate::restore::overlay::{PageOverlay, ZEROS};
 use crate::restore::process::{write_pages, Pages, PreparedHusk};
 use crate::restore::shmem::SharedObjects;
 use crate::restore::RestoreError;
@@ -45,13 +46,23 @@ const SPLIT_MIN: usize = 256 << 10;
 /// Verified chunks the reader may hold ready beyond the one being written.
 const IN_FLIGHT: usize = 2;
 
-/// A run, or part of one, of a chunk: `data` is its byte range in the
-/// chunk's page data, `None` for zero pages.
+/// A run, or part of one, of a chunk, as the overlay hands it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Piece {
     vaddr: u64,
     nr_pages: u64,
-    data: Option<std::ops::Range<usize>>,
+    data: PieceData,
+}
+
+/// What a piece writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PieceData {
+    /// Zero pages over fresh memory: nothing to write.
+    Fresh,
+    /// This byte range of the chunk's page data.
+    Chunk(std::ops::Range<usize>),
+    /// Zeros over pages an earlier chunk wrote (see [`PageOverlay`]).
+    Zeros,
 }
 
 /// Half of a chunk for the helper thread.
@@ -157,9 +168,18 @@ fn write_chunks<'a>(
         fail,
     } = targets;
     let image: &'a LoadedImage = image;
+    // Pre-copied pages and the later runs that supersede them.
+    let mut overlay = PageOverlay::default();
     for chunk in chunks {
-        let pid = match chunk.header.owner {
+        let owner = chunk.header.owner;
+        let pid = match owner {
             PageOwner::Mm { pid } => pid,
+            // Pre-copied from a process that exited before the freeze.
+            PageOwner::PreCopy { pid } if !husks.contains_key(&pid) => {
+                let _ = pool.send(chunk.into_buffer());
+                continue;
+            }
+            PageOwner::PreCopy { pid } => pid,
             PageOwner::Shmem { id } => {
                 // A shared object's pages go through the supervisor's own
                 // descriptor of it, in stream order like the rest.
@@ -174,7 +194,11 @@ fn write_chunks<'a>(
                 image.dir.display()
             )));
         };
-        let (theirs, mine) = split(&chunk);
+        let pieces = {
+            let pages = overlay.runs(pid, owner, chunk.runs(), &p.vmas);
+            pieces_of(&chunk, &pages)
+        };
+        let (theirs, mine) = split(pieces, chunk.data().len());
         let chunk = Arc::new(chunk);
         let helped = !theirs.is_empty();
         if helped {
@@ -207,25 +231,35 @@ fn write_chunks<'a>(
     Ok(())
 }
 
-/// Splits a chunk's runs in two halves of about the same data: the first
-/// for the helper, the second (with every zero run) for the caller. A
-/// small chunk goes whole to the caller.
-fn split(chunk: &OwnedPageChunk) -> (Vec<Piece>, Vec<Piece>) {
-    let total = chunk.data().len();
-    let mut pieces = Vec::new();
-    let mut at = 0usize;
-    for run in chunk.runs() {
-        let len = run.data.len();
-        pieces.push(Piece {
-            vaddr: run.vaddr,
-            nr_pages: u64::from(run.nr_pages),
-            data: match run.kind {
-                RunKind::Data => Some(at..at + len),
-                RunKind::Zero => None,
-            },
-        });
-        at += len;
-    }
+/// The overlay's runs of a chunk as pieces: where each one's bytes are.
+fn pieces_of(chunk: &OwnedPageChunk, pages: &[Pages<'_>]) -> Vec<Piece> {
+    let base = chunk.data().as_ptr() as usize;
+    let end = base + chunk.data().len();
+    pages
+        .iter()
+        .map(|p| {
+            let data = match p.data {
+                None => PieceData::Fresh,
+                Some(d) if (base..=end).contains(&(d.as_ptr() as usize)) && !d.is_empty() => {
+                    let at = d.as_ptr() as usize - base;
+                    PieceData::Chunk(at..at + d.len())
+                }
+                Some(_) => PieceData::Zeros,
+            };
+            Piece {
+                vaddr: p.vaddr,
+                nr_pages: p.nr_pages,
+                data,
+            }
+        })
+        .collect()
+}
+
+/// Splits a chunk's pieces in two halves of about the same data (`total`
+/// bytes): the first for the helper, the second (with every zero piece)
+/// for the caller. A small chunk goes whole to the caller. The pieces of
+/// one chunk never overlap, so the halves may be written at once.
+fn split(pieces: Vec<Piece>, total: usize) -> (Vec<Piece>, Vec<Piece>) {
     if total < SPLIT_MIN {
         return (Vec::new(), pieces);
     }
@@ -233,18 +267,18 @@ fn split(chunk: &OwnedPageChunk) -> (Vec<Piece>, Vec<Piece>) {
     let (mut first, mut second) = (Vec::new(), Vec::new());
     for piece in pieces {
         match piece.data.clone() {
-            Some(r) if r.end <= cut => first.push(piece),
-            Some(r) if r.start < cut => {
+            PieceData::Chunk(r) if r.end <= cut => first.push(piece),
+            PieceData::Chunk(r) if r.start < cut => {
                 let head = ((cut - r.start) / PAGE_SIZE) as u64;
                 first.push(Piece {
                     vaddr: piece.vaddr,
                     nr_pages: head,
-                    data: Some(r.start..cut),
+                    data: PieceData::Chunk(r.start..cut),
                 });
                 second.push(Piece {
                     vaddr: piece.vaddr + head * PAGE_SIZE as u64,
                     nr_pages: piece.nr_pages - head,
-                    data: Some(cut..r.end),
+                    data: PieceData::Chunk(cut..r.end),
                 });
             }
             _ => second.push(piece),
@@ -265,7 +299,11 @@ fn write_pieces(
         .map(|p| Pages {
             vaddr: p.vaddr,
             nr_pages: p.nr_pages,
-            data: p.data.clone().map(|r| data.get(r).unwrap_or_default()),
+            data: match &p.data {
+                PieceData::Fresh => None,
+                PieceData::Chunk(r) => Some(data.get(r.clone()).unwrap_or_default()),
+                PieceData::Zeros => ZEROS.get(..(p.nr_pages * PAGE_SIZE as u64) as usize),
+            },
         })
         .collect();
     write_pages(pid, vmas, &pages)

@@ -26,17 +26,25 @@
 //!   never more than [`MAX_CHUNK_SIZE`]. Encoding a chunk is a pure function
 //!   ([`encode_chunk`], [`ChunkEncoder`]) so several threads can compress
 //!   chunks that one [`PageWriter`] then writes in order.
+//! * **A later run wins.** The same page may appear in several chunks
+//!   (pre-copy: copied while the process ran, then again after it was
+//!   written): restore applies chunks in stream order, so the last run that
+//!   covers a page decides its contents, and a `Zero` run makes a page zero
+//!   even where an earlier run wrote data. [`PageRanges`] is the bookkeeping
+//!   both sides use for it.
 //! * A restore may write pages as chunks arrive but must not resume anything
 //!   until [`PageReader::next_chunk`] has returned `Ok(None)`, which happens
 //!   only after the trailer was verified.
 
 mod chunk;
+mod ranges;
 mod reader;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 
 pub use chunk::{encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk};
+pub use ranges::PageRanges;
 pub use reader::{OwnedPageChunk, PageChunk, PageReader, PageRunRef, PageRuns};
 pub use writer::{PageStats, PageWriter, PageWriterOptions};
 
@@ -58,6 +66,23 @@ pub enum PageOwner {
     /// A shared memory object ([`crate::VmaKind::Shmem`] or `Memfd` id);
     /// run addresses are byte offsets in the object.
     Shmem { id: u64 },
+    /// Pages of a process's private memory copied *before* the freeze, while
+    /// it ran (pre-copy); run addresses are virtual addresses. Restore
+    /// applies them only where the image's `Vma` records say anonymous pages
+    /// belong (the rest is dropped: the mapping went away before the freeze),
+    /// and any later run for the same page supersedes them.
+    PreCopy { pid: i32 },
+}
+
+impl PageOwner {
+    /// The process whose address space the pages belong to (`Mm` and
+    /// `PreCopy`), `None` for a shared memory object.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            PageOwner::Mm { pid } | PageOwner::PreCopy { pid } => Some(*pid),
+            PageOwner::Shmem { .. } => None,
+        }
+    }
 }
 
 /// A run of consecutive pages.
