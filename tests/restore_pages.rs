@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use cr_formats::{PageOwner, PageReader, FRAME_HEADER_LEN};
+use cr_formats::{PageReader, FRAME_HEADER_LEN};
 
 const PROGRAM: &str = r#"
 import hashlib, mmap, os, time
@@ -102,7 +102,8 @@ fn chunks(image: &Path) -> Vec<(u32, u64, u32, bool, i32, usize)> {
     let mut reader = PageReader::new(std::io::BufReader::new(file)).expect("page store");
     let mut out = Vec::new();
     while let Some(c) = reader.next_chunk().expect("a valid page store") {
-        let PageOwner::Mm { pid } = c.header.owner else {
+        // A process's pages: copied while frozen, or before (pre-copy).
+        let Some(pid) = c.header.owner.pid() else {
             continue;
         };
         out.push((
