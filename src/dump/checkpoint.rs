@@ -125,6 +125,9 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
+    if let Some(init) = tasks.first() {
+        crate::dump::ipc::survey(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
+    }
     Ok(tasks)
 }
 
@@ -596,6 +599,12 @@ fn dump_frozen(
             &mut pages,
         )?;
         files.dump(task, &mut records)?;
+    }
+    if let Some(init) = tasks.first() {
+        let ipc = crate::dump::ipc::collect(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
+        for record in ipc.into_records() {
+            records.write(&record)?;
+        }
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

@@ -12,6 +12,7 @@
 //!                                maps + pages                -> Vma + page store
 //!                                fds                         -> File, Fd, PipeData
 //!                                unix sockets (unix.rs)      -> File { Unix }
+//! the IPC namespace (ipc.rs)     SysV shm/sem/msg, POSIX mqueues -> Sysv*, PosixMqueue
 //! write records.img, pages.img   (formats: framed, checksummed, optional zstd)
 //! leave running: detach + thaw   ── frozen window ends
 //! or stop: kill every process
@@ -25,6 +26,7 @@ pub mod checkpoint;
 pub mod events;
 pub mod files;
 pub mod inet;
+pub mod ipc;
 pub mod mm;
 pub mod procfs;
 pub mod shmem;

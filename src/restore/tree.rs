@@ -148,6 +148,12 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                         fd.fd
                     )));
                 }
+                FileKind::Mqueue { name } if !image.ipc.mqueues.iter().any(|q| &q.name == name) => {
+                    return Err(refuse(format!(
+                        "fd {} is POSIX message queue /{name}, which the image lacks",
+                        fd.fd
+                    )));
+                }
                 _ => {}
             }
         }
@@ -365,6 +371,7 @@ fn open_table(
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
             FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
+            FileKind::Mqueue { name } => crate::restore::ipc::open_mqueue(name.as_bytes(), file.flags as i32)?,
             kind if events::handles(kind) => events::create(kind, flags)?,
             kind => {
                 return Err(Error::Invalid(format!(
