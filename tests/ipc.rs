@@ -47,7 +47,10 @@ fn sysvipc(h: &TestHost, name: &str) -> String {
         let text = file_in(h, name, &format!("/proc/sysvipc/{kind}"));
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            out.push_str(&format!("{kind} {}\n", cols[..keep.min(cols.len())].join(" ")));
+            out.push_str(&format!(
+                "{kind} {}\n",
+                cols[..keep.min(cols.len())].join(" ")
+            ));
         }
     }
     out
@@ -78,7 +81,11 @@ fn ipc_objects_come_back_with_their_ids_and_contents() {
             })
             .collect()
     };
-    assert_eq!(strip(&after), strip(&before), "before:\n{before}\nafter:\n{after}");
+    assert_eq!(
+        strip(&after),
+        strip(&before),
+        "before:\n{before}\nafter:\n{after}"
+    );
     assert_eq!(go_and_result(&h, "ipc"), "PASS");
 }
 
@@ -86,11 +93,7 @@ fn ipc_objects_come_back_with_their_ids_and_contents() {
 fn the_ipc_checks_can_fail() {
     // Without the semaphore values, the same program fails.
     let h = TestHost::new();
-    let body = IPC
-        .replace(
-            "ok(libc.semctl(sem, 0, SETALL, vals), \"SETALL\")",
-            "pass",
-        );
+    let body = IPC.replace("ok(libc.semctl(sem, 0, SETALL, vals), \"SETALL\")", "pass");
     h.run_python_until("ipc-bad", &program(&body), "/crtest/ready");
     let r = go_and_result(&h, "ipc-bad");
     assert!(r.starts_with("FAIL: sem values"), "{r}");

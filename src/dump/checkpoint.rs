@@ -601,7 +601,8 @@ fn dump_frozen(
         files.dump(task, &mut records)?;
     }
     if let Some(init) = tasks.first() {
-        let ipc = crate::dump::ipc::collect(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
+        let ipc =
+            crate::dump::ipc::collect(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
         for record in ipc.into_records() {
             records.write(&record)?;
         }

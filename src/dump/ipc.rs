@@ -31,8 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 use cr_formats::schema::{
-    Blob, ByteString, IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem,
-    SysvShm,
+    Blob, ByteString, IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm,
 };
 use nix::errno::Errno;
 
@@ -298,9 +297,7 @@ pub fn collect(init: i32) -> Result<IpcObjects, IpcError> {
             let mut values = vec![0u16; ds.nsems as usize];
             // SAFETY: GETALL writes nsems u16 values to the buffer, which
             // holds exactly that many.
-            let rc = unsafe {
-                libc::syscall(libc::SYS_semctl, id, 0, GETALL, values.as_mut_ptr())
-            };
+            let rc = unsafe { libc::syscall(libc::SYS_semctl, id, 0, GETALL, values.as_mut_ptr()) };
             Errno::result(rc).map_err(sys(format!("reading semaphore set {id}")))?;
             out.sem.push(SysvSem {
                 perm: perm(id, &ds.perm),
@@ -324,9 +321,9 @@ pub fn collect(init: i32) -> Result<IpcObjects, IpcError> {
                         IPC_NOWAIT | MSG_COPY,
                     )
                 };
-                let n = Errno::result(n)
-                    .map_err(sys(format!("copying message {index} of message queue {id}")))?
-                    as usize;
+                let n = Errno::result(n).map_err(sys(format!(
+                    "copying message {index} of message queue {id}"
+                )))? as usize;
                 let mut mtype = [0u8; 8];
                 mtype.copy_from_slice(&buf[..8]);
                 messages.push(SysvMessage {
@@ -341,7 +338,8 @@ pub fn collect(init: i32) -> Result<IpcObjects, IpcError> {
             });
         }
         for name in mqueue_names(&mq_dir)? {
-            out.mqueues.push(collect_mqueue(&mq_dir, &name, &uids, &gids)?);
+            out.mqueues
+                .push(collect_mqueue(&mq_dir, &name, &uids, &gids)?);
         }
         Ok(out)
     })
@@ -357,9 +355,9 @@ fn mqueue_dir(init: i32) -> Result<String, IpcError> {
         ))
     })?;
     if st.filesystem_type().0 != MQUEUE_MAGIC {
-        return Err(IpcError::Unsupported(format!(
-            "its POSIX message queues cannot be listed: /dev/mqueue in the container is not an mqueue filesystem"
-        )));
+        return Err(IpcError::Unsupported(
+            "its POSIX message queues cannot be listed: /dev/mqueue in the container is not an mqueue filesystem".to_string(),
+        ));
     }
     Ok(dir)
 }
@@ -520,8 +518,8 @@ fn list<T: Default>(
     stat: impl Fn(i32, *mut T) -> i64,
 ) -> Result<Vec<(i32, T)>, IpcError> {
     let mut buf = [0u64; 32];
-    let max = Errno::result(info(buf.as_mut_ptr().cast()))
-        .map_err(sys(format!("listing the {what}")))?;
+    let max =
+        Errno::result(info(buf.as_mut_ptr().cast())).map_err(sys(format!("listing the {what}")))?;
     let mut out = Vec::new();
     for index in 0..=max as i32 {
         let mut ds = T::default();
@@ -592,7 +590,8 @@ fn shm_contents(id: i32, size: u64) -> Result<Vec<u8>, IpcError> {
             // SAFETY: [start, end) lies inside the attachment, which stays
             // until the shmdt below; nothing writes it meanwhile (read-only
             // here, and the container is frozen).
-            let src = unsafe { std::slice::from_raw_parts((addr + start) as *const u8, end - start) };
+            let src =
+                unsafe { std::slice::from_raw_parts((addr + start) as *const u8, end - start) };
             data[start..end].copy_from_slice(src);
         }
         let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);

@@ -121,14 +121,7 @@ fn restore_sem(s: &SysvSem) -> Result<()> {
     let what = format!("SysV semaphore set {}", s.perm.id);
     next_id("sem", s.perm.id)?;
     // SAFETY: semget takes plain values.
-    let id = unsafe {
-        libc::syscall(
-            libc::SYS_semget,
-            s.perm.key,
-            s.values.len(),
-            flags(&s.perm),
-        )
-    };
+    let id = unsafe { libc::syscall(libc::SYS_semget, s.perm.key, s.values.len(), flags(&s.perm)) };
     let id = Errno::result(id).map_err(sys(format!("creating {what}")))?;
     check_id("SysV semaphore set", &s.perm, id)?;
     let mut ds = SemidDs::default();

@@ -371,7 +371,9 @@ fn open_table(
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
             FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
-            FileKind::Mqueue { name } => crate::restore::ipc::open_mqueue(name.as_bytes(), file.flags as i32)?,
+            FileKind::Mqueue { name } => {
+                crate::restore::ipc::open_mqueue(name.as_bytes(), file.flags as i32)?
+            }
             kind if events::handles(kind) => events::create(kind, flags)?,
             kind => {
                 return Err(Error::Invalid(format!(
