@@ -113,16 +113,22 @@ fn refused(h: &TestHost, name: &str, setup: &str, expect: &[&str]) {
 }
 
 #[test]
-fn an_attached_sysv_segment_is_refused_before_the_freeze() {
+fn a_partly_unmapped_sysv_segment_is_refused_before_the_freeze() {
     let h = TestHost::new();
     refused(
         &h,
-        "shm-att",
+        "shm-part",
         "libc.shmat.restype = ctypes.c_void_p\n\
-         shm = libc.shmget(0x4242, 8192, 0o1000 | 0o600)\n\
+         shm = libc.shmget(0x4242, 3 * 4096, 0o1000 | 0o600)\n\
          addr = libc.shmat(shm, None, 0)\n\
-         ctypes.memmove(addr, b'attached', 8)",
-        &["SysV shared memory", "not frozen"],
+         ctypes.memmove(addr, b'attached', 8)\n\
+         libc.munmap(ctypes.c_void_p(addr + 8192), 4096)",
+        &[
+            "SysV shared memory",
+            "process 1",
+            "only part of its 12288 bytes",
+            "not frozen",
+        ],
     );
 }
 
@@ -139,5 +145,32 @@ fn a_posix_queue_with_a_notification_is_refused_before_the_freeze() {
          signal.signal(signal.SIGUSR1, lambda s, f: None)\n\
          assert libc.mq_notify(mq, ctypes.byref(ev)) == 0, ctypes.get_errno()",
         &["/notified", "notification", "not frozen"],
+    );
+}
+
+#[test]
+fn sysv_segments_attached_by_a_parent_and_its_child_come_back() {
+    let h = TestHost::new();
+    let body = program(include_str!("programs/ipc_attach.py"));
+    h.run_python_until("attach", &body, "/crtest/ready");
+    h.ok(&["checkpoint", "attach"]);
+    assert_eq!(h.state("attach"), "stopped");
+    h.ok(&["restore", "attach"]);
+    assert_eq!(go_and_result(&h, "attach"), "PASS");
+}
+
+#[test]
+fn the_attachment_checks_can_fail() {
+    // The child writes nothing after restore: the parent's check fails.
+    let h = TestHost::new();
+    let body = include_str!("programs/ipc_attach.py").replace(
+        "ctypes.memmove(a_shared + 4096, b\"child after restore\", 19)",
+        "pass",
+    );
+    h.run_python_until("attach-bad", &program(&body), "/crtest/ready");
+    let r = go_and_result(&h, "attach-bad");
+    assert!(
+        r.starts_with("FAIL: write by the child after restore"),
+        "{r}"
     );
 }

@@ -126,7 +126,25 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
     if let Some(init) = tasks.first() {
-        crate::dump::ipc::survey(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
+        let attachments: Vec<crate::dump::ipc::Attachment> = tasks
+            .iter()
+            .flat_map(|t| {
+                t.maps.iter().filter_map(|(m, kind)| match kind {
+                    cr_formats::schema::VmaKind::SysvShm { shmid } => {
+                        Some(crate::dump::ipc::Attachment {
+                            pid: t.status.pid_in_ns(),
+                            comm: t.status.name.clone(),
+                            start: m.start,
+                            end: m.end,
+                            shmid: *shmid,
+                        })
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        crate::dump::ipc::survey(init.host_pid, attachments)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
     }
     Ok(tasks)
 }

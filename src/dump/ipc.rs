@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! survey (before the freeze)      a thread joins /proc/PID1/ns/ipc and
-//!                                 refuses what cannot move: attached
-//!                                 segments, queues with a notification
-//!                                 registered, full POSIX queues
+//!                                 refuses what cannot move: partial
+//!                                 attachments of a segment, segments
+//!                                 attached from outside the container,
+//!                                 queues with a notification registered,
+//!                                 full POSIX queues
 //! collect (frozen)                the same thread, in the namespace:
 //!   *_INFO + *_STAT_ANY by index  every segment, semaphore set and queue
 //!   shmat(SHM_RDONLY)             a segment's contents
@@ -42,6 +44,7 @@ pub const MQUEUE_MAGIC: i64 = 0x1980_0202;
 pub(crate) const IPC_CREAT: i32 = 0o1000;
 pub(crate) const IPC_EXCL: i32 = 0o2000;
 pub(crate) const IPC_NOWAIT: i32 = 0o4000;
+pub(crate) const IPC_RMID: i32 = 0;
 pub(crate) const IPC_SET: i32 = 1;
 pub(crate) const IPC_STAT: i32 = 2;
 pub(crate) const SHM_RDONLY: i32 = 0o10000;
@@ -217,15 +220,48 @@ fn in_namespace<T: Send + 'static>(
     .map_err(|_| IpcError::Helper)?
 }
 
+/// A mapping of a SysV segment in a process of the container.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub pid: i32,
+    pub comm: String,
+    pub start: u64,
+    pub end: u64,
+    pub shmid: i32,
+}
+
 /// Checks before the freeze that every object of the namespace of the
-/// container whose PID 1 is host process `init` can be moved.
-pub fn survey(init: i32) -> Result<(), IpcError> {
+/// container whose PID 1 is host process `init` can be moved, and that
+/// every attachment of a segment in its processes is whole (restore
+/// attaches the whole segment again at the same address).
+pub fn survey(init: i32, attachments: Vec<Attachment>) -> Result<(), IpcError> {
     let mq_dir = mqueue_dir(init)?;
     in_namespace(init, move || {
-        for (id, ds) in list_shm()? {
-            if ds.nattch > 0 {
+        let segments = list_shm()?;
+        for a in &attachments {
+            let refuse = |what: String| {
+                IpcError::Unsupported(format!(
+                    "process {} ({}) maps {:#x}-{:#x} of SysV shared memory segment {}, {what}",
+                    a.pid, a.comm, a.start, a.end, a.shmid
+                ))
+            };
+            let Some((_, ds)) = segments.iter().find(|(id, _)| *id == a.shmid) else {
+                return Err(refuse(
+                    "which is not in the container's IPC namespace".into(),
+                ));
+            };
+            if a.end - a.start != ds.segsz.div_ceil(4096) * 4096 {
+                return Err(refuse(format!(
+                    "only part of its {} bytes, and partial attachments are not moved",
+                    ds.segsz
+                )));
+            }
+        }
+        for (id, ds) in &segments {
+            let inside = attachments.iter().filter(|a| a.shmid == *id).count() as u64;
+            if ds.nattch > inside {
                 return Err(IpcError::Unsupported(format!(
-                    "SysV shared memory segment {id} (key {:#x}) is attached by {} process(es), and attached segments are not moved yet",
+                    "SysV shared memory segment {id} (key {:#x}) is attached {} times but only {inside} times by the container's processes",
                     ds.perm.key, ds.nattch
                 )));
             }
@@ -281,12 +317,6 @@ pub fn collect(init: i32) -> Result<IpcObjects, IpcError> {
         };
         let mut out = IpcObjects::default();
         for (id, ds) in list_shm()? {
-            if ds.nattch > 0 {
-                return Err(IpcError::Unsupported(format!(
-                    "SysV shared memory segment {id} (key {:#x}) is attached by {} process(es), and attached segments are not moved yet",
-                    ds.perm.key, ds.nattch
-                )));
-            }
             out.shm.push(SysvShm {
                 perm: perm(id, &ds.perm),
                 size: ds.segsz,

@@ -244,6 +244,97 @@ fn restore_mqueue(q: &PosixMqueue) -> Result<()> {
     Ok(())
 }
 
+/// `shmat` flags.
+const SHM_EXEC: u64 = 0o100000;
+const SHM_REMAP: u64 = 0o40000;
+
+/// Step 3a of a process rebuild (restore::process): attaches segment
+/// `shmid` (created by [`restore`] in the namespace the husk is in) at the
+/// mapping's address, replacing what is there, with its protection.
+pub fn attach(
+    rs: &mut crate::inject::RemoteSyscall<'_>,
+    v: &cr_formats::schema::Vma,
+    shmid: i32,
+) -> std::result::Result<(), crate::inject::InjectError> {
+    let prot = v.prot as i32;
+    let mut flags = SHM_REMAP;
+    if prot & libc::PROT_WRITE == 0 {
+        flags |= crate::dump::ipc::SHM_RDONLY as u64;
+    }
+    if prot & libc::PROT_EXEC != 0 {
+        flags |= SHM_EXEC;
+    }
+    let got = rs.inject(libc::SYS_shmat, [shmid as u64, v.start, flags, 0, 0, 0])?;
+    if got < 0 {
+        return Err(crate::inject::InjectError::Invalid(format!(
+            "shmat({shmid}, {:#x}) failed: {}",
+            v.start,
+            Errno::from_raw(-got as i32)
+        )));
+    }
+    if got as u64 != v.start {
+        return Err(crate::inject::InjectError::Invalid(format!(
+            "shmat({shmid}) attached at {got:#x}, not {:#x}",
+            v.start
+        )));
+    }
+    // shmat maps readable (and writable unless read-only); an mprotect
+    // since may have taken that away.
+    let given = libc::PROT_READ
+        | if flags & crate::dump::ipc::SHM_RDONLY as u64 == 0 {
+            libc::PROT_WRITE
+        } else {
+            0
+        }
+        | (prot & libc::PROT_EXEC);
+    if given != prot {
+        rs.remote_mprotect(v.start, v.end - v.start, prot)?;
+    }
+    Ok(())
+}
+
+/// Removes (`IPC_RMID`) the segments that were removed while attached
+/// (`SHM_DEST`), once every process of the image attached them again;
+/// `init` is the host pid of the container's PID 1 (its IPC namespace).
+pub fn remove_destroyed(init: i32, ipc: &IpcObjects) -> Result<()> {
+    let ids: Vec<i32> = ipc
+        .shm
+        .iter()
+        .filter(|s| s.perm.mode & crate::dump::ipc::SHM_DEST != 0)
+        .map(|s| s.perm.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let path = format!("/proc/{init}/ns/ipc");
+    let ns = std::fs::File::open(&path).map_err(|source| Error::Io {
+        what: "opening".into(),
+        path: path.clone().into(),
+        source,
+    })?;
+    std::thread::spawn(move || -> Result<()> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWIPC)
+            .map_err(sys(format!("joining the IPC namespace {path}")))?;
+        for id in ids {
+            // SAFETY: IPC_RMID takes no buffer.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_shmctl,
+                    id,
+                    crate::dump::ipc::IPC_RMID,
+                    std::ptr::null::<u8>(),
+                )
+            };
+            Errno::result(rc).map_err(sys(format!(
+                "removing SysV shared memory segment {id} again (it was removed while attached)"
+            )))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| Error::Invalid("the IPC namespace helper thread panicked".into()))?
+}
+
 /// Opens a descriptor of queue `name` (created by [`restore`]) with the
 /// access mode and `O_NONBLOCK` of `flags`.
 pub fn open_mqueue(name: &[u8], flags: i32) -> Result<RawFd> {

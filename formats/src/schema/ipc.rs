@@ -40,7 +40,9 @@ pub struct IpcPerm {
     pub mode: u32,
 }
 
-/// A SysV shared memory segment that no process has attached.
+/// A SysV shared memory segment (its attachments are the processes'
+/// `Vma`s of kind `SysvShm { shmid }`, at their addresses with their
+/// protection).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SysvShm {
     pub perm: IpcPerm,
