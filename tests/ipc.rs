@@ -149,6 +149,18 @@ fn a_posix_queue_with_a_notification_is_refused_before_the_freeze() {
 }
 
 #[test]
+fn an_unlinked_posix_queue_held_open_is_refused_before_the_freeze() {
+    let h = TestHost::new();
+    refused(
+        &h,
+        "mq-unlinked",
+        "mq = libc.mq_open(b'/unlinked', os.O_CREAT | os.O_RDWR, 0o600, None)\n\
+         assert mq >= 0 and libc.mq_unlink(b'/unlinked') == 0",
+        &["process 1", "/unlinked", "mq_unlink", "not frozen"],
+    );
+}
+
+#[test]
 fn sysv_segments_attached_by_a_parent_and_its_child_come_back() {
     let h = TestHost::new();
     let body = program(include_str!("programs/ipc_attach.py"));

@@ -94,6 +94,19 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             maps.push((m, kind));
         }
         shmem::survey_task(status.pid_in_ns(), &comm, pid, &maps, &fds)?;
+        let mqueue_fds: Vec<(i32, u64, &str)> = fds
+            .iter()
+            .filter(|(_, kind, _)| kind.name == crate::dump::ipc::MQUEUE_KIND)
+            .map(|(e, _, meta)| {
+                (
+                    e.fd,
+                    std::os::unix::fs::MetadataExt::nlink(meta),
+                    e.target.as_str(),
+                )
+            })
+            .collect();
+        crate::dump::ipc::check_fds(status.pid_in_ns(), &comm, &mqueue_fds)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         locked.extend(shmem::locked_inodes(&fds));
         tasks.push(Task {
             host_pid: pid,

@@ -37,6 +37,23 @@ use cr_formats::schema::{
 };
 use nix::errno::Errno;
 
+/// The name of the descriptor kind of POSIX queues in `files::REGISTRY`.
+pub const MQUEUE_KIND: &str = "POSIX message queue";
+
+/// Refuses a descriptor of a POSIX queue removed with `mq_unlink`: no name
+/// is left to find it by, in the namespace or on restore. `fds`: (fd,
+/// its inode's link count) of process `pid` (`comm`).
+pub fn check_fds(pid: i32, comm: &str, fds: &[(i32, u64, &str)]) -> Result<(), IpcError> {
+    for &(fd, nlink, target) in fds {
+        if nlink == 0 {
+            return Err(IpcError::Unsupported(format!(
+                "process {pid} ({comm}) holds fd {fd}, POSIX message queue {target}, which was removed with mq_unlink and cannot be moved"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `statfs` magic of the mqueue filesystem.
 pub const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
