@@ -4,8 +4,8 @@
 //! go marker, PASS or FAIL: <what>): shared anonymous memory and memfds
 //! shared by a parent and its child, a writable shared file mapping, deleted
 //! files (open and mapped), a FIFO with data between two processes, flock,
-//! POSIX and OFD locks. SysV shared memory is still refused before the
-//! freeze.
+//! POSIX and OFD locks. A partly unmapped SysV segment is refused before
+//! the freeze (whole attachments: tests/ipc.rs).
 
 mod common;
 
@@ -103,15 +103,16 @@ fn the_checks_fail_when_the_state_is_not_there() {
 }
 
 #[test]
-fn sysv_shared_memory_is_refused_before_the_freeze() {
+fn a_partial_sysv_attachment_is_refused_before_the_freeze() {
     let h = TestHost::new();
     let body = r#"
 import ctypes
 libc = ctypes.CDLL(None)
 libc.shmat.restype = ctypes.c_void_p
-shmid = libc.shmget(0, 4096, 0o1600)
+shmid = libc.shmget(0, 8192, 0o1600)
 addr = libc.shmat(shmid, None, 0)
 ctypes.memset(addr, 7, 16)
+libc.munmap(ctypes.c_void_p(addr + 4096), 4096)
 ready()
 forever()
 "#;

@@ -35,7 +35,8 @@ pub struct Version {
 /// 1.1: the `Shmem` and `DeletedFile` records, the new `FileKind`s (memfd,
 /// deleted, unix, event objects, inet), `PageOwner::Shmem` and `PreCopy`, and
 /// the "later run wins" rule of the page store.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 1 };
+/// 1.2: the IPC namespace's records and `FileKind::Mqueue`.
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 2 };
 
 impl Version {
     pub const fn new(major: u16, minor: u16) -> Self {

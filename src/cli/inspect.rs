@@ -205,6 +205,7 @@ fn summary(record: &Record) -> String {
             ),
             FileKind::Memfd { id, pos } => format!("file {} memfd {id} at {pos}", f.id),
             FileKind::Deleted { id, pos } => format!("file {} deleted file {id} at {pos}", f.id),
+            FileKind::Mqueue { name } => format!("file {} POSIX message queue /{name}", f.id),
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",
@@ -230,6 +231,40 @@ fn summary(record: &Record) -> String {
             d.path,
             d.mode,
             d.data.0.len()
+        ),
+        Record::SysvShm(s) => format!(
+            "SysV shm id {} key {:#x} mode {:o} owner {}:{}, {} bytes ({} stored)",
+            s.perm.id,
+            s.perm.key,
+            s.perm.mode,
+            s.perm.uid,
+            s.perm.gid,
+            s.size,
+            s.data.0.len()
+        ),
+        Record::SysvSem(s) => format!(
+            "SysV semaphores id {} key {:#x} mode {:o} owner {}:{}, values {:?}",
+            s.perm.id, s.perm.key, s.perm.mode, s.perm.uid, s.perm.gid, s.values
+        ),
+        Record::SysvMsgQueue(q) => format!(
+            "SysV message queue id {} key {:#x} mode {:o} owner {}:{}, qbytes {}, {} messages",
+            q.perm.id,
+            q.perm.key,
+            q.perm.mode,
+            q.perm.uid,
+            q.perm.gid,
+            q.qbytes,
+            q.messages.len()
+        ),
+        Record::PosixMqueue(q) => format!(
+            "POSIX message queue /{} mode {:o} owner {}:{}, maxmsg {} msgsize {}, {} messages",
+            q.name,
+            q.mode,
+            q.uid,
+            q.gid,
+            q.maxmsg,
+            q.msgsize,
+            q.messages.len()
         ),
     }
 }

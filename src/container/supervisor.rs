@@ -474,6 +474,11 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         _ => return Err(Error::Invalid("the supervisor went away".into())),
     }
     drop(go);
+    // The IPC namespace's objects, before any process of the image exists
+    // (and while the host's /proc/sys, with its *_next_id, is reachable).
+    if let Some(image) = args.restore {
+        restore::ipc::restore(&image.ipc)?;
+    }
     // Now inside its cgroups: the cgroup namespace is rooted there.
     unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "creating the cgroup namespace".into())?;
     setsid().sys(|| "starting a session".into())?;

@@ -103,6 +103,19 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             maps.push((m, kind));
         }
         shmem::survey_task(status.pid_in_ns(), &comm, pid, &maps, &fds)?;
+        let mqueue_fds: Vec<(i32, u64, &str)> = fds
+            .iter()
+            .filter(|(_, kind, _)| kind.name == crate::dump::ipc::MQUEUE_KIND)
+            .map(|(e, _, meta)| {
+                (
+                    e.fd,
+                    std::os::unix::fs::MetadataExt::nlink(meta),
+                    e.target.as_str(),
+                )
+            })
+            .collect();
+        crate::dump::ipc::check_fds(status.pid_in_ns(), &comm, &mqueue_fds)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         locked.extend(shmem::locked_inodes(&fds));
         tasks.push(Task {
             host_pid: pid,
@@ -134,6 +147,27 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
+    if let Some(init) = tasks.first() {
+        let attachments: Vec<crate::dump::ipc::Attachment> = tasks
+            .iter()
+            .flat_map(|t| {
+                t.maps.iter().filter_map(|(m, kind)| match kind {
+                    cr_formats::schema::VmaKind::SysvShm { shmid } => {
+                        Some(crate::dump::ipc::Attachment {
+                            pid: t.status.pid_in_ns(),
+                            comm: t.status.name.clone(),
+                            start: m.start,
+                            end: m.end,
+                            shmid: *shmid,
+                        })
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        crate::dump::ipc::survey(init.host_pid, attachments)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+    }
     Ok(tasks)
 }
 
@@ -701,6 +735,13 @@ fn dump_frozen(
             &mut pages,
         )?;
         files.dump(task, &mut records)?;
+    }
+    if let Some(init) = tasks.first() {
+        let ipc =
+            crate::dump::ipc::collect(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
+        for record in ipc.into_records() {
+            records.write(&record)?;
+        }
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

@@ -44,6 +44,20 @@ const DEVICES: &[(u32, u32)] = &[
 
 /// Every kind of file descriptor cr can checkpoint.
 pub static REGISTRY: &[FileKindDump] = &[
+    // Before "regular file": a queue's descriptor looks like one (one
+    // removed with mq_unlink is refused by dump::ipc::check_fds).
+    FileKindDump {
+        name: crate::dump::ipc::MQUEUE_KIND,
+        claims: |o| {
+            nix::sys::statfs::statfs(format!("/proc/{}/fd/{}", o.pid, o.entry.fd).as_str())
+                .is_ok_and(|s| s.filesystem_type().0 == crate::dump::ipc::MQUEUE_MAGIC)
+        },
+        collect: |o| {
+            Ok(FileKind::Mqueue {
+                name: ByteString::from(o.entry.target.trim_start_matches('/')),
+            })
+        },
+    },
     FileKindDump {
         name: "regular file",
         claims: |o| o.meta.file_type().is_file() && path_target(o).is_some() && !is_deleted(o),

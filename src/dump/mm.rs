@@ -58,7 +58,16 @@ pub fn classify(pid: i32, comm: &str, m: &MapsEntry) -> Result<VmaKind, DumpErro
         name if name.starts_with("[anon_shmem:") && m.shared => VmaKind::Shmem { id: m.inode },
         "" => VmaKind::Anonymous,
         name if name.starts_with("[anon:") && !m.shared => VmaKind::Anonymous,
-        name if name.starts_with("/SYSV") => return Err(refuse("SysV shared memory")),
+        // The inode of a SysV segment's mapping is its id; the segment's
+        // record carries its contents (dump::ipc).
+        name if name.starts_with("/SYSV") && m.shared && m.offset == 0 => VmaKind::SysvShm {
+            shmid: m.inode as i32,
+        },
+        name if name.starts_with("/SYSV") => {
+            return Err(refuse(
+                "SysV shared memory mapped from an offset into the segment (split by mprotect or partly unmapped)",
+            ))
+        }
         name if name.starts_with("/memfd:") => VmaKind::Memfd {
             name: ByteString::from(crate::dump::shmem::memfd_name(name).unwrap_or(name)),
             id: m.inode,

@@ -16,6 +16,7 @@
 //!                                (after a pre-copy: only pages written since)
 //!                                fds                         -> File, Fd, PipeData
 //!                                unix sockets (unix.rs)      -> File { Unix }
+//! the IPC namespace (ipc.rs)     SysV shm/sem/msg, POSIX mqueues -> Sysv*, PosixMqueue
 //! write records.img, pages.img   (formats: framed, checksummed, optional zstd)
 //! leave running: detach + thaw   ── frozen window ends
 //! or stop: kill every process
@@ -30,6 +31,7 @@ pub mod dirty;
 pub mod events;
 pub mod files;
 pub mod inet;
+pub mod ipc;
 pub mod mm;
 pub mod precopy;
 pub mod procfs;

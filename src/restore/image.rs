@@ -41,6 +41,8 @@ pub struct LoadedImage {
     pub shmem: HashMap<u64, ShmemObject>,
     /// Files deleted while open or mapped, by id.
     pub deleted: HashMap<u64, DeletedFile>,
+    /// The objects of the container's IPC namespace.
+    pub ipc: crate::dump::ipc::IpcObjects,
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
@@ -65,6 +67,7 @@ impl LoadedImage {
         let mut locks = Vec::new();
         let mut shmem = HashMap::new();
         let mut deleted = HashMap::new();
+        let mut ipc = crate::dump::ipc::IpcObjects::default();
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -113,6 +116,10 @@ impl LoadedImage {
                 Record::PipeData(p) => {
                     pipes.insert(p.pipe, p);
                 }
+                Record::SysvShm(s) => ipc.shm.push(s),
+                Record::SysvSem(s) => ipc.sem.push(s),
+                Record::SysvMsgQueue(q) => ipc.msg.push(q),
+                Record::PosixMqueue(q) => ipc.mqueues.push(q),
             }
         }
         if !processes.contains_key(&1) {
@@ -130,6 +137,7 @@ impl LoadedImage {
             locks,
             shmem,
             deleted,
+            ipc,
             dir: dir.to_path_buf(),
         })
     }

@@ -925,6 +925,10 @@ fn map_vmas(
                 }
                 continue;
             }
+            VmaKind::SysvShm { shmid } => {
+                crate::restore::ipc::attach(rs, v, *shmid).map_err(err)?;
+                continue;
+            }
             // Private file mappings and shared ones; a writable shared one
             // through a descriptor opened read-write (its data is the file's).
             // A deleted file was written back under a path of its own.

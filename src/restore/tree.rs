@@ -148,12 +148,21 @@ pub fn check(image: &LoadedImage) -> Result<()> {
                         fd.fd
                     )));
                 }
+                FileKind::Mqueue { name } if !image.ipc.mqueues.iter().any(|q| &q.name == name) => {
+                    return Err(refuse(format!(
+                        "fd {} is POSIX message queue /{name}, which the image lacks",
+                        fd.fd
+                    )));
+                }
                 _ => {}
             }
         }
         for v in &p.vmas {
             let missing = match &v.kind {
                 VmaKind::Shmem { id } | VmaKind::Memfd { id, .. } => !image.shmem.contains_key(id),
+                VmaKind::SysvShm { shmid } => !image.ipc.shm.iter().any(|s| {
+                    s.perm.id == *shmid && v.end - v.start == s.size.div_ceil(4096) * 4096
+                }),
                 VmaKind::File { path, dev, ino } if path.as_bytes().ends_with(b" (deleted)") => {
                     !image
                         .deleted
@@ -365,6 +374,9 @@ fn open_table(
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
             FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
+            FileKind::Mqueue { name } => {
+                crate::restore::ipc::open_mqueue(name.as_bytes(), file.flags as i32)?
+            }
             kind if events::handles(kind) => events::create(kind, flags)?,
             kind => {
                 return Err(Error::Invalid(format!(
@@ -911,6 +923,10 @@ fn rebuild_all(
         let husk = prepare_with(tracee, &p.process, &p.threads, &p.vmas, Some(&mut *shared))
             .map_err(|e| fail(*pid, e))?;
         husks.insert(*pid, husk);
+    }
+    // Every segment is attached again: those removed while attached go.
+    if let Some((_, init, _)) = tracees.iter().find(|(pid, _, _)| *pid == 1) {
+        crate::restore::ipc::remove_destroyed(init.tgid().as_raw(), &image.ipc)?;
     }
     crate::restore::timing::mark("prepared");
     crate::restore::pages::stream(image, &husks, shared, &fail)?;

@@ -117,6 +117,10 @@ pub enum FileKind {
         id: u64,
         pos: u64,
     },
+    /// A POSIX message queue descriptor: the `PosixMqueue` `name` (no `/`).
+    Mqueue {
+        name: ByteString,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,8 @@
 //!   FileLock { .. }                one per lock
 //!   Shmem { id .. }                one per shared memory object or memfd
 //!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
+//!   SysvShm / SysvSem /            one per object of the IPC namespace
+//!   SysvMsgQueue / PosixMqueue
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -28,6 +30,7 @@ mod bytes;
 mod event;
 mod file;
 mod inet;
+mod ipc;
 mod manifest;
 mod process;
 mod shmem;
@@ -45,6 +48,7 @@ pub use file::{
 pub use inet::{
     InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
+pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
@@ -121,6 +125,14 @@ records! {
     Shmem(ShmemObject) = 8,
     /// A file deleted while open or mapped, with its contents.
     DeletedFile(DeletedFile) = 9,
+    /// A SysV shared memory segment of the IPC namespace (see [`ipc`]).
+    SysvShm(SysvShm) = 10,
+    /// A SysV semaphore set.
+    SysvSem(SysvSem) = 11,
+    /// A SysV message queue and its messages.
+    SysvMsgQueue(SysvMsgQueue) = 12,
+    /// A POSIX message queue and its messages.
+    PosixMqueue(PosixMqueue) = 13,
 }
 
 impl std::fmt::Display for RecordKind {

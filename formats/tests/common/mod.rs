@@ -347,6 +347,9 @@ pub fn records() -> Vec<Record> {
         }),
         FileKind::Memfd { id: 78, pos: 5 },
         FileKind::Deleted { id: 79, pos: 8 },
+        FileKind::Mqueue {
+            name: ByteString::from("queue"),
+        },
     ];
     for (id, kind) in files.into_iter().enumerate() {
         r.push(Record::File(File {
@@ -421,6 +424,50 @@ pub fn records() -> Vec<Record> {
         path: ByteString::from("/tmp/gone"),
         mode: 0o640,
         data: Blob(b"deleted but open\n".repeat(3)),
+    }));
+    let perm = |id: i32, key: i32| cr_formats::schema::IpcPerm {
+        key,
+        id,
+        uid: 0,
+        gid: 5,
+        cuid: 0,
+        cgid: 0,
+        mode: 0o640,
+    };
+    r.push(Record::SysvShm(cr_formats::schema::SysvShm {
+        perm: perm(32769, 0x1234),
+        size: 3 * 4096 + 100,
+        data: Blob(b"segment".repeat(100)),
+    }));
+    r.push(Record::SysvSem(cr_formats::schema::SysvSem {
+        perm: perm(3, 0),
+        values: vec![3, 0, 7],
+    }));
+    r.push(Record::SysvMsgQueue(cr_formats::schema::SysvMsgQueue {
+        perm: perm(65536, 0x3456),
+        qbytes: 16384,
+        messages: vec![
+            cr_formats::schema::SysvMessage {
+                mtype: 5,
+                data: Blob(b"five".to_vec()),
+            },
+            cr_formats::schema::SysvMessage {
+                mtype: 1,
+                data: Blob(Vec::new()),
+            },
+        ],
+    }));
+    r.push(Record::PosixMqueue(cr_formats::schema::PosixMqueue {
+        name: ByteString::from("queue"),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        maxmsg: 8,
+        msgsize: 128,
+        messages: vec![cr_formats::schema::MqMessage {
+            priority: 9,
+            data: Blob(b"high".to_vec()),
+        }],
     }));
     r
 }
