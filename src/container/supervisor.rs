@@ -468,6 +468,9 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         console: Some(args.console),
         idmapped,
     })?;
+    if let Some(image) = args.restore {
+        restore::mounts::rebuild(image, args.target)?;
+    }
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
         Ok(1) => {}

@@ -82,6 +82,7 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         if status.state == 'Z' {
             continue; // found with its parent below
         }
+        crate::dump::mounts::check_time_ns(pid, &status)?;
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
             let (kind, meta) =
@@ -125,6 +126,9 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
     shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
+    if let Some(init) = tasks.first() {
+        crate::dump::mounts::survey(init.host_pid, &init.status)?;
+    }
     Ok(tasks)
 }
 
@@ -596,6 +600,10 @@ fn dump_frozen(
             &mut pages,
         )?;
         files.dump(task, &mut records)?;
+    }
+    if let Some(init) = tasks.first() {
+        let plan = crate::dump::mounts::survey(init.host_pid, &init.status)?;
+        crate::dump::mounts::dump(init.host_pid, &plan, dir, &mut records)?;
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

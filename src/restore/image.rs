@@ -11,8 +11,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use cr_formats::schema::{
-    DeletedFile, Fd, File as FileRecord, FileId, FileLock, Manifest, PipeData, PipeId, Process,
-    Record, ShmemObject, Thread, Vma,
+    DeletedFile, Fd, File as FileRecord, FileId, FileLock, Manifest, Mount, PipeData, PipeId,
+    Process, Record, ShmemObject, Thread, Uts, Vma,
 };
 
 use crate::container::config::ContainerConfig;
@@ -44,6 +44,10 @@ pub struct LoadedImage {
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
+    /// Mounts to rebuild, by ascending index (restore::mounts).
+    pub mounts: Vec<Mount>,
+    /// The UTS names at checkpoint (images before format 1.2 have none).
+    pub uts: Option<Uts>,
 }
 
 impl LoadedImage {
@@ -65,6 +69,8 @@ impl LoadedImage {
         let mut locks = Vec::new();
         let mut shmem = HashMap::new();
         let mut deleted = HashMap::new();
+        let mut mounts = Vec::new();
+        let mut uts = None;
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -75,6 +81,8 @@ impl LoadedImage {
             match entry.record {
                 Record::Manifest(_) => {}
                 Record::FileLock(l) => locks.push(l),
+                Record::Mount(m) => mounts.push(m),
+                Record::Uts(u) => uts = Some(u),
                 Record::Shmem(o) => {
                     shmem.insert(o.id, o);
                 }
@@ -115,6 +123,7 @@ impl LoadedImage {
                 }
             }
         }
+        mounts.sort_by_key(|m: &Mount| m.index);
         if !processes.contains_key(&1) {
             return Err(Error::Invalid(format!(
                 "checkpoint image {} has no PID 1",
@@ -131,6 +140,8 @@ impl LoadedImage {
             shmem,
             deleted,
             dir: dir.to_path_buf(),
+            mounts,
+            uts,
         })
     }
 

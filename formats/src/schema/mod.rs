@@ -14,6 +14,8 @@
 //!   FileLock { .. }                one per lock
 //!   Shmem { id .. }                one per shared memory object or memfd
 //!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
+//!   Mount { index .. }             one per rebuilt mount (see [`ns`])
+//!   Uts { hostname .. }            once
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -29,6 +31,7 @@ mod event;
 mod file;
 mod inet;
 mod manifest;
+mod ns;
 mod process;
 mod shmem;
 mod thread;
@@ -46,6 +49,7 @@ pub use inet::{
     InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
 pub use manifest::{Arch, Manifest};
+pub use ns::{Mount, MountKind, Propagation, Uts};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
@@ -121,6 +125,10 @@ records! {
     Shmem(ShmemObject) = 8,
     /// A file deleted while open or mapped, with its contents.
     DeletedFile(DeletedFile) = 9,
+    /// A mount of the container's mount namespace that restore rebuilds.
+    Mount(Mount) = 10,
+    /// The container's hostname and domain name.
+    Uts(Uts) = 11,
 }
 
 impl std::fmt::Display for RecordKind {
