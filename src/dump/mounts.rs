@@ -209,7 +209,7 @@ pub fn classify(
         };
         if is_standard {
             seen_standard.push(mp);
-            if m.root == "/" && (m.fstype == "tmpfs" || m.fstype == "overlay") {
+            if m.root == "/" {
                 sources.entry(m.dev.as_str()).or_insert((mp, &m.fstype));
             }
             if KEPT_STANDARD.contains(&mp) && m.fstype == "tmpfs" {
