@@ -110,3 +110,32 @@ fn a_second_overlay_is_refused_before_the_freeze() {
         "/srv/o",
     );
 }
+
+#[test]
+fn tmp_files_of_a_user_namespace_container_keep_their_owners() {
+    let h = TestHost::new();
+    h.run(
+        "umnt",
+        TestImage::Busybox,
+        None,
+        &["--userns"],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo kept > /tmp/f; chown 1000:1001 /tmp/f; chmod 640 /tmp/f; echo shm > /dev/shm/s; while true; do sleep 1; done",
+        ],
+    );
+    let stat = |h: &TestHost| h.exec("umnt", &["stat", "-c", "%u:%g %a", "/tmp/f"]);
+    assert!(wait_until(Duration::from_secs(10), || file_in(
+        &h,
+        "umnt",
+        "/dev/shm/s"
+    ) == "shm\n"));
+    let before = stat(&h);
+    assert_eq!(before.trim(), "1000:1001 640");
+    h.ok(&["checkpoint", "umnt"]);
+    h.ok(&["restore", "umnt"]);
+    assert_eq!(stat(&h), before);
+    assert_eq!(file_in(&h, "umnt", "/tmp/f"), "kept\n");
+    assert_eq!(file_in(&h, "umnt", "/dev/shm/s"), "shm\n");
+}

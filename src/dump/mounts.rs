@@ -27,7 +27,9 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -311,28 +313,63 @@ pub fn dump(
         let dir = image_dir.join(MOUNTS_DIR);
         fs::create_dir_all(&dir).ctx("creating", &dir)?;
     }
+    let userns = container_userns(host_pid)?;
     for (n, mp) in &plan.archives {
         let from = PathBuf::from(format!("/proc/{host_pid}/root{mp}"));
         let to = archive_path(image_dir, *n);
-        run_tar(
-            Command::new("tar")
-                .args(TAR_XATTRS)
-                .arg("--sparse")
-                .arg("--one-file-system")
-                .arg("-C")
-                .arg(&from)
-                .arg("-cf")
-                .arg(&to)
-                .arg("."),
-            &format!("archiving the tmpfs at {mp}"),
-            &from,
-        )?;
+        let out = fs::File::create(&to).ctx("creating", &to)?;
+        let mut cmd = Command::new("tar");
+        cmd.args(TAR_XATTRS)
+            .arg("--sparse")
+            .arg("--one-file-system")
+            .arg("-C")
+            .arg(&from)
+            .arg("-cf")
+            .arg("-")
+            .arg(".")
+            .stdout(out);
+        if let Some(ns) = &userns {
+            // Owners are archived as the container sees them, so that its
+            // PID 1 (inside the namespace) can give them back on restore.
+            let fd = ns.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes async-signal-safe system calls (setns, setgroups,
+            // setresgid, setresuid) on an fd that stays open until then.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWUSER) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Become the namespace's root, as its own processes
+                    // see it (setgroups may be denied there: harmless).
+                    libc::setgroups(0, std::ptr::null());
+                    if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        run_tar(&mut cmd, &format!("archiving the tmpfs at {mp}"), &from)?;
     }
     for m in &plan.mounts {
         records.write(&Record::Mount(m.clone()))?;
     }
     records.write(&Record::Uts(read_uts(host_pid)?))?;
     Ok(())
+}
+
+/// The user namespace of `host_pid` when it is not cr's own.
+fn container_userns(host_pid: i32) -> Result<Option<fs::File>> {
+    let path = format!("/proc/{host_pid}/ns/user");
+    let theirs = fs::metadata(&path).ctx("reading", &path)?.ino();
+    let ours = fs::metadata("/proc/self/ns/user")
+        .ctx("reading", "/proc/self/ns/user")?
+        .ino();
+    if theirs == ours {
+        return Ok(None);
+    }
+    Ok(Some(fs::File::open(&path).ctx("opening", &path)?))
 }
 
 /// The hostname and domain name of `host_pid`'s UTS namespace, read by a
