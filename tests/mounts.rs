@@ -139,3 +139,24 @@ fn tmp_files_of_a_user_namespace_container_keep_their_owners() {
     assert_eq!(file_in(&h, "umnt", "/tmp/f"), "kept\n");
     assert_eq!(file_in(&h, "umnt", "/dev/shm/s"), "shm\n");
 }
+
+#[test]
+fn a_time_namespace_is_refused_before_the_freeze() {
+    let h = TestHost::new();
+    let script = format!(
+        "{LIB}\n\
+if libc.unshare(0x80) != 0:\n    raise OSError(ctypes.get_errno(), 'unshare(CLONE_NEWTIME)')\n\
+if os.fork() == 0:\n    while True:\n        time.sleep(1)\n\
+ready()\nwait_go()\nresult()\n"
+    );
+    h.run_python_until("timens", &script, "/crtest/ready");
+    let err = h.fails(&["checkpoint", "timens"]);
+    assert!(err.contains("time namespace"), "{err}");
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(h.state("timens"), "running");
+    assert_eq!(
+        h.ok(&["checkpoint", "list", "timens", "--json"]).trim(),
+        "[]"
+    );
+    assert_eq!(result_of(&h, "timens"), "PASS");
+}
