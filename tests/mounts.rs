@@ -70,7 +70,11 @@ fn refused(h: &TestHost, name: &str, setup: &str, mount_point: &str) {
         TestImage::Busybox,
         None,
         &[],
-        &["/bin/sh", "-c", "echo alive > /tmp/alive; while true; do sleep 1; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo alive > /tmp/alive; while true; do sleep 1; done",
+        ],
     );
     assert!(wait_until(Duration::from_secs(10), || file_in(
         h,

@@ -209,6 +209,10 @@ fn summary(record: &Record) -> String {
             if m.sb_readonly { " sb-ro" } else { "" },
             m.propagation
         ),
-        Record::Uts(u) => format!("uts hostname {:?} domainname {:?}", u.hostname.to_string(), u.domainname.to_string()),
+        Record::Uts(u) => format!(
+            "uts hostname {:?} domainname {:?}",
+            u.hostname.to_string(),
+            u.domainname.to_string()
+        ),
     }
 }

@@ -106,7 +106,13 @@ pub fn standard_mount_points() -> Vec<String> {
         .map(|p| p.to_string())
         .collect();
     points.extend(DEVICES.iter().map(|(name, _, _)| format!("/dev/{name}")));
-    for p in ["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/console", "/tmp"] {
+    for p in [
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/dev/console",
+        "/tmp",
+    ] {
         points.push(p.to_string());
     }
     for p in MASKED_FILES

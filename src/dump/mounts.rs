@@ -197,7 +197,9 @@ pub fn classify(
     for (index, m) in table.iter().enumerate() {
         let mp = m.mount_point.as_str();
         let is_standard = standard.iter().any(|s| s == mp) && !seen_standard.contains(&mp);
-        let covered = table[index + 1..].iter().any(|later| later.mount_point == mp);
+        let covered = table[index + 1..]
+            .iter()
+            .any(|later| later.mount_point == mp);
         let propagation = propagation(m)?;
         let (data, sb_readonly) = super_data(&m.super_options);
         let record = |kind: MountKind| Mount {
@@ -224,7 +226,8 @@ pub fn classify(
             }
             continue;
         }
-        let refuse = |why: String| format!("the mount at {mp} ({} from {}) {why}", m.fstype, m.source);
+        let refuse =
+            |why: String| format!("the mount at {mp} ({} from {}) {why}", m.fstype, m.source);
         if m.root.ends_with("//deleted") || m.root.ends_with(" (deleted)") {
             return Err(refuse("is a bind mount of a deleted file".into()));
         }
@@ -380,7 +383,10 @@ pub fn read_uts(host_pid: i32) -> Result<Uts> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<Uts> {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS).map_err(|e| {
-                Error::sys(format!("joining the UTS namespace of process {host_pid}"), e)
+                Error::sys(
+                    format!("joining the UTS namespace of process {host_pid}"),
+                    e,
+                )
             })?;
             let read = |name: &str| -> Result<ByteString> {
                 let path = format!("/proc/sys/kernel/{name}");
@@ -450,7 +456,10 @@ mod tests {
     #[test]
     fn the_start_path_keeps_only_tmp_and_shm() {
         let plan = classify(&parse_mountinfo(START).unwrap(), &standard()).unwrap();
-        assert_eq!(plan.archives, vec![(0, "/dev/shm".into()), (1, "/tmp".into())]);
+        assert_eq!(
+            plan.archives,
+            vec![(0, "/dev/shm".into()), (1, "/tmp".into())]
+        );
         assert_eq!(plan.mounts.len(), 2);
     }
 
@@ -489,7 +498,10 @@ mod tests {
     #[test]
     fn what_cannot_move_is_refused_by_mount_point() {
         for (line, word) in [
-            ("106 100 7:0 / /mnt/disk rw - ext4 /dev/loop0 rw", "/mnt/disk"),
+            (
+                "106 100 7:0 / /mnt/disk rw - ext4 /dev/loop0 rw",
+                "/mnt/disk",
+            ),
             ("106 100 0:51 /1/status /x rw - proc proc rw", "/x"),
             ("106 100 0:4 net:[4026] /y rw - nsfs nsfs rw", "/y"),
             ("106 100 0:70 / /z rw - fuse.sshfs host:/ rw", "/z"),
