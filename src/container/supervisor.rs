@@ -468,15 +468,16 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         console: Some(args.console),
         idmapped,
     })?;
-    if let Some(image) = args.restore {
-        restore::mounts::rebuild(image, args.target)?;
-    }
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
         Ok(1) => {}
         _ => return Err(Error::Invalid("the supervisor went away".into())),
     }
     drop(go);
+    // Once in its cgroups, so the restored tmpfs files are charged there.
+    if let Some(image) = args.restore {
+        restore::mounts::rebuild(image, args.target)?;
+    }
     // Now inside its cgroups: the cgroup namespace is rooted there.
     unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "creating the cgroup namespace".into())?;
     setsid().sys(|| "starting a session".into())?;
