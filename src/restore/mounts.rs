@@ -2,8 +2,9 @@
 //! records [`crate::dump::mounts`] wrote.
 //!
 //! ```text
-//! PID 1, after rootfs::build, before pivot_root   (host paths still visible,
-//!                                                  so the host's tar runs)
+//! PID 1, after rootfs::build, once the supervisor moved it into the
+//! container's cgroups (so restored tmpfs pages are charged there), before
+//! pivot_root (host paths still visible, so the host's tar runs):
 //! for each Mount record, by index:
 //!   Standard  /tmp, /dev/shm: already mounted; files extracted into it
 //!   Tmpfs     mount tmpfs with the recorded options, files extracted
