@@ -35,7 +35,8 @@ pub struct Version {
 /// 1.1: the `Shmem` and `DeletedFile` records, the new `FileKind`s (memfd,
 /// deleted, unix, event objects, inet), `PageOwner::Shmem` and `PreCopy`, and
 /// the "later run wins" rule of the page store.
-/// 1.2: the IPC namespace's records and `FileKind::Mqueue`.
+/// 1.2: the IPC namespace's records and `FileKind::Mqueue`, the `Mount` and
+/// `Uts` records.
 pub const FORMAT_VERSION: Version = Version { major: 1, minor: 2 };
 
 impl Version {

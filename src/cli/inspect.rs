@@ -266,5 +266,20 @@ fn summary(record: &Record) -> String {
             q.msgsize,
             q.messages.len()
         ),
+        Record::Mount(m) => format!(
+            "mount {} at {}: {:?} flags {:#x} data {:?}{} {:?}",
+            m.index,
+            m.mount_point,
+            m.kind,
+            m.flags,
+            m.data.to_string(),
+            if m.sb_readonly { " sb-ro" } else { "" },
+            m.propagation
+        ),
+        Record::Uts(u) => format!(
+            "uts hostname {:?} domainname {:?}",
+            u.hostname.to_string(),
+            u.domainname.to_string()
+        ),
     }
 }

@@ -1059,7 +1059,12 @@ impl ContainerCgroup {
                     }
                 }
             }
-            if freezer.dir.is_dir() && self.freezer_state()? != FreezerState::Thawed {
+            // The directory may go away meanwhile (the supervisor removes it
+            // once PID 1 is gone): then there is nothing left to thaw.
+            if matches!(
+                self.freezer_state(),
+                Ok(FreezerState::Freezing | FreezerState::Frozen)
+            ) {
                 self.request_thaw(freezer)?;
             }
             if start.elapsed() >= KILL_TIMEOUT {

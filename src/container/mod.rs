@@ -91,9 +91,13 @@ impl Container {
             return Ok((Status::Stopped, None));
         }
         let pid = Pid::from_raw(state.init_pid);
-        let frozen = match self.cgroup()?.freezer_state()? {
-            FreezerState::Thawed => false,
-            FreezerState::Freezing | FreezerState::Frozen => true,
+        let cgroup = self.cgroup()?;
+        let frozen = match cgroup.freezer_state() {
+            Ok(FreezerState::Thawed) => false,
+            Ok(FreezerState::Freezing | FreezerState::Frozen) => true,
+            // PID 1 exited just now and its supervisor removed the cgroups.
+            Err(_) if !cgroup.exists() => return Ok((Status::Stopped, None)),
+            Err(e) => return Err(e.into()),
         };
         Ok((
             if frozen {

@@ -97,6 +97,35 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
+/// Mount points (inside the container) of every mount [`build`] makes,
+/// with the console: what a checkpoint does not record as added by the
+/// container (see [`crate::dump::mounts`]).
+pub fn standard_mount_points() -> Vec<String> {
+    let mut points: Vec<String> = ["/", "/proc", "/sys", "/dev"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    points.extend(DEVICES.iter().map(|(name, _, _)| format!("/dev/{name}")));
+    for p in [
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/dev/console",
+        "/tmp",
+    ] {
+        points.push(p.to_string());
+    }
+    for p in MASKED_FILES
+        .iter()
+        .chain(MASKED_DIRS)
+        .chain(READONLY_DIRS)
+        .chain(&["proc/sys/net"])
+    {
+        points.push(format!("/{p}"));
+    }
+    points
+}
+
 /// Checks that a path can be named in overlayfs mount options.
 pub fn check_overlay_path(path: &Path) -> Result<()> {
     let text = path.to_string_lossy();

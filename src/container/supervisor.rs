@@ -47,7 +47,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, read, sethostname, setsid, Pid,
 };
@@ -304,7 +304,16 @@ fn spawn_init(
 
     let fail = |message: String| -> Error {
         let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
+        // Reap PID 1, and on the way every task this supervisor still
+        // traces (a traced thread's zombie waits for its tracer, and PID 1
+        // cannot finish exiting before it is gone).
+        loop {
+            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(status) if status.pid() == Some(child) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
         Error::Invalid(message)
     };
 
@@ -475,9 +484,12 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
     }
     drop(go);
     // The IPC namespace's objects, before any process of the image exists
-    // (and while the host's /proc/sys, with its *_next_id, is reachable).
+    // (and while the host's /proc/sys, with its *_next_id, is reachable);
+    // the mounts once in its cgroups, so the restored tmpfs files are
+    // charged there.
     if let Some(image) = args.restore {
         restore::ipc::restore(&image.ipc)?;
+        restore::mounts::rebuild(image, args.target)?;
     }
     // Now inside its cgroups: the cgroup namespace is rooted there.
     unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "creating the cgroup namespace".into())?;

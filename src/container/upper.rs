@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 /// File name of the archived upper layer inside an image directory.
 pub const UPPER_ARCHIVE: &str = "upper.tar";
 
-const TAR_XATTRS: &[&str] = &[
+pub(crate) const TAR_XATTRS: &[&str] = &[
     "--xattrs",
     "--xattrs-include=*",
     "--acls",
@@ -80,7 +80,7 @@ pub fn extract(image_dir: &Path, upper: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_tar(cmd: &mut Command, what: &str, path: &Path) -> Result<()> {
+pub(crate) fn run_tar(cmd: &mut Command, what: &str, path: &Path) -> Result<()> {
     let out = cmd.output().map_err(|e| {
         Error::io(
             format!("{what}: running tar (apt-get install -y tar)"),

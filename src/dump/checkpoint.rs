@@ -91,6 +91,7 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         if status.state == 'Z' {
             continue; // found with its parent below
         }
+        crate::dump::mounts::check_time_ns(pid, &status)?;
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
             let (kind, meta) =
@@ -167,6 +168,7 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             .collect();
         crate::dump::ipc::survey(init.host_pid, attachments)
             .map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::dump::mounts::survey(init.host_pid, &init.status)?;
     }
     Ok(tasks)
 }
@@ -742,6 +744,8 @@ fn dump_frozen(
         for record in ipc.into_records() {
             records.write(&record)?;
         }
+        let plan = crate::dump::mounts::survey(init.host_pid, &init.status)?;
+        crate::dump::mounts::dump(init.host_pid, &plan, dir, &mut records)?;
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

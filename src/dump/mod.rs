@@ -33,6 +33,7 @@ pub mod files;
 pub mod inet;
 pub mod ipc;
 pub mod mm;
+pub mod mounts;
 pub mod precopy;
 pub mod procfs;
 pub mod shmem;

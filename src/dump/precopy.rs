@@ -229,7 +229,9 @@ pub fn run<W: Write + Send>(
         let written = writer
             .join()
             .map_err(|_| Error::Invalid("the pre-copy page writer panicked".into()))?;
-        result.and(written)
+        // The writer's error (a full disk, say) is the cause of the
+        // copier's "writer stopped".
+        written.and(result)
     })?;
     // The last chunk is sealed now (its zero runs would otherwise be
     // counted with the frozen window's pages).

@@ -11,8 +11,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use cr_formats::schema::{
-    DeletedFile, Fd, File as FileRecord, FileId, FileLock, Manifest, PipeData, PipeId, Process,
-    Record, ShmemObject, Thread, Vma,
+    DeletedFile, Fd, File as FileRecord, FileId, FileLock, Manifest, Mount, PipeData, PipeId,
+    Process, Record, ShmemObject, Thread, Uts, Vma,
 };
 
 use crate::container::config::ContainerConfig;
@@ -46,6 +46,10 @@ pub struct LoadedImage {
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
+    /// Mounts to rebuild, by ascending index (restore::mounts).
+    pub mounts: Vec<Mount>,
+    /// The UTS names at checkpoint (images before format 1.2 have none).
+    pub uts: Option<Uts>,
 }
 
 impl LoadedImage {
@@ -68,6 +72,8 @@ impl LoadedImage {
         let mut shmem = HashMap::new();
         let mut deleted = HashMap::new();
         let mut ipc = crate::dump::ipc::IpcObjects::default();
+        let mut mounts = Vec::new();
+        let mut uts = None;
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -78,6 +84,8 @@ impl LoadedImage {
             match entry.record {
                 Record::Manifest(_) => {}
                 Record::FileLock(l) => locks.push(l),
+                Record::Mount(m) => mounts.push(m),
+                Record::Uts(u) => uts = Some(u),
                 Record::Shmem(o) => {
                     shmem.insert(o.id, o);
                 }
@@ -122,6 +130,7 @@ impl LoadedImage {
                 Record::PosixMqueue(q) => ipc.mqueues.push(q),
             }
         }
+        mounts.sort_by_key(|m: &Mount| m.index);
         if !processes.contains_key(&1) {
             return Err(Error::Invalid(format!(
                 "checkpoint image {} has no PID 1",
@@ -139,6 +148,8 @@ impl LoadedImage {
             deleted,
             ipc,
             dir: dir.to_path_buf(),
+            mounts,
+            uts,
         })
     }
 

@@ -216,6 +216,7 @@ pub fn is_zombie(p: &cr_formats::schema::Process) -> bool {
 
 /// PID 1's side: builds the tree of husks. Only returns on error.
 pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
+    crate::restore::mounts::set_uts(image)?;
     let base = private_fds(image);
     raise_nofile(base + TABLE_OFFSET + image.files.len() as RawFd + 1)?;
     let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(base))

@@ -16,6 +16,8 @@
 //!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
 //!   SysvShm / SysvSem /            one per object of the IPC namespace
 //!   SysvMsgQueue / PosixMqueue
+//!   Mount { index .. }             one per rebuilt mount (see [`ns`])
+//!   Uts { hostname .. }            once
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -32,6 +34,7 @@ mod file;
 mod inet;
 mod ipc;
 mod manifest;
+mod ns;
 mod process;
 mod shmem;
 mod thread;
@@ -50,6 +53,7 @@ pub use inet::{
 };
 pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
+pub use ns::{Mount, MountKind, Propagation, Uts};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
@@ -133,6 +137,10 @@ records! {
     SysvMsgQueue(SysvMsgQueue) = 12,
     /// A POSIX message queue and its messages.
     PosixMqueue(PosixMqueue) = 13,
+    /// A mount of the container's mount namespace that restore rebuilds.
+    Mount(Mount) = 14,
+    /// The container's hostname and domain name.
+    Uts(Uts) = 15,
 }
 
 impl std::fmt::Display for RecordKind {

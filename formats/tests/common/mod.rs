@@ -469,6 +469,30 @@ pub fn records() -> Vec<Record> {
             data: Blob(b"high".to_vec()),
         }],
     }));
+    r.push(Record::Mount(Mount {
+        index: 8,
+        mount_point: ByteString::from("/tmp"),
+        kind: MountKind::Standard { archive: 0 },
+        flags: 0x200006,
+        data: ByteString::from(""),
+        sb_readonly: false,
+        propagation: Propagation::Private,
+    }));
+    r.push(Record::Mount(Mount {
+        index: 26,
+        mount_point: ByteString::from("/srv/b"),
+        kind: MountKind::Bind {
+            source: ByteString::from("/srv/a"),
+        },
+        flags: 0x200001,
+        data: ByteString::from("size=2048k"),
+        sb_readonly: true,
+        propagation: Propagation::Shared,
+    }));
+    r.push(Record::Uts(Uts {
+        hostname: ByteString::from("web1"),
+        domainname: ByteString::from("(none)"),
+    }));
     r
 }
 
