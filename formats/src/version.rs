@@ -32,7 +32,7 @@ pub struct Version {
 }
 
 /// The version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 1 };
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 2 };
 
 impl Version {
     pub const fn new(major: u16, minor: u16) -> Self {

@@ -199,5 +199,14 @@ fn summary(record: &Record) -> String {
             d.mode,
             d.data.0.len()
         ),
+        Record::NetNamespace(n) => format!(
+            "network namespace: {} links, {} addresses, {} routes, {} rules, {} neighbours, {} sysctls",
+            n.links.len(),
+            n.addresses.len(),
+            n.routes.len(),
+            n.rules.len(),
+            n.neighbours.len(),
+            n.sysctls.len()
+        ),
     }
 }

@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, inet, shmem, DumpError};
+use crate::dump::{files, inet, netns, shmem, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -209,6 +209,9 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
     let before = survey(&cgroup)?;
+    if let Some(init) = before.first() {
+        netns::survey(init.host_pid)?;
+    }
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
@@ -596,6 +599,9 @@ fn dump_frozen(
             &mut pages,
         )?;
         files.dump(task, &mut records)?;
+    }
+    if let Some(init) = tasks.first() {
+        records.write(&Record::NetNamespace(netns::collect(init.host_pid)?))?;
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

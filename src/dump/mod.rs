@@ -26,6 +26,7 @@ pub mod events;
 pub mod files;
 pub mod inet;
 pub mod mm;
+pub mod netns;
 pub mod procfs;
 pub mod shmem;
 pub mod unix;

@@ -41,6 +41,9 @@ pub struct LoadedImage {
     pub shmem: HashMap<u64, ShmemObject>,
     /// Files deleted while open or mapped, by id.
     pub deleted: HashMap<u64, DeletedFile>,
+    /// The container's network namespace (images before it was recorded
+    /// have none).
+    pub netns: Option<cr_formats::schema::NetNamespace>,
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
@@ -65,6 +68,7 @@ impl LoadedImage {
         let mut locks = Vec::new();
         let mut shmem = HashMap::new();
         let mut deleted = HashMap::new();
+        let mut netns = None;
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -113,6 +117,7 @@ impl LoadedImage {
                 Record::PipeData(p) => {
                     pipes.insert(p.pipe, p);
                 }
+                Record::NetNamespace(n) => netns = Some(n),
             }
         }
         if !processes.contains_key(&1) {
@@ -130,6 +135,7 @@ impl LoadedImage {
             locks,
             shmem,
             deleted,
+            netns,
             dir: dir.to_path_buf(),
         })
     }

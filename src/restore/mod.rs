@@ -19,6 +19,7 @@ pub mod creds;
 pub mod events;
 pub mod image;
 pub mod inet;
+pub mod netns;
 pub mod pages;
 pub mod process;
 pub mod shmem;

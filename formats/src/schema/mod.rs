@@ -14,6 +14,7 @@
 //!   FileLock { .. }                one per lock
 //!   Shmem { id .. }                one per shared memory object or memfd
 //!   DeletedFile { id .. }          one per deleted-but-open (or mapped) file
+//!   NetNamespace { links .. }      the container's network namespace, once
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -29,6 +30,7 @@ mod event;
 mod file;
 mod inet;
 mod manifest;
+mod netns;
 mod process;
 mod shmem;
 mod thread;
@@ -46,6 +48,7 @@ pub use inet::{
     InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection, TcpWindow,
 };
 pub use manifest::{Arch, Manifest};
+pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
@@ -121,6 +124,9 @@ records! {
     Shmem(ShmemObject) = 8,
     /// A file deleted while open or mapped, with its contents.
     DeletedFile(DeletedFile) = 9,
+    /// The container's network namespace: devices, addresses, routes,
+    /// rules, neighbours, net sysctls and netfilter rules; at most once.
+    NetNamespace(NetNamespace) = 10,
 }
 
 impl std::fmt::Display for RecordKind {
