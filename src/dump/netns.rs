@@ -21,8 +21,9 @@
 //! `/proc/sys/net` lookup and a forked `iptables-save` all take the
 //! namespace of the thread that makes them.
 //!
-//! cr rebuilds `lo`, the container's `eth0` and `dummy` devices; any other
-//! device (a veth pair, a vlan, a bridge, a tunnel made inside) is refused
+//! cr rebuilds `lo`, the container's `eth0`, `dummy` and `ifb` devices and
+//! veth pairs with both ends inside; any other device (a bridge, a vlan, a
+//! vxlan, a port of a bridge, a veth leading out) is refused
 //! by [`survey`] while the container still runs. nftables rulesets made with
 //! `nft` directly (tables other than the ones iptables manages) are refused
 //! the same way when `nft` is installed.
@@ -39,9 +40,7 @@ use cr_formats::schema::{Blob, ByteString, NetLink, NetLinkKind, NetNamespace, N
 use futures::StreamExt;
 use nix::errno::Errno;
 use nix::sched::{setns, unshare, CloneFlags};
-use rtnetlink::packet_core::{
-    Emitable, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use rtnetlink::packet_core::{Emitable, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
@@ -108,22 +107,18 @@ where
     T: Send,
     F: FnOnce() -> Result<T, NetnsError> + Send,
 {
-    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
-        NetnsError::Namespace {
-            what: "opening the network namespace",
-            pid,
-            source,
-        }
+    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetnsError::Namespace {
+        what: "opening the network namespace",
+        pid,
+        source,
     })?;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    NetnsError::Namespace {
-                        what: "entering the network namespace",
-                        pid,
-                        source: e.into(),
-                    }
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Namespace {
+                    what: "entering the network namespace",
+                    pid,
+                    source: e.into(),
                 })?;
                 f()
             })
@@ -257,18 +252,58 @@ fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-/// What cr makes of a device, or why it refuses it.
-fn classify(link: &LinkMessage) -> Result<NetLinkKind, String> {
+/// What cr makes of a device, or why it refuses it (the kind, said so
+/// that "device X of kind K" reads well). `names` maps every index of the
+/// namespace to its device's name.
+fn classify(link: &LinkMessage, names: &HashMap<u32, String>) -> Result<NetLinkKind, String> {
     let name = link_name(link);
+    let attr = |f: fn(&LinkAttribute) -> Option<i64>| link.attributes.iter().find_map(f);
+    if let Some(controller) = attr(|a| match a {
+        LinkAttribute::Controller(i) => Some(i64::from(*i)),
+        _ => None,
+    }) {
+        let of = names
+            .get(&(controller as u32))
+            .map_or_else(|| format!("index {controller}"), |n| format!("{n:?}"));
+        return Err(format!(
+            "{} enslaved to {of}",
+            link_kind(link).map_or_else(|| "plain".to_string(), |k| k.to_string())
+        ));
+    }
+    let peer_elsewhere = attr(|a| match a {
+        LinkAttribute::LinkNetNsId(id) => Some(i64::from(*id)),
+        _ => None,
+    })
+    .is_some();
     match link_kind(link) {
         None if name == "lo" => Ok(NetLinkKind::Loopback),
         Some(InfoKind::Veth) if name == crate::container::network::CONTAINER_IFNAME => {
             Ok(NetLinkKind::ContainerVeth)
         }
+        Some(InfoKind::Veth) if !peer_elsewhere => {
+            let peer = attr(|a| match a {
+                LinkAttribute::Link(i) => Some(i64::from(*i)),
+                _ => None,
+            })
+            .and_then(|i| names.get(&(i as u32)));
+            match peer {
+                Some(peer) => Ok(NetLinkKind::VethPair { peer: peer.clone() }),
+                None => Err("veth without a peer in the namespace".into()),
+            }
+        }
+        Some(InfoKind::Veth) => Err("veth with its peer in another namespace".into()),
         Some(InfoKind::Dummy) => Ok(NetLinkKind::Dummy),
+        Some(InfoKind::Ifb) => Ok(NetLinkKind::Ifb),
         None => Err("plain".into()),
         Some(kind) => Err(kind.to_string()),
     }
+}
+
+fn index_map(links: &[LinkMessage]) -> HashMap<u32, String> {
+    links
+        .iter()
+        .map(|l| (l.header.index, link_name(l)))
+        .collect()
 }
 
 async fn links(handle: &mut Handle) -> Result<Vec<LinkMessage>, NetnsError> {
@@ -288,7 +323,7 @@ async fn links(handle: &mut Handle) -> Result<Vec<LinkMessage>, NetnsError> {
 
 fn refuse(pid: i32, link: &LinkMessage, kind: &str) -> NetnsError {
     NetnsError::Refused(format!(
-        "cannot checkpoint: the network namespace of process {pid} (the container's PID 1) has device {:?} of kind {kind}, which cr does not rebuild (it rebuilds lo, eth0 and dummy devices); the container keeps running",
+        "cannot checkpoint: the network namespace of process {pid} (the container's PID 1) has device {:?} of kind {kind}, which cr does not rebuild (it rebuilds lo, eth0, dummy and ifb devices and veth pairs with both ends inside); the container keeps running",
         link_name(link)
     ))
 }
@@ -298,8 +333,9 @@ fn refuse(pid: i32, link: &LinkMessage, kind: &str) -> NetnsError {
 pub fn survey(pid: i32) -> Result<(), NetnsError> {
     in_netns(pid, || {
         let found = with_netlink(|mut handle| async move { links(&mut handle).await })?;
+        let names = index_map(&found);
         for link in &found {
-            if let Err(kind) = classify(link) {
+            if let Err(kind) = classify(link, &names) {
                 return Err(refuse(pid, link, &kind));
             }
         }
@@ -321,7 +357,12 @@ fn check_nft(pid: i32) -> Result<(), NetnsError> {
     {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(NetnsError::Spawn { tool: "nft", source }),
+        Err(source) => {
+            return Err(NetnsError::Spawn {
+                tool: "nft",
+                source,
+            })
+        }
     };
     if !out.status.success() {
         return Err(NetnsError::Tool {
@@ -333,8 +374,7 @@ fn check_nft(pid: i32) -> Result<(), NetnsError> {
         // "table ip filter"
         let words: Vec<&str> = line.split_whitespace().collect();
         if let ["table", family, name] = words[..] {
-            let by_iptables =
-                matches!(family, "ip" | "ip6") && IPTABLES_TABLES.contains(&name);
+            let by_iptables = matches!(family, "ip" | "ip6") && IPTABLES_TABLES.contains(&name);
             if !by_iptables {
                 return Err(NetnsError::Refused(format!(
                     "cannot checkpoint: the network namespace of process {pid} (the container's PID 1) has nftables table {family} {name}, which cr does not save (it saves iptables and ip6tables rules only); the container keeps running"
@@ -349,7 +389,8 @@ fn check_nft(pid: i32) -> Result<(), NetnsError> {
 pub fn collect(pid: i32) -> Result<NetNamespace, NetnsError> {
     let defaults = in_fresh_netns(|| read_sysctls(Path::new(SYSCTL_ROOT)))?;
     let mut ns = in_netns(pid, || {
-        let mut ns = with_netlink(|mut handle| async move { collect_rtnl(pid, &mut handle).await })?;
+        let mut ns =
+            with_netlink(|mut handle| async move { collect_rtnl(pid, &mut handle).await })?;
         let current = read_sysctls(Path::new(SYSCTL_ROOT))?;
         ns.sysctls = differing_sysctls(&current, &defaults);
         ns.iptables = ByteString(save_rules("iptables-save")?.into_bytes());
@@ -362,8 +403,10 @@ pub fn collect(pid: i32) -> Result<NetNamespace, NetnsError> {
 
 async fn collect_rtnl(pid: i32, handle: &mut Handle) -> Result<NetNamespace, NetnsError> {
     let mut ns = NetNamespace::default();
-    for link in links(handle).await? {
-        let kind = classify(&link).map_err(|kind| refuse(pid, &link, &kind))?;
+    let found = links(handle).await?;
+    let names = index_map(&found);
+    for link in found {
+        let kind = classify(&link, &names).map_err(|kind| refuse(pid, &link, &kind))?;
         let mtu = link
             .attributes
             .iter()
@@ -504,7 +547,13 @@ fn default_rule(r: &RuleMessage) -> bool {
         )
     }) || r.header.src_len != 0
         || r.header.dst_len != 0;
-    !selectors && matches!((priority, table), (0, 255) | (32766, 254) | (32767, 253))
+    let by_kernel = r.attributes.iter().any(|a| {
+        matches!(
+            a,
+            RuleAttribute::Protocol(rtnetlink::packet_route::route::RouteProtocol::Kernel)
+        )
+    });
+    by_kernel || (!selectors && matches!((priority, table), (0, 255) | (32766, 254) | (32767, 253)))
 }
 
 /// Every readable and writable file under `root`, by path relative to it.
@@ -571,21 +620,27 @@ fn sysctl_rank(path: &str) -> u8 {
     }
 }
 
+/// Global, `all` and `default` values that differ from a fresh namespace's,
+/// and every device's own values: a device's starting values depend on
+/// the namespace's `default` (and `all`) at the time it was made, so only
+/// writing all of them gives each device back exactly what it had.
 fn differing_sysctls(
     current: &BTreeMap<String, String>,
     defaults: &BTreeMap<String, String>,
 ) -> Vec<NetSysctl> {
     let mut out: Vec<NetSysctl> = current
         .iter()
-        .filter(|(path, value)| default_for(path, defaults).is_some_and(|d| d != *value))
+        .filter(|(path, value)| match default_for(path, defaults) {
+            Some(_) if sysctl_rank(path) == 3 => true,
+            Some(d) => d != *value,
+            None => false,
+        })
         .map(|(path, value)| NetSysctl {
             path: path.clone(),
             value: value.clone(),
         })
         .collect();
-    out.sort_by(|a, b| {
-        (sysctl_rank(&a.path), &a.path).cmp(&(sysctl_rank(&b.path), &b.path))
-    });
+    out.sort_by(|a, b| (sysctl_rank(&a.path), &a.path).cmp(&(sysctl_rank(&b.path), &b.path)));
     out
 }
 
@@ -609,9 +664,11 @@ fn save_rules(tool: &'static str) -> Result<String, NetnsError> {
 fn filter_rules(saved: &str) -> String {
     let mut out = String::new();
     for line in saved.lines() {
-        if line.starts_with('#') || line.split_whitespace().any(|w| {
-            w == netlock::CHAIN || w.strip_prefix(':') == Some(netlock::CHAIN)
-        }) {
+        if line.starts_with('#')
+            || line
+                .split_whitespace()
+                .any(|w| w == netlock::CHAIN || w.strip_prefix(':') == Some(netlock::CHAIN))
+        {
             continue;
         }
         out.push_str(line);
@@ -650,6 +707,13 @@ mod tests {
         c.insert("netfilter/unknown".to_string(), "1".to_string());
         let got = differing_sysctls(&c, &d);
         let paths: Vec<&str> = got.iter().map(|s| s.path.as_str()).collect();
-        assert_eq!(paths, ["ipv4/ip_forward", "ipv4/conf/eth0/forwarding"]);
+        assert_eq!(
+            paths,
+            [
+                "ipv4/ip_forward",
+                "ipv4/conf/dummy0/forwarding",
+                "ipv4/conf/eth0/forwarding"
+            ]
+        );
     }
 }

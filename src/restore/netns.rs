@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!   thread: setns(PID 1's netns)
-//!     links       lo / eth0: MTU, up or down; dummy: created (name, MAC,
-//!                 MTU) then up; old index -> new index by name
+//!     links       lo / eth0: MTU, up or down; dummy, ifb, veth pairs inside:
+//!                 created (names, MACs, MTU) then up or down; old index -> new index by name
 //!     sysctls     /proc/sys/net/<path> written (global, all, default, devices)
 //!     addresses   RTM_NEWADDR      (index remapped; EEXIST is fine: setup
 //!     routes      RTM_NEWROUTE      made eth0's address and default route)
@@ -25,23 +25,24 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use cr_formats::schema::{Blob, NetLinkKind, NetNamespace};
+use cr_formats::schema::{Blob, NetLink, NetLinkKind, NetNamespace};
 use futures::StreamExt;
 use nix::errno::Errno;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::AddressMessage;
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::NeighbourMessage;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::RuleMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, LinkDummy, LinkUnspec};
+use rtnetlink::{Handle, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::dump::netns::{
-    in_netns, index_names, link_name, nl_error, with_netlink, NetnsError, SYSCTL_ROOT,
+    errno_of, in_netns, index_names, link_name, nl_error, with_netlink, NetnsError, SYSCTL_ROOT,
 };
 
 /// Rebuilds `ns` inside the network namespace of host process `pid`.
@@ -90,37 +91,72 @@ async fn current_links(handle: &mut Handle) -> Result<HashMap<String, u32>, Netn
 /// Devices: returns checkpoint index -> index now.
 async fn links(ns: &NetNamespace, handle: &mut Handle) -> Result<HashMap<u32, u32>, NetnsError> {
     let existing = current_links(handle).await?;
+    let mut made: Vec<String> = Vec::new();
     for link in &ns.links {
-        let step = |what: &str| format!("{what} {:?}", link.name);
-        let index = match link.kind {
+        match &link.kind {
             NetLinkKind::Loopback | NetLinkKind::ContainerVeth => {
-                *existing.get(&link.name).ok_or_else(|| NetnsError::Netlink {
-                    step: step("looking up"),
-                    errno: Some(Errno::ENODEV),
-                    message: "the restored namespace has no such device (is the container's network configured?)".into(),
-                })?
+                if !existing.contains_key(&link.name) {
+                    return Err(NetnsError::Netlink {
+                        step: format!("looking up {:?}", link.name),
+                        errno: Some(Errno::ENODEV),
+                        message: "the restored namespace has no such device (is the container's network configured?)".into(),
+                    });
+                }
+            }
+            NetLinkKind::VethPair { peer } => {
+                // The pair is made once, when its first end comes.
+                if !made.contains(peer) {
+                    let other = ns.links.iter().find(|l| &l.name == peer).ok_or_else(|| {
+                        NetnsError::Decode {
+                            what: "veth pair",
+                            message: format!(
+                                "{:?} names peer {peer:?}, which the image does not list",
+                                link.name
+                            ),
+                        }
+                    })?;
+                    let mut end = LinkUnspec::new_with_name(&link.name);
+                    if link.mtu != 0 {
+                        end = end.mtu(link.mtu);
+                    }
+                    if let Some(mac) = &link.mac {
+                        end = end.address(mac.0.clone());
+                    }
+                    let mut end = end.build();
+                    end.header.index = link.index;
+                    let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                        .name(other.name.clone())
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(end)));
+                    add_link(handle, pair, other).await?;
+                }
+                made.push(link.name.clone());
+            }
+            NetLinkKind::Ifb => {
+                let ifb = LinkMessageBuilder::<LinkDummy>::new_with_info_kind(InfoKind::Ifb)
+                    .name(link.name.clone());
+                add_link(handle, ifb, link).await?;
             }
             NetLinkKind::Dummy => {
-                let mut builder = LinkDummy::new(&link.name).mtu(link.mtu);
-                if let Some(mac) = &link.mac {
-                    builder = builder.address(mac.0.clone());
-                }
-                handle
-                    .link()
-                    .add(builder.build())
-                    .execute()
-                    .await
-                    .map_err(|e| nl_error(step("creating dummy device"), e))?;
-                0
+                add_link(handle, LinkDummy::new(&link.name), link).await?;
             }
+        }
+    }
+    let now = current_links(handle).await?;
+    for link in &ns.links {
+        let Some(&index) = now.get(&link.name) else {
+            return Err(NetnsError::Netlink {
+                step: format!("looking up {:?}", link.name),
+                errno: Some(Errno::ENODEV),
+                message: "the device vanished right after being made".into(),
+            });
         };
-        let mut set = if index == 0 {
-            LinkUnspec::new_with_name(&link.name)
-        } else {
-            LinkUnspec::new_with_index(index)
-        };
+        let mut set = LinkUnspec::new_with_index(index);
         if link.mtu != 0 {
             set = set.mtu(link.mtu);
+        }
+        // eth0's MAC comes from the container's config, lo has none to set.
+        if let (Some(mac), NetLinkKind::VethPair { .. }) = (&link.mac, &link.kind) {
+            set = set.address(mac.0.clone());
         }
         set = if link.up { set.up() } else { set.down() };
         handle
@@ -128,13 +164,58 @@ async fn links(ns: &NetNamespace, handle: &mut Handle) -> Result<HashMap<u32, u3
             .set(set.build())
             .execute()
             .await
-            .map_err(|e| nl_error(step("setting MTU and state of"), e))?;
+            .map_err(|e| nl_error(format!("setting MTU and state of {:?}", link.name), e))?;
     }
-    let now = current_links(handle).await?;
     Ok(index_names(ns)
         .into_iter()
         .filter_map(|(old, name)| now.get(&name).map(|new| (old, *new)))
         .collect())
+}
+
+/// Creates a device from `builder` (kind and name set) with `link`'s MTU
+/// and MAC; it is set up or down afterwards.
+async fn add_link<T>(
+    handle: &mut Handle,
+    mut builder: LinkMessageBuilder<T>,
+    link: &NetLink,
+) -> Result<(), NetnsError> {
+    if link.mtu != 0 {
+        builder = builder.mtu(link.mtu);
+    }
+    if let Some(mac) = &link.mac {
+        builder = builder.address(mac.0.clone());
+    }
+    // The same interface index as at checkpoint, when it is free.
+    let mut message = builder.build();
+    message.header.index = link.index;
+    let step = || format!("creating device {:?}", link.name);
+    match handle.link().add(message.clone()).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(errno_of(&e), Some(Errno::EBUSY | Errno::EEXIST)) => {
+            clear_indexes(&mut message);
+            handle
+                .link()
+                .add(message)
+                .execute()
+                .await
+                .map_err(|e| nl_error(step(), e))
+        }
+        Err(e) => Err(nl_error(step(), e)),
+    }
+}
+
+/// Lets the kernel pick the indexes (of a veth's peer too).
+fn clear_indexes(message: &mut LinkMessage) {
+    message.header.index = 0;
+    for attr in message.attributes.iter_mut() {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                    peer.header.index = 0;
+                }
+            }
+        }
+    }
 }
 
 fn decode<T: Parseable<[u8]>>(blob: &Blob, what: &'static str) -> Result<T, NetnsError> {
@@ -148,14 +229,20 @@ fn remapped(index: u32, remap: &HashMap<u32, u32>, what: &'static str) -> Result
     if index == 0 {
         return Ok(0);
     }
-    remap.get(&index).copied().ok_or_else(|| NetnsError::Decode {
-        what,
-        message: format!("it names device index {index}, which the image does not list"),
-    })
+    remap
+        .get(&index)
+        .copied()
+        .ok_or_else(|| NetnsError::Decode {
+            what,
+            message: format!("it names device index {index}, which the image does not list"),
+        })
 }
 
 /// Sends one creating request; `Ok(Some(errno))` when the kernel refused.
-async fn create(handle: &mut Handle, message: RouteNetlinkMessage) -> Result<Option<Errno>, NetnsError> {
+async fn create(
+    handle: &mut Handle,
+    message: RouteNetlinkMessage,
+) -> Result<Option<Errno>, NetnsError> {
     let mut request = NetlinkMessage::from(message);
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
     let mut answers = handle

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //!   NetNamespace {
-//!     links:      [lo (Loopback), eth0 (ContainerVeth), dummy0 (Dummy) ..]
+//!     links:      [lo (Loopback), eth0 (ContainerVeth), dummy0 (Dummy),
+//!                  ifb0 (Ifb), v1 (VethPair { peer v2 }) ..]
 //!                 name, index at checkpoint, MTU, up, MAC
 //!     addresses:  RTM_NEWADDR bodies   (ifaddrmsg + attributes)
 //!     routes:     RTM_NEWROUTE bodies  (rtmsg + attributes), every table
 //!     rules:      RTM_NEWRULE bodies   (fib_rule_hdr + attributes)
 //!     neighbours: RTM_NEWNEIGH bodies  (ndmsg + attributes), permanent only
-//!     sysctls:    net.* values that differ from a fresh namespace's
+//!     sysctls:    net.* values that differ from a fresh namespace's,
+//!                 and every device's own (conf/DEV, neigh/DEV)
 //!     iptables / ip6tables: iptables-save output, cr's own chains left out
 //!   }
 //! ```
@@ -59,7 +61,7 @@ pub struct NetLink {
 }
 
 /// The kinds of device restore rebuilds. New kinds are appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetLinkKind {
     /// `lo`: exists in every namespace.
     Loopback,
@@ -67,6 +69,11 @@ pub enum NetLinkKind {
     ContainerVeth,
     /// A `dummy` device the container created itself.
     Dummy,
+    /// An `ifb` device the container created itself.
+    Ifb,
+    /// One end of a veth pair with both ends inside the namespace; `peer`
+    /// names the other end (which has a record of its own).
+    VethPair { peer: String },
 }
 
 /// A sysctl under `/proc/sys/net`, path relative to it
