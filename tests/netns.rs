@@ -308,6 +308,9 @@ fn the_network_namespace_comes_back() {
     );
     let before = snapshot(&h, "net");
 
+    // PID 1's listening TCP sockets make cr lock the network (CR-NETLOCK)
+    // at checkpoint and restore: the saved rules must leave the lock out,
+    // and the restored ones must not outlive or replace it.
     h.ok(&["checkpoint", "net"]);
     assert_eq!(h.state("net"), "stopped");
     h.ok(&["restore", "net"]);
