@@ -9,8 +9,9 @@
 //!     every device a kind cr            neighbours (rtnetlink dumps)
 //!     rebuilds? else refuse           /proc/sys/net/** (read in the netns)
 //!                                     iptables-save, ip6tables-save
-//!                                   thread: unshare(CLONE_NEWNET)
-//!                                     /proc/sys/net/** of a fresh netns
+//!   thread: unshare(CLONE_NEWNET)
+//!     /proc/sys/net/** of a fresh
+//!     netns (kept for collect)
 //!                                   record = what differs / what the
 //!                                     kernel does not make by itself
 //! ```
@@ -35,6 +36,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use cr_formats::schema::{Blob, ByteString, NetLink, NetLinkKind, NetNamespace, NetSysctl};
 use futures::StreamExt;
@@ -331,6 +333,8 @@ fn refuse(pid: i32, link: &LinkMessage, kind: &str) -> NetnsError {
 /// Before the freeze: refuses a namespace cr could not rebuild. `pid` is
 /// the host PID of the container's PID 1.
 pub fn survey(pid: i32) -> Result<(), NetnsError> {
+    // Read now, so that the freeze does not wait for it.
+    fresh_defaults()?;
     in_netns(pid, || {
         let found = with_netlink(|mut handle| async move { links(&mut handle).await })?;
         let names = index_map(&found);
@@ -387,18 +391,29 @@ fn check_nft(pid: i32) -> Result<(), NetnsError> {
 
 /// After the freeze (and after the TCP lock): the whole namespace.
 pub fn collect(pid: i32) -> Result<NetNamespace, NetnsError> {
-    let defaults = in_fresh_netns(|| read_sysctls(Path::new(SYSCTL_ROOT)))?;
+    let defaults = fresh_defaults()?;
     let mut ns = in_netns(pid, || {
         let mut ns =
             with_netlink(|mut handle| async move { collect_rtnl(pid, &mut handle).await })?;
         let current = read_sysctls(Path::new(SYSCTL_ROOT))?;
-        ns.sysctls = differing_sysctls(&current, &defaults);
+        ns.sysctls = differing_sysctls(&current, defaults);
         ns.iptables = ByteString(save_rules("iptables-save")?.into_bytes());
         ns.ip6tables = ByteString(save_rules("ip6tables-save")?.into_bytes());
         Ok(ns)
     })?;
     ns.links.sort_by_key(|l| l.index);
     Ok(ns)
+}
+
+/// The `/proc/sys/net` values of a fresh namespace, read once per process
+/// (the survey reads them before the freeze).
+fn fresh_defaults() -> Result<&'static BTreeMap<String, String>, NetnsError> {
+    static DEFAULTS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    if let Some(d) = DEFAULTS.get() {
+        return Ok(d);
+    }
+    let read = in_fresh_netns(|| read_sysctls(Path::new(SYSCTL_ROOT)))?;
+    Ok(DEFAULTS.get_or_init(|| read))
 }
 
 async fn collect_rtnl(pid: i32, handle: &mut Handle) -> Result<NetNamespace, NetnsError> {
