@@ -36,7 +36,7 @@ pub struct Version {
 /// deleted, unix, event objects, inet), `PageOwner::Shmem` and `PreCopy`, and
 /// the "later run wins" rule of the page store.
 /// 1.2: the IPC namespace's records and `FileKind::Mqueue`, the `Mount` and
-/// `Uts` records.
+/// `Uts` records, the `NetNamespace` record.
 pub const FORMAT_VERSION: Version = Version { major: 1, minor: 2 };
 
 impl Version {

@@ -281,5 +281,14 @@ fn summary(record: &Record) -> String {
             u.hostname.to_string(),
             u.domainname.to_string()
         ),
+        Record::NetNamespace(n) => format!(
+            "network namespace: {} links, {} addresses, {} routes, {} rules, {} neighbours, {} sysctls",
+            n.links.len(),
+            n.addresses.len(),
+            n.routes.len(),
+            n.rules.len(),
+            n.neighbours.len(),
+            n.sysctls.len()
+        ),
     }
 }

@@ -353,6 +353,12 @@ fn spawn_init(
             return Err(fail(e.to_string()));
         }
     }
+    // The namespace's own devices, addresses, routes, sysctls and rules.
+    if let Some(ns) = restore.and_then(|image| image.netns.as_ref()) {
+        if let Err(e) = restore::netns::apply(ns, child.as_raw()) {
+            return Err(fail(e.to_string()));
+        }
+    }
     if restore.is_some() {
         restore::timing::mark("cgroups+network");
     }

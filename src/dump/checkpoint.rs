@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, inet, precopy, shmem, DumpError};
+use crate::dump::{files, inet, netns, precopy, shmem, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -254,6 +254,9 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
     let surveyed = survey(&cgroup)?;
+    if let Some(init) = surveyed.first() {
+        netns::survey(init.host_pid)?;
+    }
 
     let partial = opts.image_dir.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
@@ -746,6 +749,7 @@ fn dump_frozen(
         }
         let plan = crate::dump::mounts::survey(init.host_pid, &init.status)?;
         crate::dump::mounts::dump(init.host_pid, &plan, dir, &mut records)?;
+        records.write(&Record::NetNamespace(netns::collect(init.host_pid)?))?;
     }
     records.finish()?;
     let (_, page_stats) = pages.finish()?;

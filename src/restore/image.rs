@@ -43,6 +43,9 @@ pub struct LoadedImage {
     pub deleted: HashMap<u64, DeletedFile>,
     /// The objects of the container's IPC namespace.
     pub ipc: crate::dump::ipc::IpcObjects,
+    /// The container's network namespace (images before it was recorded
+    /// have none).
+    pub netns: Option<cr_formats::schema::NetNamespace>,
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
@@ -74,6 +77,7 @@ impl LoadedImage {
         let mut ipc = crate::dump::ipc::IpcObjects::default();
         let mut mounts = Vec::new();
         let mut uts = None;
+        let mut netns = None;
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -128,6 +132,7 @@ impl LoadedImage {
                 Record::SysvSem(s) => ipc.sem.push(s),
                 Record::SysvMsgQueue(q) => ipc.msg.push(q),
                 Record::PosixMqueue(q) => ipc.mqueues.push(q),
+                Record::NetNamespace(n) => netns = Some(n),
             }
         }
         mounts.sort_by_key(|m: &Mount| m.index);
@@ -147,6 +152,7 @@ impl LoadedImage {
             shmem,
             deleted,
             ipc,
+            netns,
             dir: dir.to_path_buf(),
             mounts,
             uts,

@@ -21,6 +21,7 @@ pub mod image;
 pub mod inet;
 pub mod ipc;
 pub mod mounts;
+pub mod netns;
 pub mod overlay;
 pub mod pages;
 pub mod process;

@@ -18,6 +18,7 @@
 //!   SysvMsgQueue / PosixMqueue
 //!   Mount { index .. }             one per rebuilt mount (see [`ns`])
 //!   Uts { hostname .. }            once
+//!   NetNamespace { links .. }      the container's network namespace, once
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -34,6 +35,7 @@ mod file;
 mod inet;
 mod ipc;
 mod manifest;
+mod netns;
 mod ns;
 mod process;
 mod shmem;
@@ -53,6 +55,7 @@ pub use inet::{
 };
 pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
+pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl};
 pub use ns::{Mount, MountKind, Propagation, Uts};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
@@ -141,6 +144,9 @@ records! {
     Mount(Mount) = 14,
     /// The container's hostname and domain name.
     Uts(Uts) = 15,
+    /// The container's network namespace: devices, addresses, routes,
+    /// rules, neighbours, net sysctls and netfilter rules; at most once.
+    NetNamespace(NetNamespace) = 16,
 }
 
 impl std::fmt::Display for RecordKind {

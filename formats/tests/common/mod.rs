@@ -493,6 +493,38 @@ pub fn records() -> Vec<Record> {
         hostname: ByteString::from("web1"),
         domainname: ByteString::from("(none)"),
     }));
+    r.push(Record::NetNamespace(NetNamespace {
+        links: vec![
+            NetLink {
+                index: 1,
+                name: "lo".into(),
+                kind: NetLinkKind::Loopback,
+                mtu: 65536,
+                up: true,
+                mac: Some(Blob(vec![0; 6])),
+            },
+            NetLink {
+                index: 3,
+                name: "v1".into(),
+                kind: NetLinkKind::VethPair { peer: "v2".into() },
+                mtu: 1400,
+                up: false,
+                mac: Some(Blob(vec![2, 0, 0, 0, 0, 1])),
+            },
+        ],
+        addresses: vec![Blob(vec![2, 24, 0x80, 0, 3, 0, 0, 0])],
+        routes: vec![Blob(vec![2, 24, 0, 0, 100, 4, 0, 1, 0, 0, 0, 0])],
+        rules: vec![],
+        neighbours: vec![],
+        sysctls: vec![NetSysctl {
+            path: "ipv4/ip_forward".into(),
+            value: "1".into(),
+        }],
+        iptables: ByteString::from(
+            "*filter\n-A INPUT -p tcp -m tcp --dport 9999 -j DROP\nCOMMIT\n",
+        ),
+        ip6tables: ByteString::default(),
+    }));
     r
 }
 
