@@ -1,6 +1,7 @@
 //! Real services in containers, checkpointed and restored while a client
 //! outside the container keeps its connection open: redis-server with 100k
-//! keys and a connected client.
+//! keys and a connected client, and a multi-threaded program with 1 GiB of
+//! heap.
 
 mod common;
 
@@ -188,4 +189,76 @@ fn redis_left_running_after_a_checkpoint_serves_the_same_connection() {
     h.ok(&["restore", "redis"]);
     let mut again = Redis::connect(&addr).expect("connecting after restore");
     check_data(&mut again, 0);
+}
+
+/// A multi-threaded python holding 1 GiB of heap (every page marked with
+/// its index) and a buffer per thread, each checksummed before the
+/// checkpoint and checked by the program itself after the restore.
+const BIG_HEAP: &str = r#"
+import os, threading, time, zlib
+PAGES = 1 << 18  # 1 GiB
+heap = bytearray(os.urandom(1 << 20)) * 1024
+for i in range(PAGES):
+    heap[i * 4096:i * 4096 + 8] = i.to_bytes(8, "little")
+crc = zlib.crc32(heap)
+counts = [0] * 4
+bufs = [bytearray(os.urandom(16 << 20)) for _ in range(4)]
+crcs = [zlib.crc32(b) for b in bufs]
+def work(k):
+    while True:
+        counts[k] += 1
+        time.sleep(0.01)
+threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+for t in threads:
+    t.start()
+open("/root/ready", "w").write("1")
+while not os.path.exists("/root/go"):
+    time.sleep(0.05)
+before = list(counts)
+time.sleep(0.5)
+bad = []
+if zlib.crc32(heap) != crc:
+    bad.append("heap checksum")
+for i in range(0, PAGES, 4099):
+    if int.from_bytes(heap[i * 4096:i * 4096 + 8], "little") != i:
+        bad.append(f"page {i}")
+        break
+for k in range(4):
+    if zlib.crc32(bufs[k]) != crcs[k]:
+        bad.append(f"thread {k} buffer")
+    if counts[k] <= before[k]:
+        bad.append(f"thread {k} stopped")
+open("/root/result", "w").write("FAIL: " + ", ".join(bad) if bad else "PASS")
+time.sleep(3600)
+"#;
+
+#[test]
+fn a_multithreaded_program_with_1_gib_of_heap_comes_back_checksummed() {
+    let h = TestHost::new();
+    h.run(
+        "big",
+        TestImage::Python,
+        None,
+        &[],
+        &["/usr/bin/python3", "-c", BIG_HEAP],
+    );
+    let ready = wait_until(Duration::from_secs(120), || {
+        h.cr(&["exec", "big", "--", "test", "-e", "/root/ready"])
+            .status
+            .success()
+    });
+    assert!(ready, "not ready: {}", h.ok(&["logs", "big"]));
+    h.ok(&["checkpoint", "big"]);
+    assert_eq!(h.state("big"), "stopped");
+    h.ok(&["restore", "big"]);
+    h.exec("big", &["touch", "/root/go"]);
+    let mut result = String::new();
+    let done = wait_until(Duration::from_secs(60), || {
+        result =
+            String::from_utf8_lossy(&h.cr(&["exec", "big", "--", "cat", "/root/result"]).stdout)
+                .into_owned();
+        !result.is_empty()
+    });
+    assert!(done, "no result: {}", h.ok(&["logs", "big"]));
+    assert_eq!(result.trim(), "PASS");
 }
