@@ -281,7 +281,14 @@ fn break_connections(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         if entry.file_name() != "records.img" {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            // Files and directories (mounts/ holds the tmpfs archives).
+            let cp = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(entry.path())
+                .arg(to.join(entry.file_name()))
+                .status()
+                .unwrap();
+            assert!(cp.success(), "copying {}", entry.path().display());
         }
     }
     let image = cr_formats::read_records(std::fs::File::open(from.join("records.img")).unwrap())

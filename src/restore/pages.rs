@@ -231,6 +231,16 @@ fn write_chunks<'a>(
     Ok(())
 }
 
+/// Whether any two pieces cover a common page.
+fn overlapping(pieces: &[Piece]) -> bool {
+    let mut spans: Vec<(u64, u64)> = pieces
+        .iter()
+        .map(|p| (p.vaddr, p.vaddr + p.nr_pages * PAGE_SIZE as u64))
+        .collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
 /// The overlay's runs of a chunk as pieces: where each one's bytes are.
 fn pieces_of(chunk: &OwnedPageChunk, pages: &[Pages<'_>]) -> Vec<Piece> {
     let base = chunk.data().as_ptr() as usize;
@@ -257,10 +267,12 @@ fn pieces_of(chunk: &OwnedPageChunk, pages: &[Pages<'_>]) -> Vec<Piece> {
 
 /// Splits a chunk's pieces in two halves of about the same data (`total`
 /// bytes): the first for the helper, the second (with every zero piece)
-/// for the caller. A small chunk goes whole to the caller. The pieces of
-/// one chunk never overlap, so the halves may be written at once.
+/// for the caller. The halves are written at once, so a chunk whose pieces
+/// overlap (a pre-copy round may store a page again in the chunk that holds
+/// its earlier copy, and the later one must win) goes whole to the caller,
+/// in order, as does a small chunk.
 fn split(pieces: Vec<Piece>, total: usize) -> (Vec<Piece>, Vec<Piece>) {
-    if total < SPLIT_MIN {
+    if total < SPLIT_MIN || overlapping(&pieces) {
         return (Vec::new(), pieces);
     }
     let cut = total / 2 / PAGE_SIZE * PAGE_SIZE;
@@ -307,4 +319,42 @@ fn write_pieces(
         })
         .collect();
     write_pages(pid, vmas, &pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(vaddr: u64, nr_pages: u64, at: usize) -> Piece {
+        let len = nr_pages as usize * PAGE_SIZE;
+        Piece {
+            vaddr,
+            nr_pages,
+            data: PieceData::Chunk(at..at + len),
+        }
+    }
+
+    #[test]
+    fn disjoint_pieces_are_split_in_two_halves() {
+        let pages = 128;
+        let a = piece(0x10_0000, pages, 0);
+        let b = piece(0x20_0000, pages, pages as usize * PAGE_SIZE);
+        let total = 2 * pages as usize * PAGE_SIZE;
+        let (first, second) = split(vec![a.clone(), b.clone()], total);
+        assert_eq!(first, vec![a]);
+        assert_eq!(second, vec![b]);
+    }
+
+    #[test]
+    fn a_chunk_holding_a_page_twice_is_written_in_order_by_one_writer() {
+        // A later pre-copy round stored the same pages again in this chunk:
+        // written at once by two writers, the earlier copy could win.
+        let pages = 128;
+        let earlier = piece(0x10_0000, pages, 0);
+        let later = piece(0x10_0000, pages, pages as usize * PAGE_SIZE);
+        let total = 2 * pages as usize * PAGE_SIZE;
+        let (first, second) = split(vec![earlier.clone(), later.clone()], total);
+        assert!(first.is_empty());
+        assert_eq!(second, vec![earlier, later]);
+    }
 }
