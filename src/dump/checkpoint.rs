@@ -242,6 +242,26 @@ fn rename_pid(err: DumpError, status: &TaskStatus) -> DumpError {
     }
 }
 
+/// How long the survey before the freeze is retried while it refuses.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The survey before the freeze, retried for up to [`SETTLE`] while it
+/// refuses: some refused states pass by themselves within milliseconds (a
+/// client's connection waiting in a busy server's accept queue, a
+/// connection still opening), and a busy server must not be refused for
+/// them. A state that lasts is refused as the last attempt saw it.
+fn survey_settled(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match survey(cgroup) {
+            Err(Error::Dump(DumpError::Unsupported { .. })) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Checkpoints `container` into `opts.image_dir`.
 pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<CheckpointSummary> {
     container.require_running("checkpoint")?;
@@ -253,7 +273,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     }
     let cgroup = container.cgroup()?;
     // Refuse what cannot be moved before anything is frozen.
-    let surveyed = survey(&cgroup)?;
+    let surveyed = survey_settled(&cgroup)?;
     if let Some(init) = surveyed.first() {
         netns::survey(init.host_pid)?;
     }
