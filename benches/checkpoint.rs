@@ -16,7 +16,6 @@ mod common;
 use std::fs;
 use std::io::IoSliceMut;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
@@ -39,26 +38,12 @@ fn main() {
     );
     let cr = cr_binary();
     let root = PathBuf::from(format!("/var/tmp/cr-bench-ckpt-{}", std::process::id()));
-    let _cleanup = Cleanup {
+    let host = Cleanup {
         cr: cr.clone(),
         root: root.clone(),
         bridge: None,
     };
-    let run = |args: &[&str]| -> String {
-        let out = Command::new(&cr)
-            .arg("--root")
-            .arg(&root)
-            .args(args)
-            .output()
-            .expect("running cr");
-        assert!(
-            out.status.success(),
-            "cr {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| host.run(args);
     run(&[
         "image",
         "build-minimal",

@@ -14,7 +14,6 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -34,24 +33,13 @@ fn main() {
     );
     let cr = cr_binary();
     let root = PathBuf::from(format!("/var/tmp/cr-bench-{}", std::process::id()));
-    let _cleanup = Cleanup {
+    let host = Cleanup {
         cr: cr.clone(),
         root: root.clone(),
         bridge: Some("crbench0"),
     };
     let cr_at = |args: &[&str]| {
-        let out = Command::new(&cr)
-            .arg("--root")
-            .arg(&root)
-            .args(args)
-            .output()
-            .expect("running cr");
-        assert!(
-            out.status.success(),
-            "cr {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        host.run(args);
     };
     cr_at(&["image", "build-minimal", "bench"]);
     let rootfs = root.join("images/bench/rootfs");

@@ -44,26 +44,12 @@ fn main() {
     );
     let cr = cr_binary();
     let root = PathBuf::from(format!("/var/tmp/cr-bench-inet-{}", std::process::id()));
-    let _cleanup = Cleanup {
+    let host = Cleanup {
         cr: cr.clone(),
         root: root.clone(),
         bridge: Some(BRIDGE),
     };
-    let run = |args: &[&str]| -> String {
-        let out = Command::new(&cr)
-            .arg("--root")
-            .arg(&root)
-            .args(args)
-            .output()
-            .expect("running cr");
-        assert!(
-            out.status.success(),
-            "cr {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| host.run(args);
     run(&[
         "image",
         "build-minimal",

@@ -21,12 +21,33 @@ pub fn cr_binary() -> PathBuf {
     cr
 }
 
-/// Destroys every container of `root`, deletes `bridge`, the host's cgroup
-/// parents and the root itself when dropped.
+/// A benchmark's host: runs `cr --root ROOT`, and when dropped destroys
+/// every container of `root`, deletes `bridge`, the host's cgroup parents
+/// and the root itself.
 pub struct Cleanup {
     pub cr: PathBuf,
     pub root: PathBuf,
     pub bridge: Option<&'static str>,
+}
+
+impl Cleanup {
+    /// Runs `cr --root ROOT ARGS...`; panics with its stderr unless it
+    /// succeeds, returns its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.cr)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .output()
+            .expect("running cr");
+        assert!(
+            out.status.success(),
+            "cr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Cleanup {
