@@ -545,55 +545,8 @@ impl<R: Read> FrameReader<R> {
         let offset = self.offset;
         let mut head = [0u8; FRAME_HEADER_LEN];
         self.read_exact_or_truncated(&mut head, "frame header or trailer")?;
-        if checksum(&head[0..20]) != le32(&head[20..24]) {
-            return Err(FormatError::FrameChecksum {
-                seq,
-                offset,
-                part: FramePart::Header,
-                kind: None,
-            });
-        }
-        let found = le32(&head[4..8]);
-        if found != seq {
-            return Err(FormatError::Sequence {
-                expected: seq,
-                found,
-                offset,
-            });
-        }
-        let bad = |what: String| FormatError::BadFrame { seq, offset, what };
-        let kind = FrameKind::from_u8(head[0])
-            .ok_or_else(|| bad(format!("unknown frame kind {}", head[0])))?;
-        let flags = head[1];
-        let tag = le16(&head[2..4]);
-        let stored_len = le32(&head[8..12]);
-        let raw_len = le32(&head[12..16]);
-        let info = FrameInfo {
-            seq,
-            offset,
-            kind,
-            tag,
-            compressed: flags & FLAG_ZSTD != 0,
-            stored_len,
-            raw_len,
-            checksum: le32(&head[16..20]),
-        };
-        self.check_frame_header(&info, flags).map_err(bad)?;
-        for (what, len) in [
-            ("frame payload", stored_len),
-            ("frame raw payload", raw_len),
-        ] {
-            if len > MAX_FRAME_LEN {
-                return Err(FormatError::TooLarge {
-                    what,
-                    offset,
-                    len: u64::from(len),
-                    max: u64::from(MAX_FRAME_LEN),
-                });
-            }
-        }
-
-        self.read_payload(stored_len)?;
+        let info = decode_frame_header(&head, seq, offset, &self.header)?;
+        self.read_payload(info.stored_len)?;
         if checksum(&self.stored) != info.checksum {
             return Err(FormatError::FrameChecksum {
                 seq,
@@ -603,7 +556,7 @@ impl<R: Read> FrameReader<R> {
             });
         }
 
-        if kind == FrameKind::Trailer {
+        if info.kind == FrameKind::Trailer {
             self.verify_trailer(&info)?;
             return Ok(None);
         }
@@ -616,70 +569,8 @@ impl<R: Read> FrameReader<R> {
         Ok(Some(info))
     }
 
-    /// Values a writer of this version never puts in a frame header whose
-    /// checksum is right.
-    fn check_frame_header(&self, info: &FrameInfo, flags: u8) -> Result<(), String> {
-        if flags & !FLAG_ZSTD != 0 {
-            return Err(format!("unknown frame flags {flags:#04x}"));
-        }
-        let allowed = match self.header.kind {
-            StreamKind::Records => FrameKind::Record,
-            StreamKind::Pages => FrameKind::PageChunk,
-        };
-        if info.kind != allowed && info.kind != FrameKind::Trailer {
-            return Err(format!(
-                "a {:?} frame in a {:?} stream",
-                info.kind, self.header.kind
-            ));
-        }
-        if info.kind != FrameKind::Record && info.tag != 0 {
-            return Err(format!("tag {} on a {:?} frame", info.tag, info.kind));
-        }
-        if info.compressed && self.header.codec != Codec::Zstd {
-            return Err("a compressed frame in a stream without compression".into());
-        }
-        if !info.compressed && info.stored_len != info.raw_len {
-            return Err(format!(
-                "uncompressed frame with stored length {} and raw length {}",
-                info.stored_len, info.raw_len
-            ));
-        }
-        if info.kind == FrameKind::Trailer
-            && (info.compressed || info.stored_len as usize != TRAILER_LEN)
-        {
-            return Err("malformed trailer frame".into());
-        }
-        Ok(())
-    }
-
     fn verify_trailer(&mut self, info: &FrameInfo) -> Result<()> {
-        let t = &self.stored;
-        let offset = info.offset;
-        let mismatch = |what, stored: u64, computed: u64| FormatError::TrailerMismatch {
-            offset,
-            what,
-            stored,
-            computed,
-        };
-        let frames = le64(&t[0..8]);
-        if frames != u64::from(self.next_seq) {
-            return Err(mismatch("frame count", frames, u64::from(self.next_seq)));
-        }
-        let bytes = le64(&t[8..16]);
-        if bytes != offset {
-            return Err(mismatch("byte count", bytes, offset));
-        }
-        let digest = le32(&t[16..20]);
-        if digest != self.digest {
-            return Err(mismatch(
-                "stream digest",
-                u64::from(digest),
-                u64::from(self.digest),
-            ));
-        }
-        if t[20..24] != [0; 4] {
-            return Err(mismatch("reserved word", u64::from(le32(&t[20..24])), 0));
-        }
+        let stats = check_trailer(&self.stored, info, self.next_seq, self.digest)?;
         // The input must end here.
         let mut probe = [0u8; 1];
         if self.read_full(&mut probe)? != 0 {
@@ -687,11 +578,7 @@ impl<R: Read> FrameReader<R> {
                 offset: self.offset - 1,
             });
         }
-        self.state = ReadState::Complete(StreamStats {
-            frames: self.next_seq,
-            bytes: self.offset,
-            digest: self.digest,
-        });
+        self.state = ReadState::Complete(stats);
         Ok(())
     }
 
@@ -796,6 +683,143 @@ impl<R: Read> FrameReader<R> {
         }
         Ok(n)
     }
+}
+
+/// Decodes frame `seq` at `offset` of a stream whose header is `stream`,
+/// and checks everything a reader checks before it touches the payload:
+/// the header's checksum, the sequence number, known kind and flags, and
+/// the size cap.
+pub(crate) fn decode_frame_header(
+    head: &[u8; FRAME_HEADER_LEN],
+    seq: u32,
+    offset: u64,
+    stream: &StreamHeader,
+) -> Result<FrameInfo> {
+    if checksum(&head[0..20]) != le32(&head[20..24]) {
+        return Err(FormatError::FrameChecksum {
+            seq,
+            offset,
+            part: FramePart::Header,
+            kind: None,
+        });
+    }
+    let found = le32(&head[4..8]);
+    if found != seq {
+        return Err(FormatError::Sequence {
+            expected: seq,
+            found,
+            offset,
+        });
+    }
+    let bad = |what: String| FormatError::BadFrame { seq, offset, what };
+    let kind = FrameKind::from_u8(head[0])
+        .ok_or_else(|| bad(format!("unknown frame kind {}", head[0])))?;
+    let flags = head[1];
+    let info = FrameInfo {
+        seq,
+        offset,
+        kind,
+        tag: le16(&head[2..4]),
+        compressed: flags & FLAG_ZSTD != 0,
+        stored_len: le32(&head[8..12]),
+        raw_len: le32(&head[12..16]),
+        checksum: le32(&head[16..20]),
+    };
+    check_frame_header(stream, &info, flags).map_err(bad)?;
+    for (what, len) in [
+        ("frame payload", info.stored_len),
+        ("frame raw payload", info.raw_len),
+    ] {
+        if len > MAX_FRAME_LEN {
+            return Err(FormatError::TooLarge {
+                what,
+                offset,
+                len: u64::from(len),
+                max: u64::from(MAX_FRAME_LEN),
+            });
+        }
+    }
+    Ok(info)
+}
+
+/// Values a writer of this version never puts in a frame header whose
+/// checksum is right.
+fn check_frame_header(stream: &StreamHeader, info: &FrameInfo, flags: u8) -> Result<(), String> {
+    if flags & !FLAG_ZSTD != 0 {
+        return Err(format!("unknown frame flags {flags:#04x}"));
+    }
+    let allowed = match stream.kind {
+        StreamKind::Records => FrameKind::Record,
+        StreamKind::Pages => FrameKind::PageChunk,
+    };
+    if info.kind != allowed && info.kind != FrameKind::Trailer {
+        return Err(format!(
+            "a {:?} frame in a {:?} stream",
+            info.kind, stream.kind
+        ));
+    }
+    if info.kind != FrameKind::Record && info.tag != 0 {
+        return Err(format!("tag {} on a {:?} frame", info.tag, info.kind));
+    }
+    if info.compressed && stream.codec != Codec::Zstd {
+        return Err("a compressed frame in a stream without compression".into());
+    }
+    if !info.compressed && info.stored_len != info.raw_len {
+        return Err(format!(
+            "uncompressed frame with stored length {} and raw length {}",
+            info.stored_len, info.raw_len
+        ));
+    }
+    if info.kind == FrameKind::Trailer
+        && (info.compressed || info.stored_len as usize != TRAILER_LEN)
+    {
+        return Err("malformed trailer frame".into());
+    }
+    Ok(())
+}
+
+/// Checks a trailer's payload `t` (already checksummed) against what the
+/// reader counted: `frames` frames before it and the stream `digest`.
+pub(crate) fn check_trailer(
+    t: &[u8],
+    info: &FrameInfo,
+    frames: u32,
+    digest: u32,
+) -> Result<StreamStats> {
+    let offset = info.offset;
+    let mismatch = |what, stored: u64, computed: u64| FormatError::TrailerMismatch {
+        offset,
+        what,
+        stored,
+        computed,
+    };
+    if t.len() != TRAILER_LEN {
+        return Err(mismatch("length", t.len() as u64, TRAILER_LEN as u64));
+    }
+    let stored_frames = le64(&t[0..8]);
+    if stored_frames != u64::from(frames) {
+        return Err(mismatch("frame count", stored_frames, u64::from(frames)));
+    }
+    let bytes = le64(&t[8..16]);
+    if bytes != offset {
+        return Err(mismatch("byte count", bytes, offset));
+    }
+    let stored_digest = le32(&t[16..20]);
+    if stored_digest != digest {
+        return Err(mismatch(
+            "stream digest",
+            u64::from(stored_digest),
+            u64::from(digest),
+        ));
+    }
+    if t[20..24] != [0; 4] {
+        return Err(mismatch("reserved word", u64::from(le32(&t[20..24])), 0));
+    }
+    Ok(StreamStats {
+        frames,
+        bytes: offset + (FRAME_HEADER_LEN + TRAILER_LEN) as u64,
+        digest,
+    })
 }
 
 fn le16(b: &[u8]) -> u16 {

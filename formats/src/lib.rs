@@ -39,8 +39,8 @@ pub use frame::{
 };
 pub use pages::{
     encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, OwnedPageChunk, PageChunk, PageOwner,
-    PageRanges, PageReader, PageRun, PageRunRef, PageStats, PageWriter, PageWriterOptions, RunKind,
-    PAGE_SIZE,
+    PageRanges, PageReader, PageRun, PageRunRef, PageSlice, PageStats, PageWriter,
+    PageWriterOptions, RunKind, PAGE_SIZE,
 };
 pub use records::{read_records, RecordEntry, RecordImage, RecordReader, RecordWriter};
 pub use schema::*;

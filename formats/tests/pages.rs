@@ -526,3 +526,90 @@ fn owned_chunks_read_the_same_pages_and_the_same_damage() {
         );
     }
 }
+
+/// Every page of `bytes` read in place with [`PageSlice`], verified in
+/// `parts` shares as the restore's threads do.
+fn read_pages_in_place(bytes: &[u8], parts: usize) -> Result<Pages> {
+    let slice = PageSlice::open(bytes)?;
+    let n = slice.len();
+    let mut out = Vec::new();
+    for k in 0..parts {
+        for chunk in slice.verify(n * k / parts..n * (k + 1) / parts)? {
+            for run in chunk.runs() {
+                for i in 0..run.nr_pages as usize {
+                    let vaddr = run.vaddr + (i * PAGE_SIZE) as u64;
+                    let data = match run.kind {
+                        RunKind::Data => {
+                            Some(run.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].to_vec())
+                        }
+                        RunKind::Zero => None,
+                    };
+                    out.push((run.owner, vaddr, data));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_stream_checked_in_place_reads_the_same_pages() {
+    let bytes = pages_image(Compression::None);
+    for parts in [1, 2, 3] {
+        assert_eq!(
+            read_pages_in_place(&bytes, parts).unwrap(),
+            expected_sample()
+        );
+    }
+    let slice = PageSlice::open(&bytes).unwrap();
+    let mut reader = PageReader::new(&bytes[..]).unwrap();
+    while reader.next_chunk().unwrap().is_some() {}
+    assert_eq!(Some(slice.stream_stats()), reader.stream_stats());
+    assert!(slice.verify(0..slice.len() + 1).is_err());
+}
+
+#[test]
+fn in_place_every_truncation_is_truncated() {
+    let bytes = pages_image(Compression::None);
+    for len in 0..bytes.len() {
+        match PageSlice::open(&bytes[..len]) {
+            Err(FormatError::Truncated { .. }) => {}
+            Err(e) => panic!("cut at {len}: {e}"),
+            Ok(_) => panic!("cut at {len}: accepted"),
+        }
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        PageSlice::open(&longer),
+        Err(FormatError::TrailingData { .. })
+    ));
+}
+
+#[test]
+fn in_place_every_flipped_byte_is_refused_like_the_stream_reader_does() {
+    let bytes = pages_image(Compression::None);
+    for at in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        let streamed = read_pages(&bad);
+        let in_place = read_pages_in_place(&bad, 2);
+        match (&streamed, &in_place) {
+            (Err(a), Err(b)) => assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b),
+                "byte {at}: {a} / {b}"
+            ),
+            _ => panic!("byte {at}: stream {streamed:?}, in place {in_place:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_compressed_chunk_cannot_be_used_in_place() {
+    let bytes = pages_image(Compression::Zstd { level: 3 });
+    match PageSlice::open(&bytes) {
+        Err(FormatError::BadFrame { what, .. }) => assert!(what.contains("compressed"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}

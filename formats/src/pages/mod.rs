@@ -39,6 +39,7 @@
 mod chunk;
 mod ranges;
 mod reader;
+mod slice;
 mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use chunk::{encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk};
 pub use ranges::PageRanges;
 pub use reader::{OwnedPageChunk, PageChunk, PageReader, PageRunRef, PageRuns};
+pub use slice::PageSlice;
 pub use writer::{PageStats, PageWriter, PageWriterOptions};
 
 /// Bytes per page (x86-64).

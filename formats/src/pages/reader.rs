@@ -127,6 +127,14 @@ impl<R: Read> PageReader<R> {
 }
 
 impl<'a> PageChunk<'a> {
+    pub(crate) fn new(frame: FrameInfo, header: ChunkHeader, data: &'a [u8]) -> Self {
+        PageChunk {
+            frame,
+            header,
+            data,
+        }
+    }
+
     /// The page data of the chunk's `Data` runs, in run order.
     pub fn data(&self) -> &'a [u8] {
         self.data
