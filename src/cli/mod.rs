@@ -87,6 +87,17 @@ pub struct RestoreArgs {
     /// Image directory (default: the container's newest checkpoint).
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// When private memory is filled: `lazy` resumes the container first
+    /// and fills it right after through userfaultfd (uncompressed images;
+    /// others are always eager), `eager` fills every page before the resume.
+    #[arg(long, value_enum, default_value_t = PagesArg::Lazy)]
+    pub pages: PagesArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PagesArg {
+    Lazy,
+    Eager,
 }
 
 /// Runs one command; returns the process exit code.
@@ -117,6 +128,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             args.restore.as_deref(),
         )?),
         Command::Restore(args) => {
+            // The supervisor that rebuilds the container reads it.
+            let pages = match args.pages {
+                PagesArg::Lazy => "lazy",
+                PagesArg::Eager => "eager",
+            };
+            std::env::set_var(crate::restore::lazy::PagesMode::ENV, pages);
             let (pid, image) =
                 crate::restore::container::restore(&host, &args.name, args.image.as_deref())?;
             println!(

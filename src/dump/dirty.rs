@@ -34,7 +34,7 @@
 //! makes the register fail (EBUSY): that range is reported `Whole`.
 
 use std::fs::{self, File};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -43,45 +43,17 @@ use nix::unistd::Pid;
 use crate::dump::procfs::{read_maps, MapsEntry};
 use crate::dump::DumpError;
 use crate::inject::{find_syscall_gadget, list_threads, InjectError, RemoteSyscall, Tracee};
+use crate::uffd::{
+    uffdio_api, uffdio_register, uffdio_writeprotect, UffdioApi, UffdioRange, UffdioRegister,
+    UffdioWriteprotect, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API,
+    UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+};
 
 const PAGE: u64 = 4096;
-
-const UFFD_API: u64 = 0xaa;
-const UFFD_USER_MODE_ONLY: i32 = 1;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
 
 /// `struct pm_scan_arg` (include/uapi/linux/fs.h).
 #[repr(C)]
@@ -109,9 +81,6 @@ struct PageRegion {
     categories: u64,
 }
 
-nix::ioctl_readwrite!(uffdio_api, 0xaa, 0x3f, UffdioApi);
-nix::ioctl_readwrite!(uffdio_register, 0xaa, 0x00, UffdioRegister);
-nix::ioctl_readwrite!(uffdio_writeprotect, 0xaa, 0x06, UffdioWriteprotect);
 nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
 
 /// Why a process cannot be tracked.
@@ -481,37 +450,8 @@ fn take_userfaultfd(host_pid: i32, tracee: &mut Tracee) -> Result<OwnedFd, Dirty
         Some(Ok(at)) => at,
         _ => find_syscall_gadget(pid, None).map_err(inject)?,
     };
-    let pidfd = pidfd_open(host_pid)?;
     let mut rs = RemoteSyscall::with_gadget(tracee, gadget);
     rs.set_timeout(Some(Duration::from_secs(10)));
-    let remote = rs
-        .remote_userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)
-        .map_err(inject)?;
-    // SAFETY: pidfd_getfd takes two fds and flags and returns a new fd of
-    // ours (close-on-exec) or -1.
-    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), remote, 0) };
-    let taken = Errno::result(got).map(|fd| {
-        // SAFETY: pidfd_getfd returned a new fd that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
-    });
-    let closed = rs.remote_close(remote);
-    let taken = taken.map_err(|source| DirtyError::Sys {
-        pid: host_pid,
-        what: "pidfd_getfd of its userfaultfd",
-        source,
-    })?;
-    closed.map_err(inject)?;
-    Ok(taken)
-}
-
-fn pidfd_open(pid: i32) -> Result<OwnedFd, DirtyError> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = Errno::result(fd).map_err(|source| DirtyError::Sys {
-        pid,
-        what: "pidfd_open",
-        source,
-    })?;
-    // SAFETY: pidfd_open returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    rs.take_userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY)
+        .map_err(inject)
 }

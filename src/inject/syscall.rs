@@ -42,6 +42,7 @@
 //! registers.
 
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_long, user_regs_struct};
@@ -603,6 +604,33 @@ impl<'t> RemoteSyscall<'t> {
     pub fn remote_userfaultfd(&mut self, flags: c_int) -> Result<c_int> {
         self.inject(libc::SYS_userfaultfd, [flags as u64, 0, 0, 0, 0, 0])
             .map(|fd| fd as c_int)
+    }
+
+    /// Makes the target create a userfaultfd (`flags`) for its own address
+    /// space and takes it: injected `userfaultfd`, `pidfd_getfd` from here,
+    /// injected `close`. The target keeps no descriptor of it.
+    pub fn take_userfaultfd(&mut self, flags: c_int) -> Result<OwnedFd> {
+        let pid = self.pid();
+        let local = |what: &str, errno: Errno| {
+            InjectError::Invalid(format!("{what} of process {pid}: {errno}"))
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        let pidfd = Errno::result(pidfd).map_err(|e| local("pidfd_open", e))?;
+        // SAFETY: pidfd_open returned a new fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as c_int) };
+        let remote = self.remote_userfaultfd(flags)?;
+        // SAFETY: pidfd_getfd takes two fds and flags and returns a new fd of
+        // ours (close-on-exec) or -1.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), remote, 0) };
+        let taken = Errno::result(got).map(|fd| {
+            // SAFETY: pidfd_getfd returned a new fd that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(fd as c_int) }
+        });
+        let closed = self.remote_close(remote);
+        let taken = taken.map_err(|e| local("pidfd_getfd of the userfaultfd", e))?;
+        closed?;
+        Ok(taken)
     }
 
     /// The target thread's alternate signal stack (`sigaltstack(NULL, &old)`

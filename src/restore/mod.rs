@@ -20,6 +20,7 @@ pub mod events;
 pub mod image;
 pub mod inet;
 pub mod ipc;
+pub mod lazy;
 pub mod mounts;
 pub mod netns;
 pub mod overlay;

@@ -33,7 +33,7 @@ pub struct PageOverlay {
 
 /// Whether restore takes pre-copied pages for this mapping (the dump side
 /// is `dump::precopy::tracked`).
-fn takes_pre_copy(v: &Vma) -> bool {
+pub(crate) fn takes_pre_copy(v: &Vma) -> bool {
     v.in_page_store && matches!(v.kind, VmaKind::Anonymous | VmaKind::Heap | VmaKind::Stack)
 }
 

@@ -50,6 +50,7 @@ use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::events;
 use crate::restore::image::LoadedImage;
+use crate::restore::lazy::{self, FillGate, PagesMode};
 use crate::restore::process::{finish, prepare_with};
 use crate::restore::shmem::{self, SharedObjects};
 
@@ -835,13 +836,14 @@ pub fn take_over(
         .and_then(|()| rebuild_all(image, &mut tracees, &mut shared));
     shared.unlink_deleted();
     drop(shared);
-    match rebuilt {
-        Ok(()) => {}
+    // Dropped once every process runs: the lazy page server's fill begins.
+    let _fill = match rebuilt {
+        Ok(gate) => gate,
         Err(e) => {
             abandon(tracees);
             return Err(e);
         }
-    }
+    };
     // Detach everything, even past a failure, and report the first one.
     // A process that was stopped gets SIGSTOP first, while every thread is
     // still in a ptrace stop: it stops again before any of its code runs,
@@ -909,7 +911,7 @@ fn rebuild_all(
     image: &LoadedImage,
     tracees: &mut [(i32, Tracee, Vec<Tracee>)],
     shared: &mut SharedObjects<'_>,
-) -> Result<()> {
+) -> Result<Option<FillGate>> {
     let fail = |pid: i32, e: crate::restore::RestoreError| {
         let comm = image
             .processes
@@ -930,9 +932,24 @@ fn rebuild_all(
         crate::restore::ipc::remove_destroyed(init.tgid().as_raw(), &image.ipc)?;
     }
     crate::restore::timing::mark("prepared");
-    crate::restore::pages::stream(image, &husks, shared, &fail)?;
+    let mode = PagesMode::from_env().map_err(Error::Invalid)?;
+    let lazy = if lazy::usable(image, mode)? {
+        let (store, maps) = lazy::load(image, &husks, shared, &fail)?;
+        crate::restore::timing::mark("pages verified");
+        let lazy = lazy::register(store, maps, tracees, &husks, image, &fail)?;
+        Some(lazy)
+    } else {
+        crate::restore::pages::stream(image, &husks, shared, &fail)?;
+        None
+    };
     shared.seal()?;
     crate::restore::timing::mark("pages");
+    // Faults on lazy pages are served from here on: the rest of the rebuild
+    // may touch them (injected calls, registers), and so may the resume.
+    let gate = lazy
+        .map(|lazy| lazy.serve())
+        .transpose()
+        .map_err(|e| Error::Invalid(format!("starting the lazy page server: {e}")))?;
     for (pid, tracee, threads) in tracees.iter_mut() {
         let p = &image.processes[pid];
         let husk = husks
@@ -940,7 +957,7 @@ fn rebuild_all(
             .ok_or_else(|| Error::Invalid(format!("process {pid} was not prepared")))?;
         *threads = finish(tracee, husk, &p.process, &p.threads).map_err(|e| fail(*pid, e))?;
     }
-    Ok(())
+    Ok(gate)
 }
 
 /// Reads one 'H' per husk from the report pipe; anything else is an error
