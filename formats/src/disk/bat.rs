@@ -115,6 +115,8 @@ pub struct DecodedBlock {
     pub entries: Vec<BatEntry>,
     pub slot: u8,
     pub seq: u64,
+    /// The other copy is damaged: a torn write (or damage to the spare).
+    pub other_damaged: bool,
 }
 
 /// Decodes the two copies (`pair`, 8 KiB) of block `index` found at `offset`.
@@ -137,12 +139,14 @@ pub fn decode_block(file: &str, index: u32, offset: u64, pair: &[u8]) -> Result<
                     entries: eb,
                     slot: 1,
                     seq: sb,
+                    other_damaged: false,
                 })
             } else {
                 Ok(DecodedBlock {
                     entries: ea,
                     slot: 0,
                     seq: sa,
+                    other_damaged: false,
                 })
             }
         }
@@ -150,11 +154,13 @@ pub fn decode_block(file: &str, index: u32, offset: u64, pair: &[u8]) -> Result<
             entries,
             slot: 0,
             seq,
+            other_damaged: true,
         }),
         (_, Copy::Valid { seq, entries }) => Ok(DecodedBlock {
             entries,
             slot: 1,
             seq,
+            other_damaged: true,
         }),
         (Copy::BadIndex(found), _) | (_, Copy::BadIndex(found)) => Err(DiskError::BatBlockIndex {
             file: file.to_string(),

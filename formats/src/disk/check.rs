@@ -50,6 +50,9 @@ pub struct DeltaReport {
     pub file_clusters: u64,
     /// Whole clusters that neither hold metadata nor are mapped.
     pub unreferenced_clusters: u64,
+    /// BAT blocks whose newer copy was damaged, so the older one was used:
+    /// what a crash during a flush leaves, not an inconsistency.
+    pub damaged_bat_copies: u32,
 }
 
 fn report<S: Storage>(d: &Delta<S>) -> DeltaReport {
@@ -67,6 +70,7 @@ fn report<S: Storage>(d: &Delta<S>) -> DeltaReport {
         allocated_clusters: allocated,
         file_clusters,
         unreferenced_clusters: file_clusters.saturating_sub(allocated + metadata),
+        damaged_bat_copies: d.damaged_copies(),
     }
 }
 

@@ -56,6 +56,7 @@ pub struct Delta<S> {
     dirty: BTreeSet<u32>,
     next_free: u64,
     unsynced: bool,
+    damaged_copies: u32,
 }
 
 impl<S: Storage> Delta<S> {
@@ -99,6 +100,7 @@ impl<S: Storage> Delta<S> {
             blocks: vec![BlockState { slot: 0, seq: 0 }; blocks as usize],
             dirty: BTreeSet::new(),
             unsynced: false,
+            damaged_copies: 0,
         })
     }
 
@@ -121,6 +123,7 @@ impl<S: Storage> Delta<S> {
         let mut bat = Vec::with_capacity(nblocks * ENTRIES_PER_BLOCK);
         let mut blocks = Vec::with_capacity(nblocks);
         let mut pair = vec![0u8; BAT_PAIR_LEN as usize];
+        let mut damaged_copies = 0;
         for b in 0..header.bat_blocks {
             let off = header.bat_offset + u64::from(b) * BAT_PAIR_LEN;
             store
@@ -128,6 +131,7 @@ impl<S: Storage> Delta<S> {
                 .map_err(io_err(name, "read BAT", off))?;
             match bat::decode_block(name, b, off, &pair) {
                 Ok(d) => {
+                    damaged_copies += u32::from(d.other_damaged);
                     bat.extend_from_slice(&d.entries);
                     blocks.push(BlockState {
                         slot: d.slot,
@@ -214,6 +218,7 @@ impl<S: Storage> Delta<S> {
             dirty: BTreeSet::new(),
             next_free,
             unsynced: false,
+            damaged_copies,
         })
     }
 
@@ -237,6 +242,11 @@ impl<S: Storage> Delta<S> {
     }
     pub fn store(&self) -> &S {
         &self.store
+    }
+    /// BAT blocks read from their older copy because the newer one was
+    /// damaged (torn by a crash during a flush, or bad media).
+    pub fn damaged_copies(&self) -> u32 {
+        self.damaged_copies
     }
     /// The first cluster number the next allocation takes.
     pub fn next_free(&self) -> u64 {
