@@ -712,8 +712,7 @@ fn a_damaged_newer_copy_falls_back_to_the_older_one() {
     let mut b = dir.file_bytes(&file).unwrap();
     let d = open_bytes(b.clone()).unwrap();
     assert!(d.entry(1).is_some());
-    // The second flush went to copy A again? No: copies alternate, so the
-    // newest (seq 2) is copy A; damage it.
+    // Copies alternate (B got seq 1, A seq 2): damage the newest, A.
     let at = d.header().bat_offset as usize;
     b[at + 9] ^= 0xff;
     let d = open_bytes(b.clone()).unwrap();
