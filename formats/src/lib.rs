@@ -22,8 +22,12 @@
 //! * [`pages`]: [`PageWriter`], [`PageReader`], [`encode_chunk`].
 //! * [`layout`]: file names in an image directory.
 //!
-//! `docs/image-format.md` is the specification.
+//! * [`disk`]: ploop-like disk images: delta files, chains, snapshots,
+//!   merge, dirty-cluster tracking (`docs/disk-format.md`).
+//!
+//! `docs/image-format.md` is the specification of the checkpoint image.
 
+pub mod disk;
 pub mod error;
 pub mod frame;
 pub mod layout;
@@ -32,6 +36,11 @@ pub mod records;
 pub mod schema;
 pub mod version;
 
+pub use disk::{
+    check_chain, check_delta, Chain, ChainDir, ChainManifest, CheckReport, DeltaEntry, DeltaId,
+    DiskError, FsDir, Mark, MemDir, MergeOutcome, MergeProgress, Storage, DEFAULT_CLUSTER_SIZE,
+    DISK_FORMAT_VERSION,
+};
 pub use error::{FormatError, FramePart, Result};
 pub use frame::{
     Codec, Compression, FrameInfo, FrameKind, FrameWriter, StreamHeader, StreamKind, StreamStats,
