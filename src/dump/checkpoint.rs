@@ -411,8 +411,8 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             pages,
             pending,
             precopy: precopy.as_mut(),
+            phases: &mut phases,
         },
-        &mut phases,
     )
     .and_then(|done| {
         if !opts.leave_running {
@@ -682,6 +682,8 @@ struct Frozen<'a> {
     pages: PageWriter<BackgroundFile>,
     pending: PendingWrite,
     precopy: Option<&'a mut precopy::PreCopy>,
+    /// Where the frozen window's time goes.
+    phases: &'a mut Phases,
 }
 
 /// Everything between the freeze and the thaw.
@@ -693,13 +695,13 @@ fn dump_frozen(
     tracees: &mut Vec<Tracee>,
     net: &mut Option<inet::NetFreeze>,
     frozen: Frozen<'_>,
-    phases: &mut Phases,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     let Frozen {
         image_id,
         mut pages,
         pending,
         mut precopy,
+        phases,
     } = frozen;
     // Processes may have come or gone between the survey and the freeze.
     let mut tasks = phases.time("survey again", || survey(cgroup))?;

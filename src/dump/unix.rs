@@ -158,8 +158,12 @@ pub fn diag_all(host_pid: i32) -> Result<HashMap<u64, Diag>, DumpError> {
 /// the collection quadratic (3.8 ms per socket among 2,000). Keyed by the
 /// network namespace's (device, inode); [`forget_diags`] drops it when a
 /// frozen window begins and ends.
-static DIAGS: std::sync::Mutex<Option<((u64, u64), std::sync::Arc<HashMap<u64, Diag>>)>> =
-    std::sync::Mutex::new(None);
+static DIAGS: std::sync::Mutex<Option<(NetnsKey, Diags)>> = std::sync::Mutex::new(None);
+
+/// A network namespace's (device, inode).
+type NetnsKey = (u64, u64);
+/// One dump's answer, shared.
+type Diags = std::sync::Arc<HashMap<u64, Diag>>;
 
 /// Drops the dump [`collect`] keeps for the frozen window.
 pub fn forget_diags() {
@@ -169,7 +173,7 @@ pub fn forget_diags() {
 }
 
 /// The frozen window's dump of `host_pid`'s namespace, made once.
-fn frozen_diags(host_pid: i32) -> Result<std::sync::Arc<HashMap<u64, Diag>>, DumpError> {
+fn frozen_diags(host_pid: i32) -> Result<Diags, DumpError> {
     let ns_path = format!("/proc/{host_pid}/ns/net");
     let ns = fs::metadata(&ns_path).map_err(|e| DumpError::proc(host_pid, &ns_path, e))?;
     let key = (ns.dev(), ns.ino());
