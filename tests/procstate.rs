@@ -108,6 +108,14 @@ fn descriptors_1000_and_4000_come_back() {
 }
 
 #[test]
+fn more_files_than_half_the_descriptor_limit_come_back() {
+    // The restorer's table of files overlaps the numbers it places.
+    let h = TestHost::new();
+    let r = checkpoint_restore_check(&h, "manyfds", include_str!("programs/manyfds.py"));
+    assert_eq!(r, "PASS");
+}
+
+#[test]
 fn zombies_come_back_with_their_exit_status() {
     let h = TestHost::new();
     let r = checkpoint_restore_check(&h, "zombie", include_str!("programs/zombie.py"));

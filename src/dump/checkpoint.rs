@@ -61,6 +61,46 @@ pub struct CheckpointSummary {
     pub frozen_pages_written: u64,
     /// Zero pages recorded while frozen.
     pub frozen_zero_pages: u64,
+    /// Where the frozen window went: each step, and the collection of each
+    /// kind of file (with how many were collected), in the order met.
+    pub frozen_phases: Vec<PhaseTime>,
+}
+
+/// One step of the frozen window (or one kind of file collected in it).
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    pub name: String,
+    /// Objects handled (files of the kind, processes, ...); 0 for a step.
+    pub count: usize,
+    pub ms: f64,
+}
+
+/// The [`PhaseTime`]s of one frozen window, summed by name.
+#[derive(Default)]
+struct Phases(Vec<PhaseTime>);
+
+impl Phases {
+    fn add(&mut self, name: &str, count: usize, took: Duration) {
+        match self.0.iter_mut().find(|p| p.name == name) {
+            Some(p) => {
+                p.count += count;
+                p.ms += ms(took);
+            }
+            None => self.0.push(PhaseTime {
+                name: name.to_string(),
+                count,
+                ms: ms(took),
+            }),
+        }
+    }
+
+    /// Times `step` as phase `name`.
+    fn time<T>(&mut self, name: &str, step: impl FnOnce() -> T) -> T {
+        let at = Instant::now();
+        let out = step();
+        self.add(name, 0, at.elapsed());
+        out
+    }
 }
 
 /// One process of the container as found on the host.
@@ -357,6 +397,8 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     // TCP sockets held still (network lock, repair mode); dropped, it lets
     // them go on.
     let mut net: Option<inet::NetFreeze> = None;
+    let mut phases = Phases::default();
+    crate::dump::unix::forget_diags();
     let dumped = dump_frozen(
         container,
         &cgroup,
@@ -369,10 +411,12 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
             pages,
             pending,
             precopy: precopy.as_mut(),
+            phases: &mut phases,
         },
     )
     .and_then(|done| {
         if !opts.leave_running {
+            let at = Instant::now();
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
             let image = crate::restore::image::LoadedImage::load(&partial)?;
@@ -381,9 +425,11 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
                     "the checkpoint would not be restorable, so the container was not stopped and keeps running ({e}); `--leave-running` writes such an image anyway"
                 ))
             })?;
+            phases.add("restorability check", 0, at.elapsed());
         }
         Ok(done)
     });
+    crate::dump::unix::forget_diags();
     let (stats, tasks, pending) = match dumped {
         Ok(done) => done,
         Err(err) => {
@@ -397,7 +443,8 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     };
     let frozen_ms;
     if opts.leave_running {
-        if let Some(Err(e)) = net.take().map(inet::NetFreeze::resume) {
+        let resumed = phases.time("network resume", || net.take().map(inet::NetFreeze::resume));
+        if let Some(Err(e)) = resumed {
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = pending.wait();
@@ -419,16 +466,19 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
     } else {
         // The container goes away: its image must be durable first.
-        if let Err(e) = pending.wait().and_then(|()| sync_image(&partial)) {
+        let synced = phases.time("page store written + image synced", || {
+            pending.wait().and_then(|()| sync_image(&partial))
+        });
+        if let Err(e) = synced {
             drop(net);
             drop(tracees);
             let _ = cgroup.thaw();
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
-        kill_traced(tracees);
+        phases.time("kill", || kill_traced(tracees));
         if let Some(net) = net {
-            net.close_silently();
+            phases.time("sockets closed in repair mode", || net.close_silently());
         }
         frozen_ms = ms(frozen_at.elapsed());
         drop(precopy);
@@ -457,6 +507,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         frozen_pages_written: stats.0 - pre_copy_stats.as_ref().map_or(0, |p| p.pages_written),
         frozen_zero_pages: stats.1 - pre_copy_stats.as_ref().map_or(0, |p| p.zero_pages),
         pre_copy: pre_copy_stats,
+        frozen_phases: phases.0,
     })
 }
 
@@ -631,6 +682,8 @@ struct Frozen<'a> {
     pages: PageWriter<BackgroundFile>,
     pending: PendingWrite,
     precopy: Option<&'a mut precopy::PreCopy>,
+    /// Where the frozen window's time goes.
+    phases: &'a mut Phases,
 }
 
 /// Everything between the freeze and the thaw.
@@ -648,9 +701,11 @@ fn dump_frozen(
         mut pages,
         pending,
         mut precopy,
+        phases,
     } = frozen;
     // Processes may have come or gone between the survey and the freeze.
-    let mut tasks = survey(cgroup)?;
+    let mut tasks = phases.time("survey again", || survey(cgroup))?;
+    let at = Instant::now();
     for task in &tasks {
         for tid in &task.tids {
             if tracees.iter().any(|t| t.tid().as_raw() == *tid) {
@@ -676,6 +731,7 @@ fn dump_frozen(
             task.stopped_by = Some(signo);
         }
     }
+    phases.add("seize", tracees.len(), at.elapsed());
     // Every task is stopped: lock the network, TCP connections in repair mode.
     let sockets: Vec<(i32, i32)> = tasks
         .iter()
@@ -687,7 +743,13 @@ fn dump_frozen(
         })
         .collect();
     if let Some(init) = tasks.first() {
+        let at = Instant::now();
         *net = inet::NetFreeze::begin(init.host_pid, &sockets)?;
+        phases.add(
+            "network lock + TCP repair mode",
+            sockets.len(),
+            at.elapsed(),
+        );
     }
 
     let manifest = Manifest {
@@ -737,6 +799,7 @@ fn dump_frozen(
             .iter_mut()
             .filter(|t| task.tids.contains(&t.tid().as_raw()))
             .collect();
+        let at = Instant::now();
         let process = collect_process(task, &host_to_ns, &mut task_tracees)?;
         records.write(&Record::Process(process.clone()))?;
         for tracee in task_tracees.iter_mut() {
@@ -747,10 +810,14 @@ fn dump_frozen(
             records.write(&Record::Thread(thread))?;
             threads += 1;
         }
+        phases.add("processes + threads", 1, at.elapsed());
+        let at = Instant::now();
         match precopy.as_deref_mut() {
             Some(pc) => pc.dump_memory(task.host_pid, pid, &task.maps, &mut records, &mut pages)?,
             None => dump_memory(task, &mut records, &mut pages)?,
         }
+        phases.add("memory", 0, at.elapsed());
+        let at = Instant::now();
         shmem_objects.dump_task(
             task.host_pid,
             pid,
@@ -759,22 +826,33 @@ fn dump_frozen(
             &mut records,
             &mut pages,
         )?;
-        files.dump(task, &mut records)?;
+        phases.add("shared memory", 0, at.elapsed());
+        files.dump(task, &mut records, phases)?;
     }
     if let Some(init) = tasks.first() {
+        let at = Instant::now();
         let ipc =
             crate::dump::ipc::collect(init.host_pid).map_err(|e| Error::Invalid(e.to_string()))?;
         for record in ipc.into_records() {
             records.write(&record)?;
         }
+        phases.add("ipc namespace", 0, at.elapsed());
+        let at = Instant::now();
         let plan = crate::dump::mounts::survey(init.host_pid, &init.status)?;
         crate::dump::mounts::dump(init.host_pid, &plan, dir, &mut records)?;
+        phases.add("mounts", 0, at.elapsed());
+        let at = Instant::now();
         records.write(&Record::NetNamespace(netns::collect(init.host_pid)?))?;
+        phases.add("network namespace", 0, at.elapsed());
     }
+    let at = Instant::now();
     records.finish()?;
     let (_, page_stats) = pages.finish()?;
+    phases.add("records + page store finished", 0, at.elapsed());
     // Every task is stopped: the files match the memory just saved.
-    crate::container::upper::archive(&container.dir.join("upper"), dir)?;
+    phases.time("container files archived", || {
+        crate::container::upper::archive(&container.dir.join("upper"), dir)
+    })?;
     Ok((
         (page_stats.data_pages, page_stats.zero_pages),
         (tasks.len(), threads),
@@ -1187,9 +1265,15 @@ struct FileTable {
 }
 
 impl FileTable {
-    fn dump<W: Write>(&mut self, task: &Task, records: &mut RecordWriter<W>) -> Result<()> {
+    fn dump<W: Write>(
+        &mut self,
+        task: &Task,
+        records: &mut RecordWriter<W>,
+        phases: &mut Phases,
+    ) -> Result<()> {
         let pid = task.status.pid_in_ns();
         for (entry, kind, meta) in &task.fds {
+            let at = Instant::now();
             let key = (
                 std::os::unix::fs::MetadataExt::dev(meta),
                 std::os::unix::fs::MetadataExt::ino(meta),
@@ -1243,6 +1327,7 @@ impl FileTable {
                 cloexec: entry.info.flags & libc::O_CLOEXEC as u32 != 0,
                 file: id,
             }))?;
+            phases.add(&format!("files: {}", kind.name), 1, at.elapsed());
         }
         Ok(())
     }

@@ -42,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use cr_formats::schema::{EpollItem, FileKind, InotifyWatch, TimerFd};
@@ -349,7 +349,16 @@ pub fn fill_epolls(image: &LoadedImage, table: &HashMap<u64, RawFd>) -> Result<(
         let FileKind::Epoll { items } = &image.files[&id].kind else {
             continue;
         };
-        let epfd = table[&id];
+        // The table may overlap the numbers items were added as
+        // (restore::tree::table_start): the epoll is worked on through a
+        // copy above all of them, never displaced by an item.
+        let private = crate::restore::tree::private_fds(image);
+        // SAFETY: F_DUPFD_CLOEXEC duplicates the epoll's table fd.
+        let copy = unsafe { libc::fcntl(table[&id], libc::F_DUPFD_CLOEXEC, private) };
+        let copy = Errno::result(copy).map_err(|e| Error::sys("copying an epoll fd", e))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this fd; nothing else owns it.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        let epfd = copy.as_raw_fd();
         // Disarmed one-shot items first, while nothing else can be reported.
         let (disarmed, armed): (Vec<&EpollItem>, Vec<&EpollItem>) =
             items.iter().partition(|i| is_disarmed(i.events));
@@ -452,6 +461,11 @@ fn with_fd_at(
     n: RawFd,
     f: impl FnOnce(RawFd) -> std::result::Result<(), Errno>,
 ) -> std::result::Result<(), Errno> {
+    if src == n {
+        // The table's copy is already at that number (the table may
+        // overlap the processes' numbers: restore::tree::table_start).
+        return f(n);
+    }
     // SAFETY: fcntl on an fd number of this process; a copy of whatever is
     // at `n` is kept above FIRST_PRIVATE_FD to be put back below.
     let (saved, saved_flags) = unsafe {

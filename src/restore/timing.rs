@@ -18,6 +18,15 @@ struct Mark {
 }
 
 static MARKS: Mutex<Vec<Mark>> = Mutex::new(Vec::new());
+/// Lines other processes of the restore reported (PID 1's file timings).
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Adds `line` to the next [`summary`], after the marks.
+pub fn note(line: String) {
+    if let Ok(mut notes) = NOTES.lock() {
+        notes.push(line);
+    }
+}
 
 /// User plus system time of this process (every thread), in ms.
 fn cpu_ms() -> f64 {
@@ -66,5 +75,11 @@ pub fn summary() -> String {
         line.push_str(&format!(", total {total:.1}"));
     }
     marks.clear();
+    if let Ok(mut notes) = NOTES.lock() {
+        for n in notes.drain(..) {
+            line.push_str("; ");
+            line.push_str(&n);
+        }
+    }
     line
 }

@@ -219,13 +219,14 @@ pub fn is_zombie(p: &cr_formats::schema::Process) -> bool {
 pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
     crate::restore::mounts::set_uts(image)?;
     let base = private_fds(image);
-    raise_nofile(base + TABLE_OFFSET + image.files.len() as RawFd + 1)?;
+    let table_fd = table_start(image, base, raise_nofile()?)?;
     let moved = fcntl(report, FcntlArg::F_DUPFD_CLOEXEC(base))
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
     let deleted = shmem::create_deleted(image)?;
-    let table = match open_table(image, &deleted, base + TABLE_OFFSET) {
+    let mut kinds = KindTimes::default();
+    let table = match open_table(image, &deleted, table_fd, &mut kinds) {
         Ok(table) => table,
         Err(e) => {
             for path in deleted.values() {
@@ -234,13 +235,66 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
             return Err(e);
         }
     };
+    // The supervisor adds them to its `restore phases` line.
+    let note = format!("{}{}\n", NOTE as char, kinds.render());
+    // SAFETY: write from a live buffer to the report pipe.
+    let rc = unsafe { libc::write(report.as_raw_fd(), note.as_ptr().cast(), note.len()) };
+    Errno::result(rc).map_err(|e| Error::sys("reporting the file timings", e))?;
     become_process(1, image, &table, report)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard one, which must allow fd
-/// numbers up to `need - 1` (the image's highest and the restorer's own);
-/// each process gets its recorded limits back in [`set_attributes`].
-fn raise_nofile(need: RawFd) -> Result<()> {
+/// How long PID 1 took to make each kind of file (and how many), for the
+/// supervisor's `restore phases` line: sent as one line on the report
+/// pipe, after a [`NOTE`] byte, before the first 'H'.
+#[derive(Default)]
+struct KindTimes(Vec<(&'static str, usize, Duration)>);
+
+impl KindTimes {
+    fn add(&mut self, name: &'static str, count: usize, took: Duration) {
+        match self.0.iter_mut().find(|k| k.0 == name) {
+            Some(k) => {
+                k.1 += count;
+                k.2 += took;
+            }
+            None => self.0.push((name, count, took)),
+        }
+    }
+
+    fn render(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, count, took)| format!("{name} x{count} {:.1}", took.as_secs_f64() * 1e3))
+            .collect();
+        format!("pid 1 files (ms): {}", parts.join(", "))
+    }
+}
+
+/// Starts a line of timings on the report pipe: a byte no error message
+/// starts with.
+const NOTE: u8 = 0x01;
+
+/// The name a file kind is timed under.
+fn kind_name(kind: &FileKind) -> &'static str {
+    match kind {
+        FileKind::Regular { .. } => "regular file",
+        FileKind::Directory { .. } => "directory",
+        FileKind::CharDevice { .. } => "character device",
+        FileKind::Pipe { .. } => "pipe",
+        FileKind::Fifo { .. } => "FIFO",
+        FileKind::Memfd { .. } => "memfd",
+        FileKind::Deleted { .. } => "deleted file",
+        FileKind::Unix(_) => "unix socket (placed)",
+        FileKind::Inet(_) => "TCP/UDP socket",
+        FileKind::Mqueue { .. } => "POSIX mqueue",
+        _ => "event object",
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (without
+/// `CAP_SYS_RESOURCE` the hard one cannot move) and returns it; each
+/// process gets its recorded limits back in [`set_attributes`].
+fn raise_nofile() -> Result<RawFd> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -250,19 +304,53 @@ fn raise_nofile(need: RawFd) -> Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Err(Error::sys("getrlimit(RLIMIT_NOFILE)", Errno::last()));
         }
-        if lim.rlim_max < need as libc::rlim_t {
-            return Err(Error::Invalid(format!(
-                "the image has descriptors up to {}, but the restorer may open at most {} (RLIMIT_NOFILE)",
-                need - 1,
-                lim.rlim_max
-            )));
-        }
         lim.rlim_cur = lim.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             return Err(Error::sys("setrlimit(RLIMIT_NOFILE)", Errno::last()));
         }
     }
-    Ok(())
+    Ok(RawFd::try_from(lim.rlim_max).unwrap_or(RawFd::MAX))
+}
+
+/// Descriptors the restorer may hold besides the table: the report pipe
+/// and a few passing ones (a copy saved while an epoll item is added, a
+/// source moved out of the way while a process places its descriptors).
+const SPARE_FDS: RawFd = 16;
+
+/// Where the table of the image's files starts (see [`open_table`]).
+///
+/// Above the restorer's private descriptors (`base + TABLE_OFFSET`) when
+/// the whole table fits there under the hard `RLIMIT_NOFILE`; otherwise as
+/// high as it fits, so that it overlaps the numbers the processes use: a
+/// container may hold up to the limit's number of descriptors, and its
+/// restore needs them once, not twice. [`place_fds`] then moves them into
+/// place without overwriting one still needed. The private descriptors
+/// (at `base`) must still fit under the limit.
+fn table_start(image: &LoadedImage, base: RawFd, hard: RawFd) -> Result<RawFd> {
+    let mut keepers = HashSet::new();
+    for file in image.files.values() {
+        match &file.kind {
+            FileKind::Fifo { pipe, .. } => keepers.insert((0, *pipe)),
+            FileKind::Memfd { id, .. } => keepers.insert((1, *id)),
+            _ => false,
+        };
+    }
+    let slots = RawFd::try_from(image.files.len() + keepers.len())
+        .unwrap_or(RawFd::MAX)
+        .saturating_add(SPARE_FDS);
+    let above = base + TABLE_OFFSET;
+    if above.saturating_add(slots) <= hard {
+        return Ok(above);
+    }
+    let overlapping = hard.saturating_sub(slots);
+    if overlapping < FIRST_PRIVATE_FD || base + SPARE_FDS > hard {
+        return Err(Error::Invalid(format!(
+            "the image has {} open files and descriptors up to {}, but the restorer may hold at most {hard} descriptors (the hard RLIMIT_NOFILE)",
+            image.files.len(),
+            base - 1
+        )));
+    }
+    Ok(overlapping)
 }
 
 /// Opens every file and pipe of the image once, at fds >= `table_fd`, and
@@ -273,11 +361,14 @@ fn open_table(
     image: &LoadedImage,
     deleted: &HashMap<u64, String>,
     table_fd: RawFd,
+    kinds: &mut KindTimes,
 ) -> Result<HashMap<u64, RawFd>> {
     let mut table = HashMap::new();
     let mut pipes: HashMap<u64, (RawFd, RawFd)> = HashMap::new();
     // Unix sockets are made together (pairs, names, queues): restore::unix.
+    let at = Instant::now();
     let mut unix = crate::restore::unix::open_all(image)?;
+    kinds.add("unix sockets (made)", unix.len(), at.elapsed());
     // One read-write descriptor per FIFO and per memfd, which the
     // descriptions of the image are opened from.
     let mut fifos: HashMap<u64, RawFd> = HashMap::new();
@@ -286,6 +377,7 @@ fn open_table(
     ids.sort_unstable();
     ids.sort_by_key(|id| crate::restore::inet::open_order(&image.files[id].kind));
     for id in ids {
+        let at = Instant::now();
         let file = &image.files[&id];
         let flags = OFlag::from_bits_truncate(file.flags as i32)
             & !(OFlag::O_CREAT
@@ -395,9 +487,12 @@ fn open_table(
             take_lock(fd, lock)?;
         }
         table.insert(id, fd);
+        kinds.add(kind_name(&file.kind), 1, at.elapsed());
     }
     // Epoll items last: every file they may watch exists now.
+    let at = Instant::now();
     events::fill_epolls(image, &table)?;
+    kinds.add("epoll items", 0, at.elapsed());
     Ok(table)
 }
 
@@ -574,17 +669,20 @@ fn become_process(
     }
     let mut keep: HashSet<RawFd> = HashSet::new();
     keep.insert(report.as_raw_fd());
+    let mut moves = Vec::with_capacity(p.fds.len());
     for fd in &p.fds {
         let from = *table.get(&fd.file).ok_or_else(|| {
             Error::Invalid(format!("process {pid}: fd {} names an unknown file", fd.fd))
         })?;
-        let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
-        // SAFETY: dup3 between two fds of this process.
-        let rc = unsafe { libc::dup3(from, fd.fd, flags) };
-        Errno::result(rc)
-            .map_err(|e| Error::sys(format!("process {pid}: placing fd {}", fd.fd), e))?;
+        moves.push(FdMove {
+            from,
+            to: fd.fd,
+            cloexec: fd.cloexec,
+        });
         keep.insert(fd.fd);
     }
+    place_fds(table, &moves, report.as_raw_fd())
+        .map_err(|(to, e)| Error::sys(format!("process {pid}: placing fd {to}"), e))?;
     close_all_but(&keep);
     set_attributes(p)?;
     // POSIX locks belong to the process: taken by the husk itself, once
@@ -746,6 +844,91 @@ fn set_attributes(p: &crate::restore::image::ProcessImage) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One descriptor of a process: the table's copy of its file at `from`
+/// goes to fd number `to`.
+#[derive(Debug, Clone, Copy)]
+struct FdMove {
+    from: RawFd,
+    to: RawFd,
+    cloexec: bool,
+}
+
+/// Puts every descriptor of `moves` in place (a parallel move: the table
+/// may overlap the numbers placed, see [`table_start`]). A move waits
+/// while its number holds a table copy that another move still needs; a
+/// copy is closed after its last use, so the descriptors in use never
+/// grow beyond the table's; a cycle of waiting moves is broken by moving
+/// one copy above `private` (the first private fd, above every number
+/// placed). Table copies this process does not use are closed first.
+/// On failure, the fd number that could not be placed.
+fn place_fds(
+    table: &HashMap<u64, RawFd>,
+    moves: &[FdMove],
+    private: RawFd,
+) -> std::result::Result<(), (RawFd, Errno)> {
+    let targets: HashSet<RawFd> = moves.iter().map(|m| m.to).collect();
+    // Uses left of each table copy, by its current fd number.
+    let mut uses: HashMap<RawFd, usize> = HashMap::new();
+    for m in moves {
+        *uses.entry(m.from).or_default() += 1;
+    }
+    for fd in table.values() {
+        if !uses.contains_key(fd) && !targets.contains(fd) {
+            // SAFETY: closing a table copy this process never uses.
+            unsafe { libc::close(*fd) };
+        }
+    }
+    // Where each table copy is now (moved out of the way of a cycle).
+    let mut moved: HashMap<RawFd, RawFd> = HashMap::new();
+    let mut waiting: HashMap<RawFd, Vec<usize>> = HashMap::new();
+    let mut ready: Vec<usize> = (0..moves.len()).rev().collect();
+    loop {
+        while let Some(i) = ready.pop() {
+            let m = moves[i];
+            let from = moved.get(&m.from).copied().unwrap_or(m.from);
+            if from != m.to && uses.get(&m.to).is_some_and(|n| *n > 0) {
+                waiting.entry(m.to).or_default().push(i);
+                continue;
+            }
+            let flags = if m.cloexec { libc::O_CLOEXEC } else { 0 };
+            // SAFETY: fcntl and dup3 on fds of this process.
+            let rc = unsafe {
+                if from == m.to {
+                    let fd_flags = if m.cloexec { libc::FD_CLOEXEC } else { 0 };
+                    libc::fcntl(from, libc::F_SETFD, fd_flags)
+                } else {
+                    libc::dup3(from, m.to, flags)
+                }
+            };
+            Errno::result(rc).map_err(|e| (m.to, e))?;
+            let left = uses.entry(from).or_default();
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                uses.remove(&from);
+                if !targets.contains(&from) {
+                    // SAFETY: closing a table copy after its last use.
+                    unsafe { libc::close(from) };
+                }
+                ready.extend(waiting.remove(&from).unwrap_or_default());
+            }
+        }
+        // Only cycles wait now: move the copy one of them waits for.
+        let Some((&blocker, _)) = waiting.iter().next() else {
+            return Ok(());
+        };
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an fd of this process.
+        let copy = unsafe { libc::fcntl(blocker, libc::F_DUPFD_CLOEXEC, private) };
+        let copy = Errno::result(copy).map_err(|e| (blocker, e))?;
+        // A blocker is always a copy still at its table slot: a copy moved
+        // out of the way sits above every number placed.
+        moved.insert(blocker, copy);
+        if let Some(n) = uses.remove(&blocker) {
+            uses.insert(copy, n);
+        }
+        ready.extend(waiting.remove(&blocker).unwrap_or_default());
+    }
 }
 
 /// Closes every fd of this process not in `keep`.
@@ -960,12 +1143,15 @@ fn rebuild_all(
     Ok(gate)
 }
 
-/// Reads one 'H' per husk from the report pipe; anything else is an error
-/// message from the tree.
+/// Reads one 'H' per husk from the report pipe, and PID 1's line of
+/// timings (after a [`NOTE`] byte); anything else is an error message from the tree.
 fn wait_for_husks(count: usize, report: &mut File) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = 0;
     let mut buf = [0u8; 256];
+    // A line of timings after a NOTE byte (see KindTimes), maybe split
+    // across reads.
+    let mut note: Option<Vec<u8>> = None;
     while seen < count {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
@@ -989,7 +1175,16 @@ fn wait_for_husks(count: usize, report: &mut File) -> Result<()> {
             )));
         }
         for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'H' {
+            if let Some(line) = note.as_mut() {
+                if *b == b'\n' {
+                    crate::restore::timing::note(String::from_utf8_lossy(line).into_owned());
+                    note = None;
+                } else {
+                    line.push(*b);
+                }
+            } else if *b == NOTE {
+                note = Some(Vec::new());
+            } else if *b == b'H' {
                 seen += 1;
             } else {
                 let mut message = String::from_utf8_lossy(&buf[i..n]).into_owned();

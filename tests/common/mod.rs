@@ -338,6 +338,12 @@ pub enum TestImage {
     Python,
     /// busybox plus Debian's redis-server and redis-cli.
     Redis,
+    /// busybox plus Debian's nginx (no modules, no /etc/nginx: tests write
+    /// their own configuration).
+    Nginx,
+    /// busybox plus Debian's PostgreSQL 15 server (postgres, initdb, its
+    /// libraries and share files) and the time zone database.
+    Postgres,
 }
 
 impl TestImage {
@@ -346,6 +352,8 @@ impl TestImage {
             TestImage::Busybox => "busybox",
             TestImage::Python => "python",
             TestImage::Redis => "redis",
+            TestImage::Nginx => "nginx",
+            TestImage::Postgres => "postgres",
         }
     }
 
@@ -363,6 +371,19 @@ impl TestImage {
                 "/usr/bin/redis-server",
                 "--with",
                 "/usr/bin/redis-cli",
+            ],
+            TestImage::Nginx => vec!["--with", "/usr/sbin/nginx"],
+            TestImage::Postgres => vec![
+                "--with",
+                "/usr/lib/postgresql/15/bin/postgres",
+                "--with",
+                "/usr/lib/postgresql/15/bin/initdb",
+                "--tree",
+                "/usr/lib/postgresql/15/lib",
+                "--tree",
+                "/usr/share/postgresql/15",
+                "--tree",
+                "/usr/share/zoneinfo",
             ],
         }
     }
