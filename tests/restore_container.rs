@@ -532,3 +532,37 @@ fn a_user_namespace_container_comes_back_with_its_id_map() {
     assert_eq!(h.exec("uns", &["cat", "/proc/self/uid_map"]), map);
     assert_eq!(h.exec("uns", &["id", "-u"]).trim(), "0");
 }
+
+#[test]
+fn a_frozen_restore_runs_nothing_until_thawed() {
+    let h = TestHost::new();
+    h.run("cold", TestImage::Busybox, None, &[], TICKER);
+    assert!(wait_until(Duration::from_secs(5), || count(&h, "cold") >= 3));
+    h.ok(&["checkpoint", "cold"]);
+    let out = h.ok(&["restore", "cold", "--frozen"]);
+    assert!(out.contains("frozen"), "{out}");
+    assert_eq!(h.state("cold"), "frozen");
+    // Read from the host: the container's files are its overlay's upper
+    // layer. Nothing moves while it is frozen.
+    let file = h.root.join("containers/cold/upper/root/count");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let at_checkpoint: u64 = read().trim().parse().unwrap_or(0);
+    assert!(
+        at_checkpoint >= 3,
+        "no count in the frozen container: {:?}",
+        read()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        read().trim(),
+        at_checkpoint.to_string(),
+        "a task ran while frozen"
+    );
+    h.ok(&["thaw", "cold"]);
+    assert_eq!(h.state("cold"), "running");
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&h, "cold")
+            > at_checkpoint + 2),
+        "the ticker did not go on after the thaw"
+    );
+}

@@ -78,6 +78,10 @@ pub struct SuperviseArgs {
     /// Rebuild the process tree of this checkpoint image.
     #[arg(long)]
     pub restore: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = PagesArg::Lazy)]
+    pub pages: PagesArg,
+    #[arg(long)]
+    pub frozen: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,12 +96,24 @@ pub struct RestoreArgs {
     /// others are always eager), `eager` fills every page before the resume.
     #[arg(long, value_enum, default_value_t = PagesArg::Lazy)]
     pub pages: PagesArg,
+    /// Leave every process frozen once rebuilt (`cr thaw NAME` resumes it).
+    #[arg(long)]
+    pub frozen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PagesArg {
     Lazy,
     Eager,
+}
+
+impl From<PagesArg> for crate::restore::PagesMode {
+    fn from(p: PagesArg) -> Self {
+        match p {
+            PagesArg::Lazy => crate::restore::PagesMode::Lazy,
+            PagesArg::Eager => crate::restore::PagesMode::Eager,
+        }
+    }
 }
 
 /// Runs one command; returns the process exit code.
@@ -122,24 +138,32 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(args) => logs::logs(&host, args),
         Command::Checkpoint(args) => checkpoint::run(&host, args),
         Command::Inspect(args) => inspect::inspect(args),
-        Command::Supervise(args) => Ok(crate::container::supervisor::run(
-            &host,
-            &args.name,
-            args.restore.as_deref(),
-        )?),
-        Command::Restore(args) => {
-            // The supervisor that rebuilds the container reads it.
-            let pages = match args.pages {
-                PagesArg::Lazy => "lazy",
-                PagesArg::Eager => "eager",
+        Command::Supervise(args) => {
+            let how = crate::restore::RestoreOptions {
+                pages: args.pages.into(),
+                frozen: args.frozen,
             };
-            std::env::set_var(crate::restore::lazy::PagesMode::ENV, pages);
+            let restore = args.restore.as_deref().map(|dir| (dir, how));
+            Ok(crate::container::supervisor::run(
+                &host, &args.name, restore,
+            )?)
+        }
+        Command::Restore(args) => {
+            let how = crate::restore::RestoreOptions {
+                pages: args.pages.into(),
+                frozen: args.frozen,
+            };
             let (pid, image) =
-                crate::restore::container::restore(&host, &args.name, args.image.as_deref())?;
+                crate::restore::container::restore(&host, &args.name, args.image.as_deref(), how)?;
             println!(
-                "{} restored from {} (PID 1 is host PID {pid})",
+                "{} restored from {} (PID 1 is host PID {pid}){}",
                 args.name,
-                image.display()
+                image.display(),
+                if how.frozen {
+                    "; frozen: `cr thaw` lets it run"
+                } else {
+                    ""
+                }
             );
             Ok(0)
         }

@@ -15,6 +15,7 @@ use crate::container::state::Status;
 use crate::container::supervisor::STATUS_FD;
 use crate::container::Container;
 use crate::error::{Error, IoContext, Result, SysContext};
+use crate::restore::{PagesMode, RestoreOptions};
 
 /// Starts the container; returns the host PID of its PID 1.
 pub fn start(container: &Container) -> Result<Pid> {
@@ -23,7 +24,7 @@ pub fn start(container: &Container) -> Result<Pid> {
 
 /// Starts the container, or with `restore`, rebuilds it from that checkpoint
 /// image; returns the host PID of its PID 1.
-pub fn start_with(container: &Container, restore: Option<&Path>) -> Result<Pid> {
+pub fn start_with(container: &Container, restore: Option<(&Path, RestoreOptions)>) -> Result<Pid> {
     let (status, _) = container.status()?;
     if status != Status::Stopped {
         return Err(Error::WrongState {
@@ -49,11 +50,22 @@ pub fn start_with(container: &Container, restore: Option<&Path>) -> Result<Pid> 
         .arg(container.host.root())
         .arg("__supervise")
         .arg(&container.name)
-        .args(
-            restore
-                .iter()
-                .flat_map(|dir| [std::ffi::OsStr::new("--restore"), dir.as_os_str()]),
-        )
+        .args(restore.iter().flat_map(|(dir, how)| {
+            let pages = match how.pages {
+                PagesMode::Lazy => "lazy",
+                PagesMode::Eager => "eager",
+            };
+            let mut args = vec![
+                std::ffi::OsStr::new("--restore"),
+                dir.as_os_str(),
+                std::ffi::OsStr::new("--pages"),
+                std::ffi::OsStr::new(pages),
+            ];
+            if how.frozen {
+                args.push(std::ffi::OsStr::new("--frozen"));
+            }
+            args
+        }))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);

@@ -63,7 +63,7 @@ use crate::container::userns;
 use crate::error::{Error, IoContext, Result, SysContext};
 use crate::host::Host;
 use crate::image::ImageStore;
-use crate::restore::{self, image::LoadedImage};
+use crate::restore::{self, image::LoadedImage, RestoreOptions};
 
 /// The fd on which the supervisor reports to `cr start`.
 pub const STATUS_FD: RawFd = 3;
@@ -97,7 +97,9 @@ struct Launched {
 /// matter: it exits when PID 1 exits.
 /// `restore` names a checkpoint image: PID 1 then rebuilds the image's
 /// process tree instead of executing the container's command.
-pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
+pub fn run(host: &Host, name: &str, restore: Option<(&Path, RestoreOptions)>) -> Result<i32> {
+    let how = restore.map(|r| r.1).unwrap_or_default();
+    let restore = restore.map(|r| r.0);
     // SAFETY: fd 3 was set up by `cr start` (dup2 in pre_exec) as the write
     // end of the status pipe, and nothing else in this process owns it.
     let mut status = File::from(unsafe { OwnedFd::from_raw_fd(STATUS_FD) });
@@ -121,7 +123,7 @@ pub fn run(host: &Host, name: &str, restore: Option<&Path>) -> Result<i32> {
     if image.is_some() {
         restore::timing::mark("image loaded");
     }
-    match launch(host, &config, image.as_ref()) {
+    match launch(host, &config, image.as_ref(), how) {
         Ok(launched) => {
             if image.is_some() {
                 restore::timing::mark("state saved");
@@ -147,6 +149,7 @@ fn launch(
     host: &Host,
     config: &ContainerConfig,
     restore: Option<&LoadedImage>,
+    how: RestoreOptions,
 ) -> Result<Launched> {
     let dir = host.container_dir(&config.name);
     let image = ImageStore::new(host.images_dir()).get(&config.image)?;
@@ -175,7 +178,7 @@ fn launch(
         &command,
         &cgroup,
         &dir,
-        restore,
+        restore.map(|image| (image, how)),
     )
     .inspect_err(|_| {
         let _ = cgroup.kill_all();
@@ -194,8 +197,10 @@ fn spawn_init(
     command: &[String],
     cgroup: &ContainerCgroup,
     dir: &Path,
-    restore: Option<&LoadedImage>,
+    restore: Option<(&LoadedImage, RestoreOptions)>,
 ) -> Result<Launched> {
+    let how = restore.map(|r| r.1).unwrap_or_default();
+    let restore = restore.map(|r| r.0);
     let pty = openpty(
         Some(&Winsize {
             ws_row: 24,
@@ -367,7 +372,7 @@ fn spawn_init(
     }
     drop(to_child);
     if let Some(image) = restore {
-        if let Err(e) = restore::tree::take_over(image, cgroup, &mut from_child) {
+        if let Err(e) = restore::tree::take_over(image, cgroup, &mut from_child, how) {
             return Err(fail(e.to_string()));
         }
         if let Some(Err(e)) = netlock.map(crate::netlock::NetLock::unlock) {

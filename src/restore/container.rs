@@ -26,11 +26,16 @@ use crate::container::{start, upper, Container};
 use crate::error::{Error, IoContext, Result};
 use crate::host::{validate_name, Host};
 use crate::restore::image::LoadedImage;
-use crate::restore::tree;
+use crate::restore::{tree, RestoreOptions};
 
 /// Restores container `name` from `image_dir` (default: its newest
 /// checkpoint); returns the host PID of its PID 1.
-pub fn restore(host: &Host, name: &str, image_dir: Option<&Path>) -> Result<(Pid, PathBuf)> {
+pub fn restore(
+    host: &Host,
+    name: &str,
+    image_dir: Option<&Path>,
+    how: RestoreOptions,
+) -> Result<(Pid, PathBuf)> {
     validate_name("container", name)?;
     let image_dir = match image_dir {
         Some(dir) => dir.to_path_buf(),
@@ -89,6 +94,6 @@ pub fn restore(host: &Host, name: &str, image_dir: Option<&Path>) -> Result<(Pid
     drop(image);
     upper::extract(&image_dir, &dir.join("upper")).map_err(undo)?;
     let container = Container::open(host, name).map_err(undo)?;
-    let pid = start::start_with(&container, Some(&image_dir)).map_err(undo)?;
+    let pid = start::start_with(&container, Some((&image_dir, how))).map_err(undo)?;
     Ok((pid, image_dir))
 }

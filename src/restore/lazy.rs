@@ -30,8 +30,7 @@
 //! * The server is the container's supervisor: if it dies before the fill
 //!   ends, the kernel unregisters the ranges and pages not yet filled read
 //!   as zero. The fill takes well under a second for a GiB.
-//! * Choice: `CR_RESTORE_PAGES=lazy|eager` in the supervisor's environment
-//!   (`cr restore --pages`).
+//! * Choice: `cr restore --pages lazy|eager` (lazy by default).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -68,23 +67,6 @@ pub enum PagesMode {
     Eager,
     /// After the resume, through userfaultfd (see the module documentation).
     Lazy,
-}
-
-impl PagesMode {
-    /// The environment variable the supervisor reads.
-    pub const ENV: &'static str = "CR_RESTORE_PAGES";
-
-    /// The mode named by [`Self::ENV`] (default: lazy).
-    pub fn from_env() -> std::result::Result<PagesMode, String> {
-        match std::env::var(Self::ENV).as_deref() {
-            Err(_) | Ok("") | Ok("lazy") => Ok(PagesMode::Lazy),
-            Ok("eager") => Ok(PagesMode::Eager),
-            Ok(other) => Err(format!(
-                "{}={other:?}: expected \"lazy\" or \"eager\"",
-                Self::ENV
-            )),
-        }
-    }
 }
 
 /// Where the pages of one address space still to be filled are: extents

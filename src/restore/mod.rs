@@ -21,6 +21,28 @@ pub mod image;
 pub mod inet;
 pub mod ipc;
 pub mod lazy;
+
+pub use lazy::PagesMode;
+
+/// How `cr restore` brings a container back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// When private memory is filled (src/restore/lazy.rs).
+    pub pages: PagesMode,
+    /// Leave every task frozen (cgroup freezer) once rebuilt: `cr thaw`
+    /// (or a migration's Resume) lets it run.
+    pub frozen: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            pages: PagesMode::Lazy,
+            frozen: false,
+        }
+    }
+}
+
 pub mod mounts;
 pub mod netns;
 pub mod overlay;

@@ -53,6 +53,7 @@ use crate::restore::image::LoadedImage;
 use crate::restore::lazy::{self, FillGate, PagesMode};
 use crate::restore::process::{finish, prepare_with};
 use crate::restore::shmem::{self, SharedObjects};
+use crate::restore::RestoreOptions;
 
 /// The restorer's own fds live at or above [`private_fds`], never below this.
 pub const FIRST_PRIVATE_FD: RawFd = 900;
@@ -954,6 +955,7 @@ pub fn take_over(
     image: &LoadedImage,
     cgroup: &ContainerCgroup,
     report: &mut File,
+    how: RestoreOptions,
 ) -> Result<HashMap<i32, i32>> {
     let live: Vec<i32> = image
         .processes
@@ -1016,7 +1018,7 @@ pub fn take_over(
     let mut shared = SharedObjects::new(image, &host_pid);
     let rebuilt = shared
         .open_held()
-        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared));
+        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared, how.pages));
     shared.unlink_deleted();
     drop(shared);
     // Dropped once every process runs: the lazy page server's fill begins.
@@ -1032,6 +1034,12 @@ pub fn take_over(
     // still in a ptrace stop: it stops again before any of its code runs,
     // and SIGCONT resumes it.
     let mut first_error = None;
+    if how.frozen {
+        // Frozen before any task is let go: nothing runs until a thaw.
+        if let Err(e) = cgroup.freeze() {
+            first_error.get_or_insert(Error::from(e));
+        }
+    }
     for (pid, tracee, _) in &tracees {
         if let cr_formats::schema::TaskState::Stopped { signo } = image.processes[pid].process.state
         {
@@ -1094,6 +1102,7 @@ fn rebuild_all(
     image: &LoadedImage,
     tracees: &mut [(i32, Tracee, Vec<Tracee>)],
     shared: &mut SharedObjects<'_>,
+    mode: PagesMode,
 ) -> Result<Option<FillGate>> {
     let fail = |pid: i32, e: crate::restore::RestoreError| {
         let comm = image
@@ -1115,7 +1124,6 @@ fn rebuild_all(
         crate::restore::ipc::remove_destroyed(init.tgid().as_raw(), &image.ipc)?;
     }
     crate::restore::timing::mark("prepared");
-    let mode = PagesMode::from_env().map_err(Error::Invalid)?;
     let lazy = if lazy::usable(image, mode)? {
         let (store, maps) = lazy::load(image, &husks, shared, &fail)?;
         crate::restore::timing::mark("pages verified");
