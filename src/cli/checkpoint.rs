@@ -113,6 +113,7 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
             let opts = CheckpointOptions {
                 image_dir,
                 leave_running: args.leave_running,
+                keep_frozen: false,
                 compression: match args.compress {
                     Compress::None => cr_formats::Compression::None,
                     Compress::Zstd => cr_formats::Compression::Zstd { level: 1 },

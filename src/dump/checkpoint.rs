@@ -34,6 +34,10 @@ pub struct CheckpointOptions {
     pub image_dir: PathBuf,
     /// Thaw the container afterwards instead of stopping it.
     pub leave_running: bool,
+    /// Neither: keep it frozen (every task seized, its network locked) and
+    /// hand it to the caller as a [`FrozenContainer`]; see
+    /// [`checkpoint_frozen`]. Takes precedence over `leave_running`.
+    pub keep_frozen: bool,
     pub compression: Compression,
     /// Rounds of pre-copy before the freeze (`dump/precopy.rs`); 0 copies
     /// all memory in the frozen window.
@@ -304,6 +308,111 @@ fn survey_settled(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
 
 /// Checkpoints `container` into `opts.image_dir`.
 pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<CheckpointSummary> {
+    let opts = CheckpointOptions {
+        keep_frozen: false,
+        ..opts.clone()
+    };
+    run(container, &opts).map(|(summary, _)| summary)
+}
+
+/// Checkpoints `container` into `opts.image_dir` and leaves it frozen: the
+/// image is complete and durable, and the container is exactly as it was
+/// at the freeze, until the caller thaws it ([`FrozenContainer::thaw`]: it
+/// goes on as if nothing happened) or stops it
+/// ([`FrozenContainer::stop`]: as `cr checkpoint` without
+/// `--leave-running`). A migration's source holds it so until the
+/// destination runs the container. Dropped, it thaws.
+pub fn checkpoint_frozen(
+    container: &Container,
+    opts: &CheckpointOptions,
+) -> Result<(CheckpointSummary, FrozenContainer)> {
+    let opts = CheckpointOptions {
+        keep_frozen: true,
+        leave_running: false,
+        ..opts.clone()
+    };
+    let (summary, frozen) = run(container, &opts)?;
+    let frozen =
+        frozen.ok_or_else(|| Error::Invalid("the container was not kept frozen".into()))?;
+    Ok((summary, frozen))
+}
+
+/// A container left frozen by [`checkpoint_frozen`].
+pub struct FrozenContainer {
+    cgroup: ContainerCgroup,
+    tracees: Vec<Tracee>,
+    net: Option<inet::NetFreeze>,
+    precopy: Option<precopy::PreCopy>,
+    frozen_at: Instant,
+    done: bool,
+}
+
+impl std::fmt::Debug for FrozenContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenContainer")
+            .field("tasks", &self.tracees.len())
+            .field("frozen_for", &self.frozen_at.elapsed())
+            .finish()
+    }
+}
+
+impl FrozenContainer {
+    /// How long it has been frozen.
+    pub fn frozen_for(&self) -> Duration {
+        self.frozen_at.elapsed()
+    }
+
+    /// Lets it go on: the network lock lifted, every task detached, the
+    /// cgroup thawed.
+    pub fn thaw(mut self) -> Result<()> {
+        self.done = true;
+        let resumed = self.net.take().map(inet::NetFreeze::resume);
+        for t in std::mem::take(&mut self.tracees) {
+            let _ = t.detach();
+        }
+        let thawed = self.cgroup.thaw();
+        self.precopy.take();
+        if let Some(Err(e)) = resumed {
+            return Err(e);
+        }
+        thawed.map_err(Error::from)
+    }
+
+    /// Stops it for good (its image is what remains): every task killed,
+    /// its sockets closed without a word to their peers, the container
+    /// stopped.
+    pub fn stop(mut self, container: &Container) -> Result<()> {
+        self.done = true;
+        kill_traced(std::mem::take(&mut self.tracees));
+        if let Some(net) = self.net.take() {
+            net.close_silently();
+        }
+        self.precopy.take();
+        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
+            match container.status() {
+                Ok((Status::Stopped, _)) => Ok(()),
+                _ => Err(e),
+            }
+        })
+    }
+}
+
+impl Drop for FrozenContainer {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.net.take().map(inet::NetFreeze::resume);
+            for t in std::mem::take(&mut self.tracees) {
+                let _ = t.detach();
+            }
+            let _ = self.cgroup.thaw();
+        }
+    }
+}
+
+fn run(
+    container: &Container,
+    opts: &CheckpointOptions,
+) -> Result<(CheckpointSummary, Option<FrozenContainer>)> {
     container.require_running("checkpoint")?;
     if opts.image_dir.exists() {
         return Err(Error::Invalid(format!(
@@ -366,7 +475,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     drop(surveyed);
     let mut precopy = precopy;
     let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
-    if !opts.leave_running && precopy.is_some() {
+    if (!opts.leave_running || opts.keep_frozen) && precopy.is_some() {
         // The container will be stopped once its image is durable: what
         // the pre-copy wrote goes to disk now, not in the frozen window.
         let path = cr_formats::layout::pages_path(&partial);
@@ -415,7 +524,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         },
     )
     .and_then(|done| {
-        if !opts.leave_running {
+        if !opts.leave_running || opts.keep_frozen {
             let at = Instant::now();
             // The container is about to be stopped: make sure the image is
             // one `cr restore` can bring back, or keep the container.
@@ -442,7 +551,29 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         }
     };
     let frozen_ms;
-    if opts.leave_running {
+    let mut kept = None;
+    if opts.keep_frozen {
+        // The image must be complete and durable before anyone relies on it.
+        let synced = phases.time("page store written + image synced", || {
+            pending.wait().and_then(|()| sync_image(&partial))
+        });
+        if let Err(e) = synced {
+            drop(net);
+            drop(tracees);
+            let _ = cgroup.thaw();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        frozen_ms = ms(frozen_at.elapsed());
+        kept = Some(FrozenContainer {
+            cgroup: container.cgroup()?,
+            tracees,
+            net,
+            precopy,
+            frozen_at,
+            done: false,
+        });
+    } else if opts.leave_running {
         let resumed = phases.time("network resume", || net.take().map(inet::NetFreeze::resume));
         if let Some(Err(e)) = resumed {
             drop(tracees);
@@ -495,7 +626,7 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
     sync_image(&partial)?;
     fs::rename(&partial, &opts.image_dir).ctx("moving the image into place", &opts.image_dir)?;
     let bytes = dir_size(&opts.image_dir);
-    Ok(CheckpointSummary {
+    let summary = CheckpointSummary {
         image: opts.image_dir.clone(),
         frozen_ms,
         processes: tasks.0,
@@ -508,7 +639,8 @@ pub fn checkpoint(container: &Container, opts: &CheckpointOptions) -> Result<Che
         frozen_zero_pages: stats.1 - pre_copy_stats.as_ref().map_or(0, |p| p.zero_pages),
         pre_copy: pre_copy_stats,
         frozen_phases: phases.0,
-    })
+    };
+    Ok((summary, kept))
 }
 
 /// Where page-store bytes go while the container is frozen: a thread
