@@ -53,7 +53,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use crate::identity::{Fingerprint, Identity};
 use crate::protocol::{
     self, negotiate, Hello, HelloAck, HelloRefused, Message, MigrationId, ProtocolError,
-    StreamHeader, FRAME_HEADER_LEN, STREAM_HEADER_LEN, SUPPORTED,
+    StreamHeader, VersionRange, FRAME_HEADER_LEN, STREAM_HEADER_LEN, SUPPORTED,
 };
 use crate::trust::{Peer, TrustError, TrustStore};
 
@@ -408,6 +408,17 @@ impl Endpoint {
         &self,
         peer: &Peer,
     ) -> Result<(Session, ControlStream), ConnectError> {
+        self.connect_with_versions(peer, SUPPORTED).await
+    }
+
+    /// [`Endpoint::connect_peer`] offering `versions` instead of
+    /// [`SUPPORTED`] (compatibility tests, and a build that must stay on an
+    /// older version during a rolling upgrade).
+    pub async fn connect_with_versions(
+        &self,
+        peer: &Peer,
+        versions: VersionRange,
+    ) -> Result<(Session, ControlStream), ConnectError> {
         let address = resolve(peer).await?;
         let (config, offered) =
             self.client_config(peer.fingerprint)
@@ -468,28 +479,28 @@ impl Endpoint {
             ours: session.ours,
         };
         let hello = Message::Hello(Hello {
-            versions: SUPPORTED,
+            versions,
             host: host_name(),
         });
-        control.send_raw(SUPPORTED.max, &hello).await?;
+        control.send_raw(versions.max, &hello).await?;
         let protocol_err = |source| ConnectError::Protocol {
             peer: peer.name.clone(),
             source,
         };
         let version = match control.recv().await? {
             Message::HelloAck(HelloAck { version }) => {
-                if !SUPPORTED.contains(version) {
+                if !versions.contains(version) {
                     return Err(protocol_err(ProtocolError::UnsupportedVersion {
                         what: "HelloAck",
                         found: version,
-                        supported: SUPPORTED,
+                        supported: versions,
                     }));
                 }
                 version
             }
             Message::HelloRefused(HelloRefused { supported, reason }) => {
                 return Err(protocol_err(ProtocolError::Refused {
-                    ours: SUPPORTED,
+                    ours: versions,
                     theirs: supported,
                     reason,
                 }))
