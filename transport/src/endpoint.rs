@@ -660,7 +660,11 @@ impl IncomingSession {
 }
 
 /// An authenticated connection to a trusted peer, after version
-/// negotiation. Cheap to clone; every clone is the same connection.
+/// negotiation. Cheap to clone; every clone is the same connection. When
+/// the last clone and the last stream of it are dropped, quinn closes the
+/// connection at once and discards unsent data: keep a `Session` until the
+/// peer has answered (for a data stream, [`crate::BlockingSend::finish`]
+/// returns once the peer acknowledged every byte).
 #[derive(Clone)]
 pub struct Session {
     conn: quinn::Connection,

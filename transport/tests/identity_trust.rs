@@ -5,7 +5,9 @@ use std::sync::{Arc, Barrier};
 
 use cr_transport::identity::{CERT_FILE, IDENTITY_DIR, KEY_FILE};
 use cr_transport::trust::PEERS_FILE;
-use cr_transport::{Fingerprint, FingerprintError, Identity, IdentityError, Peer, TrustError, TrustStore};
+use cr_transport::{
+    Fingerprint, FingerprintError, Identity, IdentityError, Peer, TrustError, TrustStore,
+};
 
 const FP_A: &str = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const FP_B: &str = "sha256:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -19,7 +21,10 @@ fn fingerprint_round_trips() {
     let shown = id.fingerprint().to_string();
     assert_eq!(shown.len(), 7 + 64);
     assert_eq!(shown.parse::<Fingerprint>().unwrap(), id.fingerprint());
-    assert_eq!(id.fingerprint(), Fingerprint::of_certificate(id.certificate()));
+    assert_eq!(
+        id.fingerprint(),
+        Fingerprint::of_certificate(id.certificate())
+    );
 }
 
 #[test]
@@ -27,31 +32,53 @@ fn fingerprint_parsing_is_strict() {
     let hex = &FP_A[7..];
     assert_eq!(
         hex.parse::<Fingerprint>().unwrap_err(),
-        FingerprintError::MissingPrefix { input: hex.to_string() }
+        FingerprintError::MissingPrefix {
+            input: hex.to_string()
+        }
     );
     let upper = format!("sha256:{}", hex.to_uppercase());
     assert_eq!(
         upper.parse::<Fingerprint>().unwrap_err(),
-        FingerprintError::NotLowercaseHex { input: upper.clone(), position: 27, found: 'A' }
+        FingerprintError::NotLowercaseHex {
+            input: upper.clone(),
+            position: 27,
+            found: 'A'
+        }
     );
     let short = &FP_A[..FP_A.len() - 2];
     assert_eq!(
         short.parse::<Fingerprint>().unwrap_err(),
-        FingerprintError::Length { input: short.to_string(), len: 62 }
+        FingerprintError::Length {
+            input: short.to_string(),
+            len: 62
+        }
     );
     let long = format!("{FP_A}00");
     assert_eq!(
         long.parse::<Fingerprint>().unwrap_err(),
-        FingerprintError::Length { input: long.clone(), len: 66 }
+        FingerprintError::Length {
+            input: long.clone(),
+            len: 66
+        }
     );
     let colon = format!("{}:{}", &FP_A[..9], &FP_A[10..]);
     assert_eq!(
         colon.parse::<Fingerprint>().unwrap_err(),
-        FingerprintError::NotLowercaseHex { input: colon.clone(), position: 9, found: ':' }
+        FingerprintError::NotLowercaseHex {
+            input: colon.clone(),
+            position: 9,
+            found: ':'
+        }
     );
     let spaced = format!(" {FP_A}");
-    assert!(matches!(spaced.parse::<Fingerprint>(), Err(FingerprintError::MissingPrefix { .. })));
-    assert!(matches!("sha256:".parse::<Fingerprint>(), Err(FingerprintError::Length { len: 0, .. })));
+    assert!(matches!(
+        spaced.parse::<Fingerprint>(),
+        Err(FingerprintError::MissingPrefix { .. })
+    ));
+    assert!(matches!(
+        "sha256:".parse::<Fingerprint>(),
+        Err(FingerprintError::Length { len: 0, .. })
+    ));
 }
 
 #[test]
@@ -59,7 +86,10 @@ fn identity_is_created_once_and_reloaded_identical() {
     let root = tempfile::tempdir().unwrap();
     let first = Identity::load_or_create(root.path()).unwrap();
     let dir = root.path().join(IDENTITY_DIR);
-    let key_mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+    let key_mode = std::fs::metadata(dir.join(KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
@@ -76,7 +106,12 @@ fn identity_is_created_once_and_reloaded_identical() {
     assert_eq!(names, vec![IDENTITY_DIR.to_string()]);
     // A different root has a different identity.
     let other = tempfile::tempdir().unwrap();
-    assert_ne!(Identity::load_or_create(other.path()).unwrap().fingerprint(), first.fingerprint());
+    assert_ne!(
+        Identity::load_or_create(other.path())
+            .unwrap()
+            .fingerprint(),
+        first.fingerprint()
+    );
 }
 
 #[test]
@@ -97,7 +132,11 @@ fn concurrent_creation_yields_one_identity() {
         let fps: Vec<Fingerprint> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert!(fps.iter().all(|fp| *fp == fps[0]), "{fps:?}");
         assert_eq!(Identity::load(root.path()).unwrap().fingerprint(), fps[0]);
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "temp directories left behind");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "temp directories left behind"
+        );
     }
 }
 
@@ -113,7 +152,12 @@ fn concurrent_creation_across_processes_yields_one_identity() {
     let children: Vec<_> = (0..6)
         .map(|_| {
             std::process::Command::new(&exe)
-                .args(["--exact", "identity_race_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "identity_race_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("CR_IDENTITY_RACE_ROOT", root.path())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -125,7 +169,10 @@ fn concurrent_creation_across_processes_yields_one_identity() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
-        let line = text.lines().find_map(|l| l.split_once("FP ")).expect("child printed no fingerprint");
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("FP "))
+            .expect("child printed no fingerprint");
         fps.push(line.1.trim().parse::<Fingerprint>().unwrap());
     }
     assert!(fps.iter().all(|fp| *fp == fps[0]), "{fps:?}");
@@ -155,7 +202,9 @@ fn identity_refuses_readable_key_and_half_directory() {
     }
     std::fs::remove_file(root.path().join(IDENTITY_DIR).join(CERT_FILE)).unwrap();
     match Identity::load_or_create(root.path()) {
-        Err(IdentityError::Incomplete { present, missing, .. }) => {
+        Err(IdentityError::Incomplete {
+            present, missing, ..
+        }) => {
             assert_eq!(present, KEY_FILE);
             assert_eq!(missing, CERT_FILE);
         }
@@ -174,7 +223,10 @@ fn identity_refuses_key_of_another_certificate() {
         a.path().join(IDENTITY_DIR).join(CERT_FILE),
     )
     .unwrap();
-    assert!(matches!(Identity::load(a.path()), Err(IdentityError::KeyMismatch { .. })));
+    assert!(matches!(
+        Identity::load(a.path()),
+        Err(IdentityError::KeyMismatch { .. })
+    ));
 }
 
 fn peer(name: &str, address: &str, fp: &str) -> Peer {
@@ -191,8 +243,14 @@ fn trust_store_add_list_lookup_remove() {
     let names: Vec<&str> = store.peers().iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["host2", "host3"]);
     assert_eq!(store.by_name("host2").unwrap().address, "10.88.1.2:7447");
-    assert_eq!(store.by_fingerprint(&FP_B.parse().unwrap()).unwrap().name, "host3");
-    assert_eq!(store.by_name("host3").unwrap().host_port().unwrap(), ("fd00::3", 7447));
+    assert_eq!(
+        store.by_fingerprint(&FP_B.parse().unwrap()).unwrap().name,
+        "host3"
+    );
+    assert_eq!(
+        store.by_name("host3").unwrap().host_port().unwrap(),
+        ("fd00::3", 7447)
+    );
     assert!(store.by_name("host4").is_none());
     let text = std::fs::read_to_string(root.path().join(PEERS_FILE)).unwrap();
     assert!(text.contains("[[peer]]") && text.contains(FP_A), "{text}");
@@ -240,7 +298,11 @@ fn trust_store_concurrent_adds_keep_every_peer() {
             let root = root.path().to_path_buf();
             std::thread::spawn(move || {
                 let fp = Fingerprint::from_bytes([i as u8 + 1; 32]);
-                TrustStore::add_peer(&root, Peer::new(&format!("h{i}"), "10.0.0.1:1", fp).unwrap()).unwrap();
+                TrustStore::add_peer(
+                    &root,
+                    Peer::new(&format!("h{i}"), "10.0.0.1:1", fp).unwrap(),
+                )
+                .unwrap();
             })
         })
         .collect();
@@ -254,10 +316,31 @@ fn trust_store_concurrent_adds_keep_every_peer() {
 fn peer_names_and_addresses_are_checked() {
     let fp: Fingerprint = FP_A.parse().unwrap();
     for bad in ["", "../x", "a/b", "-x", ".x", "a b", &"x".repeat(65)] {
-        assert!(matches!(Peer::new(bad, "1.2.3.4:5", fp), Err(TrustError::InvalidName { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                Peer::new(bad, "1.2.3.4:5", fp),
+                Err(TrustError::InvalidName { .. })
+            ),
+            "{bad:?}"
+        );
     }
-    for bad in ["1.2.3.4", "1.2.3.4:0", "1.2.3.4:70000", ":7447", "fd00::1:7447", "[fd00::1:7447", "[zz]:1", "a b:1"] {
-        assert!(matches!(Peer::new("ok", bad, fp), Err(TrustError::InvalidAddress { .. })), "{bad:?}");
+    for bad in [
+        "1.2.3.4",
+        "1.2.3.4:0",
+        "1.2.3.4:70000",
+        ":7447",
+        "fd00::1:7447",
+        "[fd00::1:7447",
+        "[zz]:1",
+        "a b:1",
+    ] {
+        assert!(
+            matches!(
+                Peer::new("ok", bad, fp),
+                Err(TrustError::InvalidAddress { .. })
+            ),
+            "{bad:?}"
+        );
     }
     for good in ["1.2.3.4:7447", "host2.lan:1", "[::1]:7447"] {
         Peer::new("ok", good, fp).unwrap();
@@ -269,8 +352,15 @@ fn hand_edited_store_with_errors_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join(PEERS_FILE);
     std::fs::write(&path, format!("[[peer]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\nfingerprint = \"{FP_A}\"\n[[peer]]\nname = \"a\"\naddress = \"1.2.3.4:2\"\nfingerprint = \"{FP_B}\"\n")).unwrap();
-    assert!(matches!(TrustStore::load(root.path()), Err(TrustError::Parse { .. })));
-    std::fs::write(&path, "[[peer]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\nfingerprint = \"sha256:zz\"\n").unwrap();
+    assert!(matches!(
+        TrustStore::load(root.path()),
+        Err(TrustError::Parse { .. })
+    ));
+    std::fs::write(
+        &path,
+        "[[peer]]\nname = \"a\"\naddress = \"1.2.3.4:1\"\nfingerprint = \"sha256:zz\"\n",
+    )
+    .unwrap();
     let err = TrustStore::load(root.path()).unwrap_err();
     assert!(err.to_string().contains("sha256:zz"), "{err}");
 }
