@@ -12,6 +12,7 @@
 //!
 //! Later stages (freeze, dump, restore, migrate, agent) plug in beside these.
 
+pub mod agent;
 pub mod cli;
 pub mod clone3;
 pub mod container;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod inject;
+pub mod migrate;
 pub mod netlock;
 pub mod restore;
 pub mod size;

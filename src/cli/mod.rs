@@ -8,6 +8,7 @@ mod image;
 mod inspect;
 mod list;
 mod logs;
+mod migrate;
 mod run;
 mod stop;
 
@@ -70,6 +71,15 @@ pub enum Command {
     Supervise(SuperviseArgs),
     /// Rebuild a container from a checkpoint image and resume it.
     Restore(RestoreArgs),
+    /// Print this host's identity (the fingerprint peers pin).
+    Identity(migrate::IdentityArgs),
+    /// Manage the hosts this one trusts for migrations.
+    #[command(subcommand)]
+    Peer(migrate::PeerCommand),
+    /// Accept migrations from trusted peers (the agent; runs in the foreground).
+    Serve(migrate::ServeArgs),
+    /// Move a running container to a trusted peer.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +158,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 &host, &args.name, restore,
             )?)
         }
+        Command::Identity(args) => migrate::identity(&host, args),
+        Command::Peer(cmd) => migrate::peer(&host, cmd),
+        Command::Serve(args) => migrate::serve(&host, args),
+        Command::Migrate(args) => migrate::run(&host, args),
         Command::Restore(args) => {
             let how = crate::restore::RestoreOptions {
                 pages: args.pages.into(),

@@ -622,3 +622,102 @@ mod tests {
         assert_eq!(m[0] & 0x03, 0x02);
     }
 }
+
+/// Tells the LAN where the container's address lives now: two gratuitous
+/// ARP replies (a broadcast frame from its MAC, sender and target its own
+/// address) sent from `eth0` inside its network namespace, so bridges and
+/// switches learn the port and neighbours update their caches. A migrated
+/// container keeps its IP and MAC; without this, frames for it would go to
+/// the host it left until the bridges' entries age out.
+pub fn announce(container: &crate::container::Container, net: &NetConfig) -> Result<(), NetworkError> {
+    let pid = match container.status() {
+        Ok((_, Some(pid))) => pid,
+        _ => {
+            return Err(NetworkError::Namespace {
+                what: "finding PID 1 to announce the address",
+                pid: Pid::from_raw(0),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })
+        }
+    };
+    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetworkError::Namespace {
+        what: "opening the network namespace",
+        pid,
+        source,
+    })?;
+    let mac = net.mac.0;
+    let ip = net.address.addr.octets();
+    // A thread of its own: setns changes only the calling thread.
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), NetworkError> {
+            let guard = NetnsGuard::enter(&ns, pid)?;
+            let sent = send_gratuitous_arp(&mac, &ip);
+            guard.leave()?;
+            sent.map_err(|source| NetworkError::Namespace {
+                what: "sending a gratuitous ARP from the namespace",
+                pid,
+                source,
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetworkError::Namespace {
+                what: "announcing the address (the thread panicked)",
+                pid,
+                source: io::Error::other("panic"),
+            })
+        })
+    })
+}
+
+/// Two ARP replies from `eth0` of the calling thread's namespace.
+fn send_gratuitous_arp(mac: &[u8; 6], ip: &[u8; 4]) -> io::Result<()> {
+    const ETH_P_ARP: u16 = 0x0806;
+    let name = std::ffi::CString::new(CONTAINER_IFNAME).map_err(io::Error::other)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket() takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ARP.to_be())) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket() returned a new fd that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(mac);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]); // Ethernet, IPv4, reply
+    frame.extend_from_slice(mac);
+    frame.extend_from_slice(ip);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(ip);
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = ETH_P_ARP.to_be();
+    to.sll_ifindex = index as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    for _ in 0..2 {
+        // SAFETY: sendto reads `frame` and the sockaddr_ll we own, with
+        // their lengths.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

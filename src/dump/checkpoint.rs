@@ -378,6 +378,23 @@ impl FrozenContainer {
         thawed.map_err(Error::from)
     }
 
+    /// Leaves it frozen without a holder: the cgroup freezer holds every
+    /// task and the network stays locked after this process exits (a
+    /// migration in doubt: it may run on the other host). `cr thaw` lets
+    /// it go on.
+    pub fn hold(mut self) -> Result<()> {
+        self.done = true;
+        self.cgroup.freeze()?;
+        for t in std::mem::take(&mut self.tracees) {
+            let _ = t.detach();
+        }
+        self.precopy.take();
+        match self.net.take() {
+            Some(net) => net.keep_locked(),
+            None => Ok(()),
+        }
+    }
+
     /// Stops it for good (its image is what remains): every task killed,
     /// its sockets closed without a word to their peers, the container
     /// stopped.

@@ -519,7 +519,17 @@ impl NetFreeze {
         self.resume_inner()
     }
 
-    fn resume_inner(&mut self) -> crate::Result<()> {
+    /// Takes every connection out of repair mode but leaves the network
+    /// locked (its rules stay in the namespace after this process exits):
+    /// for a container held frozen whose fate is decided later.
+    pub fn keep_locked(mut self) -> crate::Result<()> {
+        let left = self.leave_repair();
+        // Dropped without unlocking: the rules stay.
+        self.lock = None;
+        left.map_or(Ok(()), Err)
+    }
+
+    fn leave_repair(&mut self) -> Option<crate::Error> {
         let mut first = None;
         for (sock, reuse) in self.repaired.drain(..) {
             let s = sock.as_raw_fd();
@@ -531,6 +541,11 @@ impl NetFreeze {
                 )));
             }
         }
+        first
+    }
+
+    fn resume_inner(&mut self) -> crate::Result<()> {
+        let mut first = self.leave_repair();
         if let Some(lock) = self.lock.take() {
             if let Err(e) = lock.unlock() {
                 first.get_or_insert(e.into());

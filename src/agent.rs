@@ -1,0 +1,76 @@
+//! `cr serve`: the agent on every host that accepts migrations. It listens
+//! for QUIC sessions from trusted peers (`cr peer add`), serves each on a
+//! thread of its own (a migration, or a source's `Query` about one), and
+//! logs every migration's phases to its standard error.
+//!
+//! ```text
+//!  accept loop (tokio) ── incoming ──▶ task: handshake (pinned mutual TLS),
+//!                                      version ──▶ blocking thread:
+//!                                      migrate::destination::serve_session
+//! ```
+//!
+//! Several migrations run at once without sharing anything but the
+//! outcome table: each has its own migration id, staging directory,
+//! container and streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cr_transport::{Endpoint, Identity, TrustStore, Tuning};
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::migrate::destination::{serve_session, Outcomes};
+
+/// The port `cr serve` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7433;
+
+/// Runs the agent until the process is stopped.
+pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
+    let identity = Identity::load_or_create(host.root())
+        .map_err(|e| Error::Invalid(format!("this host's identity: {e}")))?;
+    let trust = TrustStore::load(host.root()).map_err(|e| Error::Invalid(e.to_string()))?;
+    let rt = crate::migrate::runtime()?;
+    let endpoint = {
+        let _guard = rt.enter();
+        Endpoint::listen(listen, &identity, trust, Tuning::default())
+            .map_err(|e| Error::Invalid(format!("listening on {listen}: {e}")))?
+    };
+    let bound = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    eprintln!(
+        "cr serve: listening on {bound} as {} (root {})",
+        identity.fingerprint(),
+        host.root().display()
+    );
+    let outcomes: Outcomes = Arc::default();
+    let handle = rt.handle().clone();
+    rt.block_on(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let remote = incoming.remote_address();
+            // The trust store as it is now: peers added since the start count.
+            match TrustStore::load(host.root()) {
+                Ok(trust) => endpoint.set_trust(trust),
+                Err(e) => eprintln!("cr serve: reading the trusted peers: {e}"),
+            }
+            let (host, outcomes, handle) = (host.clone(), outcomes.clone(), handle.clone());
+            tokio::spawn(async move {
+                match incoming.establish().await {
+                    Ok((session, control)) => {
+                        let peer = session.peer().name.clone();
+                        let served = tokio::task::spawn_blocking(move || {
+                            serve_session(&host, &handle, session, control, &outcomes)
+                        })
+                        .await;
+                        match served {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => eprintln!("cr serve: session with {peer}: {e}"),
+                            Err(e) => eprintln!("cr serve: session with {peer} panicked: {e}"),
+                        }
+                    }
+                    Err(e) => eprintln!("cr serve: refused {remote}: {e}"),
+                }
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The destination side of a migration, run by `cr serve` for each
+//! session (see [`crate::migrate`] and `docs/migration-protocol.md`, the
+//! destination's state machine).
+//!
+//! Nothing of the stream is trusted: the offered configuration is parsed
+//! and checked here (name, image present, address free), every stream is
+//! capped and lands in a tmpfs staging directory of the migration's own,
+//! the files archive may not leave it, and the image is read by the same
+//! verifying decoders as `cr restore`. The container is restored frozen and
+//! thawed only on the source's `Resume`; any failure before that removes
+//! everything that was built.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cr_transport::protocol::{Failed, MigrationRef, Outcome, OutcomeState, Phase};
+use cr_transport::{ControlStream, Message, MigrationId, Session};
+use tokio::runtime::Handle;
+
+use crate::container::config::ContainerConfig;
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::host::{validate_name, Host};
+use crate::image::store::ImageStore;
+use crate::migrate::{receive_image, staging_size, Control, Staging, STREAMS};
+use crate::restore::{PagesMode, RestoreOptions};
+
+/// What this agent knows of the migrations it took part in (for `Query`).
+pub type Outcomes = Arc<Mutex<HashMap<MigrationId, OutcomeState>>>;
+
+fn set(outcomes: &Outcomes, id: MigrationId, state: OutcomeState) {
+    if let Ok(mut o) = outcomes.lock() {
+        o.insert(id, state);
+    }
+}
+
+/// Serves one session: a migration (Offer ...) or a `Query`.
+pub fn serve_session(
+    host: &Host,
+    rt: &Handle,
+    session: Session,
+    control: ControlStream,
+    outcomes: &Outcomes,
+) -> Result<()> {
+    let peer = session.peer().name.clone();
+    let mut control = Control::new(rt, control);
+    let first = control.recv(Duration::from_secs(30), "Offer or Query")?;
+    let offer = match first {
+        Message::Query(q) => {
+            let state = outcomes
+                .lock()
+                .ok()
+                .and_then(|o| o.get(&q.migration).copied())
+                .unwrap_or(OutcomeState::Unknown);
+            return control.send(&Message::Outcome(Outcome {
+                migration: q.migration,
+                state,
+            }));
+        }
+        Message::Offer(offer) => offer,
+        other => {
+            return Err(Error::Invalid(format!(
+                "{peer} sent {} before an Offer",
+                other.name()
+            )))
+        }
+    };
+    let id = offer.migration;
+    let started = Instant::now();
+    eprintln!("migration {id}: {peer} offers container {}", offer.container);
+    let fail = |control: &mut Control, phase: Phase, e: Error| -> Error {
+        let _ = control.send(&Message::Failed(Failed {
+            migration: id,
+            phase,
+            reason: e.to_string(),
+        }));
+        set(outcomes, id, OutcomeState::Failed);
+        eprintln!("migration {id}: failed in {phase:?}: {e}");
+        e
+    };
+    let config = match check_offer(host, &offer) {
+        Ok(c) => c,
+        Err(e) => return Err(fail(&mut control, Phase::Offer, e)),
+    };
+    set(outcomes, id, OutcomeState::InProgress);
+    control.send(&Message::Accept(MigrationRef { migration: id }))?;
+
+    // The source pre-copies and checkpoints before it opens the streams.
+    let open = match control.recv(Duration::from_secs(600), "StreamsOpen") {
+        Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == STREAMS => o,
+        Ok(Message::Abort(a)) => {
+            set(outcomes, id, OutcomeState::Failed);
+            return Err(Error::Invalid(format!("{peer} aborted: {}", a.reason)));
+        }
+        Ok(other) => {
+            let e = Error::Invalid(format!("{peer} sent {} for StreamsOpen", other.name()));
+            return Err(fail(&mut control, Phase::Transfer, e));
+        }
+        Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
+    };
+    let _ = open;
+    let size = staging_size(offer.sizes.memory, offer.sizes.files);
+    let staging = match Staging::create(host, &id, size) {
+        Ok(s) => s,
+        Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
+    };
+    let received = receive_image(rt, &session, id, &staging.image_dir(), size)
+        .and_then(|totals| match control.recv(Duration::from_secs(60), "Committed")? {
+            Message::Committed(c) if c.migration == id => {
+                for t in &c.streams {
+                    if !totals.contains(t) {
+                        return Err(Error::Invalid(format!(
+                            "{peer} says its {:?} stream carried {} bytes, {} arrived",
+                            t.kind,
+                            t.bytes,
+                            totals
+                                .iter()
+                                .find(|x| x.kind == t.kind && x.index == t.index)
+                                .map_or(0, |x| x.bytes)
+                        )));
+                    }
+                }
+                Ok(totals.iter().map(|t| t.bytes).sum::<u64>())
+            }
+            Message::Abort(a) => Err(Error::Invalid(format!("{peer} aborted: {}", a.reason))),
+            other => Err(Error::Invalid(format!(
+                "{peer} sent {} for Committed",
+                other.name()
+            ))),
+        });
+    let bytes = match received {
+        Ok(b) => b,
+        Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
+    };
+    let transferred = started.elapsed();
+
+    let how = RestoreOptions {
+        pages: PagesMode::Lazy,
+        frozen: true,
+    };
+    let name = config.name.clone();
+    if let Err(e) =
+        crate::restore::container::restore(host, &name, Some(&staging.image_dir()), how)
+    {
+        return Err(fail(&mut control, Phase::Restore, e));
+    }
+    control.send(&Message::Restored(MigrationRef { migration: id }))?;
+    let restored = started.elapsed();
+
+    // Nothing runs here before the source says so.
+    let go = control.recv(Duration::from_secs(60), "Resume");
+    let container = Container::open(host, &name)?;
+    match go {
+        Ok(Message::Resume(r)) if r.migration == id => {}
+        other => {
+            let why = match other {
+                Ok(Message::Abort(a)) => format!("{peer} aborted: {}", a.reason),
+                Ok(m) => format!("{peer} sent {} for Resume", m.name()),
+                Err(e) => e.to_string(),
+            };
+            let _ = crate::container::destroy::destroy(&container, Duration::ZERO);
+            set(outcomes, id, OutcomeState::Failed);
+            eprintln!("migration {id}: no Resume ({why}); {name} removed");
+            return Err(Error::Invalid(why));
+        }
+    }
+    if let Err(e) = crate::container::freeze::thaw(&container) {
+        let _ = crate::container::destroy::destroy(&container, Duration::ZERO);
+        return Err(fail(&mut control, Phase::Resume, e));
+    }
+    set(outcomes, id, OutcomeState::Resumed);
+    if let Some(net) = &config.network {
+        if let Err(e) = crate::container::network::announce(&container, net) {
+            eprintln!("migration {id}: announcing {}: {e}", net.address.addr);
+        }
+    }
+    let _ = control.send(&Message::Resumed(MigrationRef { migration: id }));
+    eprintln!(
+        "migration {id}: {name} from {peer} runs here: {bytes} bytes received in {:.0} ms, \
+         restored at {:.0} ms, resumed at {:.0} ms",
+        transferred.as_secs_f64() * 1e3,
+        restored.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    // Confirm is a courtesy: the container runs here either way.
+    let _ = control.recv(Duration::from_secs(30), "Confirm");
+    drop(staging);
+    Ok(())
+}
+
+/// The offered container, checked against this host before anything is
+/// accepted.
+fn check_offer(host: &Host, offer: &cr_transport::protocol::Offer) -> Result<ContainerConfig> {
+    validate_name("container", &offer.container)?;
+    let text = std::str::from_utf8(&offer.config)
+        .map_err(|_| Error::Invalid("the offered config is not UTF-8".into()))?;
+    let config: ContainerConfig = toml::from_str(text)
+        .map_err(|e| Error::Invalid(format!("the offered config does not parse: {e}")))?;
+    if config.name != offer.container {
+        return Err(Error::Invalid(format!(
+            "the offered config names container {:?}, the offer {:?}",
+            config.name, offer.container
+        )));
+    }
+    if host.container_dir(&config.name).exists() {
+        return Err(Error::Invalid(format!(
+            "a container named {:?} exists on this host already",
+            config.name
+        )));
+    }
+    if !ImageStore::new(host.images_dir()).exists(&config.image) {
+        return Err(Error::Invalid(format!(
+            "image {:?} is not on this host (import or build it here first)",
+            config.image
+        )));
+    }
+    if let Some(net) = &config.network {
+        crate::container::create::check_address_free(host, net.address)?;
+    }
+    Ok(config)
+}

@@ -1,0 +1,351 @@
+//! `cr migrate NAME PEER`: the source side of a migration (stop-and-copy).
+//! See the module documentation of [`crate::migrate`] and
+//! `docs/migration-protocol.md` (the source's state machine).
+//!
+//! The container is frozen from the checkpoint until the destination says
+//! it resumed. Every failure before `Resume` was sent thaws it here
+//! ([`FrozenContainer`] thaws when dropped); once `Resume` was sent, a lost
+//! answer is resolved by asking the destination (`Query`), and when that
+//! is impossible the container is left frozen (cgroup freezer, network
+//! locked) rather than risk it running on both hosts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cr_transport::protocol::{
+    Abort, ImageSizes, MigrationRef, Offer, OutcomeState, Phase, TransferMode,
+};
+use cr_transport::{Endpoint, Identity, Message, MigrationId, TrustStore, Tuning};
+use serde::Serialize;
+
+use crate::container::Container;
+use crate::dump::checkpoint::{checkpoint_frozen, CheckpointOptions, FrozenContainer};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::migrate::{runtime, send_image, staging_size, Control, Staging};
+
+/// Set by SIGINT/SIGTERM while a migration runs: it aborts at the next
+/// step that can still be undone.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// How `cr migrate` runs.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Pre-copy rounds before the freeze (0: everything while frozen).
+    pub pre_copy_rounds: u32,
+    /// How long the destination may take to restore.
+    pub restore_timeout: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            pre_copy_rounds: 2,
+            restore_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a finished migration reports (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationReport {
+    pub container: String,
+    pub peer: String,
+    pub migration: String,
+    /// Every phase in order with its duration.
+    pub phases: Vec<(String, f64)>,
+    /// From the freeze until the destination said it resumed.
+    pub frozen_ms: f64,
+    pub total_ms: f64,
+    /// Bytes sent on the data streams.
+    pub bytes: u64,
+    /// Bytes per second over the transfer phase.
+    pub transfer_bytes_per_s: f64,
+}
+
+struct Phases {
+    start: Instant,
+    last: Instant,
+    list: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let now = Instant::now();
+        Phases {
+            start: now,
+            last: now,
+            list: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, name: &str) -> f64 {
+        let now = Instant::now();
+        let ms = now.duration_since(self.last).as_secs_f64() * 1e3;
+        self.list.push((name.to_string(), ms));
+        self.last = now;
+        ms
+    }
+}
+
+fn check_interrupted(what: &str) -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(Error::Invalid(format!("interrupted {what}")));
+    }
+    Ok(())
+}
+
+/// Migrates container `name` to the trusted peer `peer`.
+pub fn migrate(
+    host: &Host,
+    name: &str,
+    peer: &str,
+    opts: &MigrateOptions,
+) -> Result<MigrationReport> {
+    let container = Container::open(host, name)?;
+    container.require_running("migrate")?;
+    let identity = Identity::load_or_create(host.root())
+        .map_err(|e| Error::Invalid(format!("this host's identity: {e}")))?;
+    let trust = TrustStore::load(host.root()).map_err(|e| Error::Invalid(e.to_string()))?;
+    trust
+        .get(peer)
+        .map_err(|e| Error::Invalid(format!("{e} (add it with `cr peer add`)")))?;
+    let rt = runtime()?;
+    let endpoint = {
+        let _guard = rt.enter();
+        Endpoint::client(
+            std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            &identity,
+            trust,
+            Tuning::default(),
+        )
+        .map_err(|e| Error::Invalid(format!("opening a QUIC endpoint: {e}")))?
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal
+    // safe.
+    unsafe {
+        let handler = nix::sys::signal::SigHandler::Handler(on_signal);
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, handler);
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, handler);
+    }
+    let mut phases = Phases::new();
+    let (session, control) = rt
+        .block_on(endpoint.connect(peer))
+        .map_err(|e| Error::Invalid(format!("connecting to {peer}: {e}")))?;
+    let mut control = Control::new(rt.handle(), control);
+    phases.end("connect");
+
+    let id = MigrationId::random()
+        .map_err(|_| Error::Invalid("no random bytes for a migration id".into()))?;
+    let config = std::fs::read(container.dir.join("config.toml"))
+        .map_err(|e| Error::io("reading", container.dir.join("config.toml"), e))?;
+    let sizes = ImageSizes {
+        memory: memory_of(&container)?,
+        disk: 0,
+        files: crate::dump::checkpoint::dir_size(&container.dir.join("upper")),
+    };
+    control.send(&Message::Offer(Offer {
+        migration: id,
+        container: name.to_string(),
+        config,
+        sizes,
+        layer: None,
+        mode: TransferMode::StopAndCopy,
+    }))?;
+    match control.recv(Duration::from_secs(30), "Accept")? {
+        Message::Accept(r) if r.migration == id => {}
+        Message::Failed(f) => {
+            return Err(Error::Invalid(format!(
+                "{peer} refused {name}: {}",
+                f.reason
+            )))
+        }
+        other => return Err(unexpected(peer, "Accept", &other)),
+    }
+    phases.end("offer");
+    check_interrupted("before the checkpoint; nothing was frozen")?;
+
+    let staging = Staging::create(host, &id, staging_size(sizes.memory, sizes.files))?;
+    let ckpt = CheckpointOptions {
+        image_dir: staging.image_dir(),
+        leave_running: false,
+        keep_frozen: true,
+        compression: cr_formats::Compression::None,
+        pre_copy_rounds: opts.pre_copy_rounds,
+    };
+    let abort = |control: &mut Control, reason: String| {
+        let _ = control.send(&Message::Abort(Abort {
+            migration: id,
+            reason: reason.clone(),
+        }));
+    };
+    let (summary, frozen) = match checkpoint_frozen(&container, &ckpt) {
+        Ok(done) => done,
+        Err(e) => {
+            abort(&mut control, format!("checkpoint failed: {e}"));
+            return Err(e);
+        }
+    };
+    phases.end("checkpoint");
+
+    // Until Resume is sent every error thaws the container (dropping
+    // `frozen` thaws it).
+    let sent = (|| -> Result<u64> {
+        check_interrupted("during the transfer; the container runs here again")?;
+        control.send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
+            migration: id,
+            streams: crate::migrate::STREAMS.to_vec(),
+        }))?;
+        let committed = send_image(rt.handle(), &session, id, &staging.image_dir())?;
+        let bytes = committed.streams.iter().map(|s| s.bytes).sum();
+        control.send(&Message::Committed(committed))?;
+        Ok(bytes)
+    })();
+    let bytes = match sent {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            abort(&mut control, e.to_string());
+            frozen.thaw()?;
+            return Err(e);
+        }
+    };
+    let transfer_ms = phases.end("transfer");
+    let restored = (|| -> Result<()> {
+        match control.recv(opts.restore_timeout, "Restored")? {
+            Message::Restored(r) if r.migration == id => Ok(()),
+            Message::Failed(f) => Err(Error::Invalid(format!(
+                "{peer} could not restore {name} ({:?}): {}",
+                f.phase, f.reason
+            ))),
+            other => Err(unexpected(peer, "Restored", &other)),
+        }?;
+        check_interrupted("before the resume; the container runs here again")
+    })();
+    if let Err(e) = restored {
+        abort(&mut control, e.to_string());
+        frozen.thaw()?;
+        return Err(e);
+    }
+    phases.end("remote restore");
+
+    // The point of no return: from here the destination may run it.
+    let resumed = control
+        .send(&Message::Resume(MigrationRef { migration: id }))
+        .and_then(|()| match control.recv(Duration::from_secs(30), "Resumed")? {
+            Message::Resumed(r) if r.migration == id => Ok(true),
+            Message::Failed(f) if f.phase == Phase::Resume => Ok(false),
+            other => Err(unexpected(peer, "Resumed", &other)),
+        });
+    let resumed = match resumed {
+        Ok(r) => r,
+        Err(e) => match query(&rt, &endpoint, peer, id) {
+            Some(OutcomeState::Resumed) => true,
+            Some(OutcomeState::Failed) | Some(OutcomeState::Unknown) => false,
+            Some(OutcomeState::InProgress) | None => {
+                frozen.hold()?;
+                return Err(Error::Invalid(format!(
+                    "{name} may be running on {peer} now: the answer to Resume was lost ({e}) \
+                     and {peer} cannot be asked; {name} stays frozen here (network locked). \
+                     Check on {peer} with `cr status {name}`; if it runs there, \
+                     `cr destroy {name}` here, else `cr thaw {name}` here"
+                )));
+            }
+        },
+    };
+    if !resumed {
+        frozen.thaw()?;
+        return Err(Error::Invalid(format!(
+            "{peer} could not resume {name}; it runs here again"
+        )));
+    }
+    let frozen_ms = frozen.frozen_for().as_secs_f64() * 1e3;
+    phases.end("resume");
+    finish_here(&container, frozen)?;
+    let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
+    phases.end("destroy here");
+    drop(staging);
+    session.close(0, "done");
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    });
+    let _ = summary;
+    Ok(MigrationReport {
+        container: name.to_string(),
+        peer: peer.to_string(),
+        migration: id.to_string(),
+        frozen_ms,
+        total_ms: phases.start.elapsed().as_secs_f64() * 1e3,
+        bytes,
+        transfer_bytes_per_s: bytes as f64 / (transfer_ms / 1e3).max(1e-9),
+        phases: phases.list,
+    })
+}
+
+/// The container runs on the peer: its frozen copy here is stopped and
+/// removed (its checkpoints, if any, stay).
+fn finish_here(container: &Container, frozen: FrozenContainer) -> Result<()> {
+    frozen.stop(container)?;
+    crate::container::destroy::destroy(container, Duration::ZERO)
+}
+
+/// Asks the destination, on a new connection, what became of `id`.
+fn query(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &Endpoint,
+    peer: &str,
+    id: MigrationId,
+) -> Option<OutcomeState> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok((_session, control)) = rt.block_on(endpoint.connect(peer)) {
+            let mut control = Control::new(rt.handle(), control);
+            if control
+                .send(&Message::Query(MigrationRef { migration: id }))
+                .is_ok()
+            {
+                if let Ok(Message::Outcome(o)) = control.recv(Duration::from_secs(5), "Outcome") {
+                    if o.migration == id {
+                        return Some(o.state);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+fn unexpected(peer: &str, expected: &str, got: &Message) -> Error {
+    match got {
+        Message::Failed(f) => Error::Invalid(format!(
+            "{peer} failed the migration ({:?}): {}",
+            f.phase, f.reason
+        )),
+        other => Error::Invalid(format!(
+            "{peer} sent {} where {expected} was expected",
+            other.name()
+        )),
+    }
+}
+
+/// Resident memory of the container's processes (an estimate of its
+/// image), in bytes.
+fn memory_of(container: &Container) -> Result<u64> {
+    let mut total = 0u64;
+    for pid in container.cgroup()?.pids()? {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            total += kb * 1024;
+        }
+    }
+    Ok(total)
+}
