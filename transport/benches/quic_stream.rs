@@ -245,6 +245,12 @@ fn main() {
         ..Tuning::default()
     };
     let jumbo = Tuning::default();
+    let medium = Tuning {
+        stream_receive_window: 16 << 20,
+        receive_window: 64 << 20,
+        send_window: 64 << 20,
+        ..Tuning::default()
+    };
     let small = Tuning {
         stream_receive_window: 1 << 20,
         receive_window: 4 << 20,
@@ -259,6 +265,7 @@ fn main() {
         ("quic bare, 1 stream, default", 1, jumbo.clone(), false),
         ("quic blocking, 1 stream, default", 1, jumbo.clone(), true),
         ("quic blocking, 3 streams, default", 3, jumbo, true),
+        ("quic blocking, 1 stream, 16 MiB windows", 1, medium, true),
         ("quic blocking, 1 stream, 1 MiB windows", 1, small, true),
     ] {
         if only.as_deref().is_some_and(|o| !label.contains(o)) {
