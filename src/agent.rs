@@ -23,7 +23,7 @@ use crate::host::Host;
 use crate::migrate::destination::{serve_session, Outcomes};
 
 /// The port `cr serve` listens on unless told otherwise.
-pub const DEFAULT_PORT: u16 = 7433;
+pub const DEFAULT_PORT: u16 = cr_transport::endpoint::DEFAULT_PORT;
 
 /// Runs the agent until the process is stopped.
 pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {

@@ -1015,12 +1015,14 @@ fn host_name() -> String {
     }
     let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..len]).into_owned();
-    let name: String = name
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(protocol::MAX_HOST)
-        .collect();
-    name
+    let mut out = String::new();
+    for c in name.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > protocol::MAX_HOST {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn transport_config(tuning: &Tuning) -> Result<quinn::TransportConfig, EndpointError> {

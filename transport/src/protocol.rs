@@ -46,6 +46,18 @@
 //!   Running  --connection lost--> keeps running, remembers Outcome for Query
 //! ```
 //!
+//! # The source's state machine
+//!
+//! ```text
+//!   Connecting --HelloAck--> Negotiated --Accept--> Offered --(layer)--> Freezing
+//!   Freezing --frozen--> Sending --every stream finished--> Committed
+//!   Committed --Restored--> Resuming (Resume sent) --Resumed--> Destroying --Confirm--> Done
+//!
+//!   any state before Resuming --Failed | connection lost | error | Ctrl-C (Abort)--> Thaw
+//!   Resuming --connection lost--> InDoubt: stay frozen, reconnect, Query {id}
+//!   InDoubt --Outcome Resumed--> Destroying;  --Outcome Failed | Unknown--> Thaw
+//! ```
+//!
 //! # Versions
 //!
 //! A build supports [`SUPPORTED`]: the current [`PROTOCOL_VERSION`] and the
