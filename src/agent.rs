@@ -30,6 +30,9 @@ pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
     let identity = Identity::load_or_create(host.root())
         .map_err(|e| Error::Invalid(format!("this host's identity: {e}")))?;
     let trust = TrustStore::load(host.root()).map_err(|e| Error::Invalid(e.to_string()))?;
+    for line in crate::migrate::recover(host) {
+        eprintln!("cr serve: {line}");
+    }
     let rt = crate::migrate::runtime()?;
     let endpoint = {
         let _guard = rt.enter();

@@ -88,6 +88,17 @@ impl NetLock {
         Ok(lock)
     }
 
+    /// The lock a process that is gone left on the network namespace of
+    /// host process `pid`, to lift it ([`NetLock::unlock`] of a namespace
+    /// that is not locked changes nothing).
+    pub fn left_on(pid: i32) -> Result<NetLock, NetLockError> {
+        let netns = File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|source| NetLockError::Netns { pid, source })?;
+        Ok(NetLock {
+            netns: netns.into(),
+        })
+    }
+
     /// Lifts the lock in both families (both are tried even if one fails).
     pub fn unlock(self) -> Result<(), NetLockError> {
         let mut first = Ok(());

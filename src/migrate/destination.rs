@@ -23,11 +23,30 @@ use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::host::{validate_name, Host};
 use crate::image::store::ImageStore;
-use crate::migrate::{receive_image, staging_size, Control, Staging, STREAMS};
+use crate::migrate::{receive_image, staging_size, Control, Record, Role, Staging, STREAMS};
 use crate::restore::{PagesMode, RestoreOptions};
 
 /// What this agent knows of the migrations it took part in (for `Query`).
 pub type Outcomes = Arc<Mutex<HashMap<MigrationId, OutcomeState>>>;
+
+/// Fault injection for tests of the failure paths
+/// (`docs/migration-protocol.md`, section 7): `CR_MIGRATE_FAULT=PHASE` in
+/// `cr serve`'s environment makes that phase of every migration fail here
+/// as a real error there would: `transfer` (the streams arrived but are
+/// refused), `restore` (the restore fails), `resume` (the thaw fails) or
+/// `crash` (the agent dies right after the restore, before `Resume`).
+fn fault(phase: &str) -> Result<()> {
+    match std::env::var("CR_MIGRATE_FAULT") {
+        Ok(p) if p == phase && phase == "crash" => {
+            eprintln!("cr serve: CR_MIGRATE_FAULT=crash: exiting after the restore");
+            std::process::exit(70)
+        }
+        Ok(p) if p == phase => Err(Error::Invalid(format!(
+            "fault injected in the {phase} phase (CR_MIGRATE_FAULT)"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 fn set(outcomes: &Outcomes, id: MigrationId, state: OutcomeState) {
     if let Ok(mut o) = outcomes.lock() {
@@ -105,6 +124,10 @@ pub fn serve_session(
         Ok(s) => s,
         Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
     };
+    if let Err(e) = std::fs::create_dir(staging.image_dir()) {
+        let e = Error::io("creating", staging.image_dir(), e);
+        return Err(fail(&mut control, Phase::Transfer, e));
+    }
     let received = receive_image(rt, &session, id, &staging.image_dir(), size)
         .and_then(|totals| match control.recv(Duration::from_secs(60), "Committed")? {
             Message::Committed(c) if c.migration == id => {
@@ -129,28 +152,41 @@ pub fn serve_session(
                 other.name()
             ))),
         });
+    let received = received.and_then(|b| fault("transfer").map(|()| b));
     let bytes = match received {
         Ok(b) => b,
         Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
     };
     let transferred = started.elapsed();
 
+    let mut record = Record {
+        container: config.name.clone(),
+        role: Role::Destination,
+        pid: std::process::id(),
+        decided: false,
+    };
+    if let Err(e) = record.write(host, &id) {
+        return Err(fail(&mut control, Phase::Restore, e));
+    }
     let how = RestoreOptions {
         pages: PagesMode::Lazy,
         frozen: true,
     };
     let name = config.name.clone();
-    if let Err(e) =
+    let restored = fault("restore").and_then(|()| {
         crate::restore::container::restore(host, &name, Some(&staging.image_dir()), how)
-    {
+    });
+    if let Err(e) = restored {
+        Record::remove(host, &id);
         return Err(fail(&mut control, Phase::Restore, e));
     }
-    control.send(&Message::Restored(MigrationRef { migration: id }))?;
-    let restored = started.elapsed();
-
-    // Nothing runs here before the source says so.
-    let go = control.recv(Duration::from_secs(60), "Resume");
+    fault("crash")?;
     let container = Container::open(host, &name)?;
+    // Nothing runs here before the source says so.
+    let go = control
+        .send(&Message::Restored(MigrationRef { migration: id }))
+        .and_then(|()| control.recv(Duration::from_secs(60), "Resume"));
+    let restored = started.elapsed();
     match go {
         Ok(Message::Resume(r)) if r.migration == id => {}
         other => {
@@ -160,16 +196,20 @@ pub fn serve_session(
                 Err(e) => e.to_string(),
             };
             let _ = crate::container::destroy::destroy(&container, Duration::ZERO);
+            Record::remove(host, &id);
             set(outcomes, id, OutcomeState::Failed);
             eprintln!("migration {id}: no Resume ({why}); {name} removed");
             return Err(Error::Invalid(why));
         }
     }
-    if let Err(e) = crate::container::freeze::thaw(&container) {
+    if let Err(e) = fault("resume").and_then(|()| crate::container::freeze::thaw(&container)) {
         let _ = crate::container::destroy::destroy(&container, Duration::ZERO);
+        Record::remove(host, &id);
         return Err(fail(&mut control, Phase::Resume, e));
     }
     set(outcomes, id, OutcomeState::Resumed);
+    record.decided = true;
+    let _ = record.write(host, &id);
     if let Some(net) = &config.network {
         if let Err(e) = crate::container::network::announce(&container, net) {
             eprintln!("migration {id}: announcing {}: {e}", net.address.addr);
@@ -186,6 +226,7 @@ pub fn serve_session(
     // Confirm is a courtesy: the container runs here either way.
     let _ = control.recv(Duration::from_secs(30), "Confirm");
     drop(staging);
+    Record::remove(host, &id);
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use crate::container::Container;
 use crate::dump::checkpoint::{checkpoint_frozen, CheckpointOptions, FrozenContainer};
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::migrate::{runtime, send_image, staging_size, Control, Staging};
+use crate::migrate::{recover, runtime, send_image, staging_size, Control, Record, Role, Staging};
 
 /// Set by SIGINT/SIGTERM while a migration runs: it aborts at the next
 /// step that can still be undone.
@@ -106,6 +106,9 @@ pub fn migrate(
     peer: &str,
     opts: &MigrateOptions,
 ) -> Result<MigrationReport> {
+    for line in recover(host) {
+        eprintln!("cr migrate: {line}");
+    }
     let container = Container::open(host, name)?;
     container.require_running("migrate")?;
     let identity = Identity::load_or_create(host.root())
@@ -169,6 +172,13 @@ pub fn migrate(
     phases.end("offer");
     check_interrupted("before the checkpoint; nothing was frozen")?;
 
+    let mut record = Record {
+        container: name.to_string(),
+        role: Role::Source,
+        pid: std::process::id(),
+        decided: false,
+    };
+    record.write(host, &id)?;
     let staging = Staging::create(host, &id, staging_size(sizes.memory, sizes.files))?;
     let ckpt = CheckpointOptions {
         image_dir: staging.image_dir(),
@@ -187,6 +197,7 @@ pub fn migrate(
         Ok(done) => done,
         Err(e) => {
             abort(&mut control, format!("checkpoint failed: {e}"));
+            Record::remove(host, &id);
             return Err(e);
         }
     };
@@ -210,6 +221,7 @@ pub fn migrate(
         Err(e) => {
             abort(&mut control, e.to_string());
             frozen.thaw()?;
+            Record::remove(host, &id);
             return Err(e);
         }
     };
@@ -228,8 +240,11 @@ pub fn migrate(
     if let Err(e) = restored {
         abort(&mut control, e.to_string());
         frozen.thaw()?;
+        Record::remove(host, &id);
         return Err(e);
     }
+    record.decided = true;
+    record.write(host, &id)?;
     phases.end("remote restore");
 
     // The point of no return: from here the destination may run it.
@@ -258,6 +273,7 @@ pub fn migrate(
     };
     if !resumed {
         frozen.thaw()?;
+        Record::remove(host, &id);
         return Err(Error::Invalid(format!(
             "{peer} could not resume {name}; it runs here again"
         )));
@@ -265,6 +281,7 @@ pub fn migrate(
     let frozen_ms = frozen.frozen_for().as_secs_f64() * 1e3;
     phases.end("resume");
     finish_here(&container, frozen)?;
+    Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
     phases.end("destroy here");
     drop(staging);
