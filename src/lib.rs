@@ -23,5 +23,6 @@ pub mod inject;
 pub mod netlock;
 pub mod restore;
 pub mod size;
+pub mod storage;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 //! parses and calls [`dispatch`].
 
 mod checkpoint;
+mod disk;
 mod exec;
 mod freeze;
 mod image;
@@ -65,6 +66,12 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Show every record of a checkpoint image.
     Inspect(inspect::InspectArgs),
+    /// A container's ploop-like disk: snapshots, merge, grow, check, export.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    /// Internal: the server of a container's disk, started by `cr start`.
+    #[command(name = "__disk-serve", hide = true)]
+    DiskServe(run::NameArg),
     /// Internal: the per-container supervisor started by `cr start`.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -111,6 +118,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(args) => logs::logs(&host, args),
         Command::Checkpoint(args) => checkpoint::run(&host, args),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::Disk(cmd) => disk::run(&host, cmd),
+        Command::DiskServe(args) => Ok(crate::storage::serve::run(&host, &args.name)?),
         Command::Supervise(args) => Ok(crate::container::supervisor::run(
             &host,
             &args.name,
