@@ -189,13 +189,24 @@ fn mount_disk(spec: &RootfsSpec) -> Result<()> {
     let Some(device) = spec.disk else {
         return Ok(());
     };
-    mount(
-        Some(device),
-        spec.target,
-        Some("ext4"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
+    // Whoever probes a loop device (losetup -f looking for a free one, blkid)
+    // holds it exclusively for a moment: EBUSY then is worth a retry.
+    let mut tries = 0;
+    loop {
+        match mount(
+            Some(device),
+            spec.target,
+            Some("ext4"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Err(nix::errno::Errno::EBUSY) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    }
     .sys(|| {
         format!(
             "mounting the container's disk {} (ext4) on {}",

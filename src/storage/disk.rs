@@ -292,10 +292,7 @@ impl ContainerDisk {
             ServerHealth::Running { .. } => {
                 control::call(&self.paths.socket, req, data, serve::call_timeout(req))
             }
-            ServerHealth::Dead { pid } => Err(Error::Invalid(format!(
-                "the disk server of {:?} (pid {pid}) died; stop the container (`cr stop {}`) and run `cr disk check {}`",
-                self.container.name, self.container.name, self.container.name
-            ))),
+            ServerHealth::Dead { pid } => Err(self.dead(pid)),
             ServerHealth::Stopped => {
                 if self.container.status()?.0 != Status::Stopped {
                     return Err(Error::Invalid(format!(
@@ -305,7 +302,9 @@ impl ContainerDisk {
                 }
                 let _lock = serve::lock_chain(&self.paths)?;
                 if *req == Request::Check {
-                    return Ok(Reply::Check(check_chain(&FsDir::new(&self.paths.chain)).into()));
+                    return Ok(Reply::Check(
+                        check_chain(&FsDir::new(&self.paths.chain)).into(),
+                    ));
                 }
                 let chain = Chain::open(FsDir::new(&self.paths.chain)).map_err(disk_err)?;
                 let shared = Shared::new(chain, self.paths.chain.clone());
@@ -314,7 +313,18 @@ impl ContainerDisk {
         }
     }
 
+    fn dead(&self, pid: i32) -> Error {
+        let name = &self.container.name;
+        Error::Invalid(format!(
+            "the disk server of {name:?} (pid {pid}) died; stop the container (`cr stop {name}`) and run `cr disk check {name}`"
+        ))
+    }
+
+    /// The container's root, when it runs (and its server is alive).
     fn running_root(&self) -> Result<Option<(Status, File)>> {
+        if let ServerHealth::Dead { pid } = self.health() {
+            return Err(self.dead(pid));
+        }
         let (status, pid) = self.container.status()?;
         let Some(pid) = pid else { return Ok(None) };
         let path = PathBuf::from(format!("/proc/{pid}/root"));
