@@ -39,7 +39,10 @@ pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
         Endpoint::listen(listen, &identity, trust, Tuning::default())
             .map_err(|e| Error::Invalid(format!("listening on {listen}: {e}")))?
     };
-    let bound = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let bound = endpoint
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     eprintln!(
         "cr serve: listening on {bound} as {} (root {})",
         identity.fingerprint(),

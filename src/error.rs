@@ -64,6 +64,8 @@ pub enum Error {
     Inject(#[from] InjectError),
     #[error("checkpoint image: {0}")]
     Format(#[from] cr_formats::FormatError),
+    #[error("disk: {0}")]
+    Disk(Box<cr_formats::DiskError>),
 }
 
 impl Error {

@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod netlock;
 pub mod restore;
 pub mod size;
+pub mod storage;
 pub mod uffd;
 
 pub use error::{Error, Result};

@@ -8,6 +8,8 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::host::Host;
 use crate::size::HumanSize;
+use crate::storage::serve::{health, ServerHealth};
+use crate::storage::DiskPaths;
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -45,6 +47,16 @@ pub struct ContainerView {
     pub exit_code: Option<i32>,
     /// Signal that ended PID 1.
     pub exit_signal: Option<i32>,
+    /// With `--disk`: the disk and whether its server runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskView {
+    /// The size the disk was created with, in bytes.
+    pub size: u64,
+    pub server: ServerHealth,
 }
 
 pub fn view(container: &Container) -> anyhow::Result<ContainerView> {
@@ -69,6 +81,10 @@ pub fn view(container: &Container) -> anyhow::Result<ContainerView> {
         command: container.config.command.clone(),
         exit_code: exit.as_ref().and_then(|e| e.code),
         exit_signal: exit.as_ref().and_then(|e| e.signal),
+        disk: container.config.disk.map(|d| DiskView {
+            size: d.size,
+            server: health(&DiskPaths::new(&container.dir)),
+        }),
     })
 }
 
@@ -138,6 +154,13 @@ pub fn status(host: &Host, args: StatusArgs) -> anyhow::Result<i32> {
     }
     if !v.command.is_empty() {
         println!("command:  {}", v.command.join(" "));
+    }
+    if let Some(d) = &v.disk {
+        println!(
+            "disk:     {} (created size), server {}",
+            HumanSize(d.size),
+            d.server
+        );
     }
     Ok(0)
 }

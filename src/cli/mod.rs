@@ -2,6 +2,7 @@
 //! parses and calls [`dispatch`].
 
 mod checkpoint;
+mod disk;
 mod exec;
 mod freeze;
 mod image;
@@ -66,6 +67,12 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Show every record of a checkpoint image.
     Inspect(inspect::InspectArgs),
+    /// A container's ploop-like disk: snapshots, merge, grow, check, export.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    /// Internal: the server of a container's disk, started by `cr start`.
+    #[command(name = "__disk-serve", hide = true)]
+    DiskServe(run::NameArg),
     /// Internal: the per-container supervisor started by `cr start`.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -162,6 +169,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Peer(cmd) => migrate::peer(&host, cmd),
         Command::Serve(args) => migrate::serve(&host, args),
         Command::Migrate(args) => migrate::run(&host, args),
+        Command::Disk(cmd) => disk::run(&host, cmd),
+        Command::DiskServe(args) => Ok(crate::storage::serve::run(&host, &args.name)?),
         Command::Restore(args) => {
             let how = crate::restore::RestoreOptions {
                 pages: args.pages.into(),

@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// (65536 ids) on the host.
     #[arg(long)]
     pub userns: bool,
+    /// Root filesystem on a ploop-like disk of this size (e.g. 8G): ext4,
+    /// initialised from the image, snapshots with `cr disk`. Default: an
+    /// overlay on the image.
+    #[arg(long, value_parser = parse_size)]
+    pub disk: Option<u64>,
     /// Command to run as PID 1 (default: the image's /sbin/init, else /bin/sh).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -69,6 +74,7 @@ impl RunArgs {
                 pids: self.pids,
             },
             userns: self.userns,
+            disk: self.disk,
         }
     }
 }

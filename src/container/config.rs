@@ -18,6 +18,9 @@
 //! mac = "02:c4:1e:77:0a:13"
 //! veth = "crv1a2b3c4d"  # host side of the veth pair
 //!
+//! [disk]                # only with --disk: root on a ploop-like disk
+//! size = 8589934592     # bytes, as created
+//!
 //! [userns]              # only with --userns
 //! uid_base = 100000     # uid 0 inside is this uid on the host
 //! gid_base = 100000
@@ -52,6 +55,18 @@ pub struct ContainerConfig {
     /// The user namespace's id mapping; `None`: processes run as host root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userns: Option<UsernsConfig>,
+    /// `--disk`: the root is a ploop-like disk (`disk/` in the container's
+    /// directory) instead of an overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+}
+
+/// A container whose root filesystem is an ext4 on a ploop-like disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The size the disk was created with, in bytes (`cr disk grow` grows
+    /// the chain; `cr disk list` shows the current size).
+    pub size: u64,
 }
 
 /// A user namespace mapping: ids `0..size` inside are `base..base + size`
@@ -353,6 +368,7 @@ mod tests {
                 gid_base: 165536,
                 size: 65536,
             }),
+            disk: Some(DiskConfig { size: 8 << 30 }),
         };
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(toml::from_str::<ContainerConfig>(&text).unwrap(), cfg);

@@ -1,9 +1,10 @@
 //! `cr create`: validate everything a start needs and write the container's
-//! directory and config. Nothing runs yet; nothing is left behind on error.
+//! directory and config (and with `--disk`, the disk initialised from the
+//! image). Nothing runs yet; nothing is left behind on error.
 
 use std::fs;
 
-use crate::container::config::{ContainerConfig, Ipv4Cidr, Limits, MacAddr, NetConfig};
+use crate::container::config::{ContainerConfig, DiskConfig, Ipv4Cidr, Limits, MacAddr, NetConfig};
 use crate::container::network;
 use crate::container::rootfs::check_overlay_path;
 use crate::container::userns;
@@ -11,6 +12,7 @@ use crate::container::Container;
 use crate::error::{Error, IoContext, Result};
 use crate::host::{validate_name, Host};
 use crate::image::ImageStore;
+use crate::storage;
 
 /// The bridge containers join unless told otherwise.
 pub const DEFAULT_BRIDGE: &str = "cr0";
@@ -27,6 +29,9 @@ pub struct CreateOptions {
     pub limits: Limits,
     /// Run the container in a user namespace of its own.
     pub userns: bool,
+    /// `--disk SIZE`: the root is ext4 on a ploop-like disk of this many
+    /// bytes, initialised from the image (default: an overlay).
+    pub disk: Option<u64>,
 }
 
 pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
@@ -42,6 +47,12 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
         None => {
             image.default_command()?;
         }
+    }
+    if opts.disk.is_some() && opts.userns {
+        return Err(Error::Invalid(
+            "--disk and --userns cannot be combined yet: the disk's files belong to host root"
+                .into(),
+        ));
     }
     let dir = host.container_dir(&opts.name);
     check_overlay_path(&dir)?;
@@ -83,9 +94,16 @@ pub fn create(host: &Host, opts: &CreateOptions) -> Result<Container> {
         limits: opts.limits.clone(),
         network,
         userns,
+        disk: opts.disk.map(|size| DiskConfig { size }),
     };
     fs::create_dir(&dir).ctx("creating container directory", &dir)?;
-    if let Err(e) = config.save(&dir.join("config.toml")) {
+    let written = config
+        .save(&dir.join("config.toml"))
+        .and_then(|()| match opts.disk {
+            Some(size) => storage::disk::create(&dir, size, &image.rootfs),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
         let _ = fs::remove_dir_all(&dir);
         return Err(e);
     }

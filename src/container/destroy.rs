@@ -1,5 +1,6 @@
 //! `cr destroy`: stop the container if it runs and remove everything cr
-//! created for it: processes, cgroups, the veth, and its state directory.
+//! created for it: processes, cgroups, the veth, the disk server, and its
+//! state directory (with the disk).
 //! Checkpoint images are kept.
 
 use std::fs;
@@ -20,6 +21,9 @@ pub fn destroy(container: &Container, grace: Duration) -> Result<()> {
     // that reports what could not be removed.
     let cgroup = container.cgroup()?;
     cleanup_runtime(&container.config, &cgroup);
+    if container.config.disk.is_some() {
+        crate::storage::disk::release(&container.dir)?;
+    }
     if cgroup.exists() {
         cgroup.remove()?;
     }

@@ -587,49 +587,16 @@ fn nl_error(step: &'static str, device: &str) -> impl FnOnce(rtnetlink::Error) -
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names_fit_and_differ() {
-        let a = veth_name("/var/lib/cr", "web");
-        let b = veth_name("/var/lib/cr", "db");
-        let c = veth_name("/tmp/other", "web");
-        for n in [&a, &b, &c] {
-            assert!(n.len() <= MAX_IFNAME_LEN, "{n}");
-            assert!(n.starts_with("crv"), "{n}");
-            check_ifname(n).unwrap();
-        }
-        assert_ne!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(a, veth_name("/var/lib/cr", "web"));
-    }
-
-    #[test]
-    fn bad_names_are_refused() {
-        for bad in ["", "a-very-long-name-x", "a/b", "a b", "."] {
-            assert!(matches!(
-                check_ifname(bad),
-                Err(NetworkError::InvalidName { .. })
-            ));
-        }
-    }
-
-    #[test]
-    fn bridge_mac_is_local_unicast() {
-        let m = bridge_mac("cr0");
-        assert_eq!(m[0] & 0x03, 0x02);
-    }
-}
-
 /// Tells the LAN where the container's address lives now: two gratuitous
 /// ARP replies (a broadcast frame from its MAC, sender and target its own
 /// address) sent from `eth0` inside its network namespace, so bridges and
 /// switches learn the port and neighbours update their caches. A migrated
 /// container keeps its IP and MAC; without this, frames for it would go to
 /// the host it left until the bridges' entries age out.
-pub fn announce(container: &crate::container::Container, net: &NetConfig) -> Result<(), NetworkError> {
+pub fn announce(
+    container: &crate::container::Container,
+    net: &NetConfig,
+) -> Result<(), NetworkError> {
     let pid = match container.status() {
         Ok((_, Some(pid))) => pid,
         _ => {
@@ -640,11 +607,12 @@ pub fn announce(container: &crate::container::Container, net: &NetConfig) -> Res
             })
         }
     };
-    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetworkError::Namespace {
-        what: "opening the network namespace",
-        pid,
-        source,
-    })?;
+    let ns =
+        File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetworkError::Namespace {
+            what: "opening the network namespace",
+            pid,
+            source,
+        })?;
     let mac = net.mac.0;
     let ip = net.address.addr.octets();
     // A thread of its own: setns changes only the calling thread.
@@ -680,7 +648,13 @@ fn send_gratuitous_arp(mac: &[u8; 6], ip: &[u8; 4]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: socket() takes plain integers and returns a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ARP.to_be())) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -720,4 +694,40 @@ fn send_gratuitous_arp(mac: &[u8; 6], ip: &[u8; 4]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_differ() {
+        let a = veth_name("/var/lib/cr", "web");
+        let b = veth_name("/var/lib/cr", "db");
+        let c = veth_name("/tmp/other", "web");
+        for n in [&a, &b, &c] {
+            assert!(n.len() <= MAX_IFNAME_LEN, "{n}");
+            assert!(n.starts_with("crv"), "{n}");
+            check_ifname(n).unwrap();
+        }
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, veth_name("/var/lib/cr", "web"));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["", "a-very-long-name-x", "a/b", "a b", "."] {
+            assert!(matches!(
+                check_ifname(bad),
+                Err(NetworkError::InvalidName { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn bridge_mac_is_local_unicast() {
+        let m = bridge_mac("cr0");
+        assert_eq!(m[0] & 0x03, 0x02);
+    }
 }

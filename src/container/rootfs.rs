@@ -4,6 +4,7 @@
 //! ```text
 //! /            overlayfs: lower = image rootfs (read-only, shared),
 //!                         upper = containers/NAME/upper (the container's changes)
+//!              or, with --disk, ext4 on /dev/loopN (see crate::storage)
 //! /proc        proc of the container's PID namespace; sensitive files masked,
 //!              /proc/sys read-only except /proc/sys/net (its own netns)
 //! /sys         sysfs, read-only
@@ -50,6 +51,9 @@ pub struct RootfsSpec<'a> {
     pub console: Option<&'a Path>,
     /// Set when the container runs in a user namespace.
     pub idmapped: Option<IdmappedLayers>,
+    /// With `--disk`: the block device (a loop device over the disk server's
+    /// flat file) whose ext4 is the root, instead of the overlay.
+    pub disk: Option<&'a Path>,
 }
 
 /// Detached idmapped mounts (from the supervisor) the overlay of a container
@@ -150,6 +154,7 @@ pub fn build(spec: &RootfsSpec) -> Result<()> {
     )
     .sys(|| "making / recursively private".into())?;
     match &spec.idmapped {
+        _ if spec.disk.is_some() => mount_disk(spec)?,
         Some(layers) => {
             let dir = spec.upper.parent().unwrap_or(Path::new("/"));
             userns::attach(&layers.container_dir, dir)?;
@@ -177,6 +182,38 @@ pub fn build(spec: &RootfsSpec) -> Result<()> {
         Some("mode=1777"),
     )?;
     mask_proc(t)
+}
+
+/// Mounts the ext4 of the container's disk on the target.
+fn mount_disk(spec: &RootfsSpec) -> Result<()> {
+    let Some(device) = spec.disk else {
+        return Ok(());
+    };
+    // Whoever probes a loop device (losetup -f looking for a free one, blkid)
+    // holds it exclusively for a moment: EBUSY then is worth a retry.
+    let mut tries = 0;
+    loop {
+        match mount(
+            Some(device),
+            spec.target,
+            Some("ext4"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Err(nix::errno::Errno::EBUSY) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    }
+    .sys(|| {
+        format!(
+            "mounting the container's disk {} (ext4) on {}",
+            device.display(),
+            spec.target.display()
+        )
+    })
 }
 
 /// Mounts the overlay root from `lower` and the spec's upper and work

@@ -61,6 +61,11 @@ pub fn stop(container: &Container, grace: Duration) -> Result<()> {
         }
     }
     cleanup_runtime(&container.config, &cgroup);
+    if container.config.disk.is_some() {
+        // The supervisor stops the disk server after PID 1; if it could
+        // not (it died), do it here.
+        crate::storage::disk::release(&container.dir)?;
+    }
     Ok(())
 }
 

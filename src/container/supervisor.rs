@@ -64,6 +64,7 @@ use crate::error::{Error, IoContext, Result, SysContext};
 use crate::host::Host;
 use crate::image::ImageStore;
 use crate::restore::{self, image::LoadedImage, RestoreOptions};
+use crate::storage::{self, disk::AttachedDisk};
 
 /// The fd on which the supervisor reports to `cr start`.
 pub const STATUS_FD: RawFd = 3;
@@ -91,6 +92,8 @@ struct Launched {
     init: Pid,
     console: OwnedFd,
     cgroup: ContainerCgroup,
+    /// With `--disk`: the disk server's pid (the supervisor watches it).
+    disk_server: Option<Pid>,
 }
 
 /// Entry point of `cr __supervise NAME`. Never returns on success paths that
@@ -171,6 +174,17 @@ fn launch(
         )));
     }
     cgroup.create(&config.limits)?;
+    // The disk is served and attached before PID 1 exists: PID 1 mounts it.
+    let disk = match config.disk {
+        Some(_) => match attach_disk(host, config, &dir) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let launched = spawn_init(
         config,
         &image.rootfs,
@@ -179,6 +193,7 @@ fn launch(
         &cgroup,
         &dir,
         restore.map(|image| (image, how)),
+        disk.as_ref().map(|d| d.device.path.as_path()),
     )
     .inspect_err(|_| {
         let _ = cgroup.kill_all();
@@ -186,10 +201,44 @@ fn launch(
         if let Some(net) = &config.network {
             let _ = network::teardown(net);
         }
-    })?;
-    Ok(launched)
+    });
+    // PID 1 has mounted the disk (or failed): the ext4 mount holds the loop
+    // device now, and it detaches itself when that mount goes.
+    let server = disk.map(|d| d.server);
+    match launched {
+        Ok(mut launched) => {
+            launched.disk_server = server;
+            Ok(launched)
+        }
+        Err(e) => {
+            if server.is_some() {
+                let _ = storage::disk::release(&dir);
+            }
+            Err(e)
+        }
+    }
 }
 
+/// Serves and attaches the container's disk; grows its filesystem first if
+/// a `cr disk grow` could not do it online.
+fn attach_disk(host: &Host, config: &ContainerConfig, dir: &Path) -> Result<AttachedDisk> {
+    let disk = storage::disk::attach(host, &config.name, dir)?;
+    match storage::disk::grow_filesystem_offline(&disk.device.path) {
+        Ok(true) => eprintln!(
+            "disk: grew the filesystem on {} to the disk's size",
+            disk.device.path.display()
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            drop(disk.device);
+            let _ = storage::disk::release(dir);
+            return Err(e);
+        }
+    }
+    Ok(disk)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_init(
     config: &ContainerConfig,
     lower: &Path,
@@ -198,6 +247,7 @@ fn spawn_init(
     cgroup: &ContainerCgroup,
     dir: &Path,
     restore: Option<(&LoadedImage, RestoreOptions)>,
+    disk: Option<&Path>,
 ) -> Result<Launched> {
     let how = restore.map(|r| r.1).unwrap_or_default();
     let restore = restore.map(|r| r.0);
@@ -290,6 +340,7 @@ fn spawn_init(
                 idmap: idmap_child,
                 lower_mount_point: &spec_paths.4,
                 restore,
+                disk,
             };
             let Err(err) = init_main(init, to_child_r, &from_child_w);
             let mut report = File::from(from_child_w);
@@ -404,6 +455,7 @@ fn spawn_init(
         init: child,
         console: pty.master,
         cgroup: cgroup.clone(),
+        disk_server: None,
     })
 }
 
@@ -451,6 +503,8 @@ struct InitArgs<'a> {
     lower_mount_point: &'a Path,
     /// Rebuild this image's process tree instead of executing `argv`.
     restore: Option<&'a LoadedImage>,
+    /// With `--disk`: the loop device whose ext4 is the root.
+    disk: Option<&'a Path>,
 }
 
 /// PID 1 before its exec. Only returns on error.
@@ -487,6 +541,7 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         target: args.target,
         console: Some(args.console),
         idmapped,
+        disk: args.disk,
     })?;
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
@@ -556,6 +611,10 @@ fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<
         .open(&log_path)
         .ctx("opening console log", &log_path)?;
     let pidfd = pidfd_open(launched.init)?;
+    let mut server = match launched.disk_server {
+        Some(pid) => Some((pid, pidfd_open(pid)?)),
+        None => None,
+    };
     let mut console_open = true;
     let mut buf = vec![0u8; 65536];
     let status = loop {
@@ -563,12 +622,20 @@ fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<
         if console_open {
             fds.push(PollFd::new(launched.console.as_fd(), PollFlags::POLLIN));
         }
+        if let Some((_, fd)) = &server {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("waiting for PID 1", e)),
             Ok(_) => {}
         }
         let init_done = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let server_done = server.is_some()
+            && fds
+                .last()
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
         let console_ready = console_open
             && fds
                 .get(1)
@@ -576,6 +643,11 @@ fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<
                 .is_some_and(|r| !r.is_empty());
         if console_ready {
             console_open = copy_console(&launched.console, &mut log, &mut buf);
+        }
+        if server_done {
+            if let Some((pid, _)) = server.take() {
+                disk_server_died(&dir, pid);
+            }
         }
         if init_done {
             while console_open && copy_console_nonblocking(&launched.console, &mut log, &mut buf) {}
@@ -601,7 +673,33 @@ fn monitor(host: &Host, config: &ContainerConfig, launched: Launched) -> Result<
     };
     record_exit(&dir, exit)?;
     cleanup_runtime(config, &launched.cgroup);
+    if let Some((pid, _)) = server {
+        // The mount namespace is gone with PID 1: the loop device lets go
+        // of the disk and the server can flush and end.
+        if let Err(e) = storage::disk::release(&dir) {
+            eprintln!("disk: stopping the disk server (pid {pid}): {e}");
+        }
+        storage::serve::reap(pid);
+    }
     Ok(0)
+}
+
+/// The disk server died while the container runs: every I/O on its root
+/// now fails with EIO. Say so, and detach the dead FUSE mount so the next
+/// start can serve the disk again.
+fn disk_server_died(dir: &Path, pid: Pid) {
+    let how = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+        _ => "is gone".to_string(),
+    };
+    eprintln!(
+        "disk: the disk server (pid {pid}) {how}; the container's root filesystem now fails with I/O errors. \
+         Everything fsync'ed is on the disk: stop the container, `cr disk check`, start it again"
+    );
+    let paths = storage::DiskPaths::new(dir);
+    let _ = nix::mount::umount2(&paths.mnt, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(&paths.socket);
 }
 
 /// Writes PID 1's exit into state.json (keeping the rest).

@@ -87,7 +87,10 @@ pub fn serve_session(
     };
     let id = offer.migration;
     let started = Instant::now();
-    eprintln!("migration {id}: {peer} offers container {}", offer.container);
+    eprintln!(
+        "migration {id}: {peer} offers container {}",
+        offer.container
+    );
     let fail = |control: &mut Control, phase: Phase, e: Error| -> Error {
         let _ = control.send(&Message::Failed(Failed {
             migration: id,
@@ -128,30 +131,32 @@ pub fn serve_session(
         let e = Error::io("creating", staging.image_dir(), e);
         return Err(fail(&mut control, Phase::Transfer, e));
     }
-    let received = receive_image(rt, &session, id, &staging.image_dir(), size)
-        .and_then(|totals| match control.recv(Duration::from_secs(60), "Committed")? {
-            Message::Committed(c) if c.migration == id => {
-                for t in &c.streams {
-                    if !totals.contains(t) {
-                        return Err(Error::Invalid(format!(
-                            "{peer} says its {:?} stream carried {} bytes, {} arrived",
-                            t.kind,
-                            t.bytes,
-                            totals
-                                .iter()
-                                .find(|x| x.kind == t.kind && x.index == t.index)
-                                .map_or(0, |x| x.bytes)
-                        )));
+    let received =
+        receive_image(rt, &session, id, &staging.image_dir(), size).and_then(
+            |totals| match control.recv(Duration::from_secs(60), "Committed")? {
+                Message::Committed(c) if c.migration == id => {
+                    for t in &c.streams {
+                        if !totals.contains(t) {
+                            return Err(Error::Invalid(format!(
+                                "{peer} says its {:?} stream carried {} bytes, {} arrived",
+                                t.kind,
+                                t.bytes,
+                                totals
+                                    .iter()
+                                    .find(|x| x.kind == t.kind && x.index == t.index)
+                                    .map_or(0, |x| x.bytes)
+                            )));
+                        }
                     }
+                    Ok(totals.iter().map(|t| t.bytes).sum::<u64>())
                 }
-                Ok(totals.iter().map(|t| t.bytes).sum::<u64>())
-            }
-            Message::Abort(a) => Err(Error::Invalid(format!("{peer} aborted: {}", a.reason))),
-            other => Err(Error::Invalid(format!(
-                "{peer} sent {} for Committed",
-                other.name()
-            ))),
-        });
+                Message::Abort(a) => Err(Error::Invalid(format!("{peer} aborted: {}", a.reason))),
+                other => Err(Error::Invalid(format!(
+                    "{peer} sent {} for Committed",
+                    other.name()
+                ))),
+            },
+        );
     let received = received.and_then(|b| fault("transfer").map(|()| b));
     let bytes = match received {
         Ok(b) => b,

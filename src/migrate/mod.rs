@@ -183,8 +183,12 @@ pub fn send_image(
                         Error::Invalid(format!("sending the {:?} stream to {peer}: {e}", decl.kind))
                     };
                     match decl.kind {
-                        StreamKind::Records => copy_file(&cr_formats::layout::records_path(dir), &mut tx)?,
-                        StreamKind::Pages => copy_file(&cr_formats::layout::pages_path(dir), &mut tx)?,
+                        StreamKind::Records => {
+                            copy_file(&cr_formats::layout::records_path(dir), &mut tx)?
+                        }
+                        StreamKind::Pages => {
+                            copy_file(&cr_formats::layout::pages_path(dir), &mut tx)?
+                        }
                         _ => archive_rest(dir, &mut tx)?,
                     }
                     let bytes = tx.finish().map_err(fail)?;
@@ -225,9 +229,7 @@ fn archive_rest(dir: &Path, out: &mut impl Write) -> Result<()> {
         .ctx("reading", dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name())
-        .filter(|n| {
-            n != cr_formats::layout::RECORDS_FILE && n != cr_formats::layout::PAGES_FILE
-        })
+        .filter(|n| n != cr_formats::layout::RECORDS_FILE && n != cr_formats::layout::PAGES_FILE)
         .collect();
     names.sort();
     for name in names {

@@ -250,11 +250,13 @@ pub fn migrate(
     // The point of no return: from here the destination may run it.
     let resumed = control
         .send(&Message::Resume(MigrationRef { migration: id }))
-        .and_then(|()| match control.recv(Duration::from_secs(30), "Resumed")? {
-            Message::Resumed(r) if r.migration == id => Ok(true),
-            Message::Failed(f) if f.phase == Phase::Resume => Ok(false),
-            other => Err(unexpected(peer, "Resumed", &other)),
-        });
+        .and_then(
+            |()| match control.recv(Duration::from_secs(30), "Resumed")? {
+                Message::Resumed(r) if r.migration == id => Ok(true),
+                Message::Failed(f) if f.phase == Phase::Resume => Ok(false),
+                other => Err(unexpected(peer, "Resumed", &other)),
+            },
+        );
     let resumed = match resumed {
         Ok(r) => r,
         Err(e) => match query(&rt, &endpoint, peer, id) {
