@@ -251,6 +251,8 @@ fn spawn_init(
 ) -> Result<Launched> {
     let how = restore.map(|r| r.1).unwrap_or_default();
     let restore = restore.map(|r| r.0);
+    // A lock a frozen restore left belongs to the namespace of a run that ended.
+    let _ = std::fs::remove_file(dir.join(crate::container::freeze::NETLOCK_MARK));
     let pty = openpty(
         Some(&Winsize {
             ws_row: 24,
@@ -426,8 +428,24 @@ fn spawn_init(
         if let Err(e) = restore::tree::take_over(image, cgroup, &mut from_child, how) {
             return Err(fail(e.to_string()));
         }
-        if let Some(Err(e)) = netlock.map(crate::netlock::NetLock::unlock) {
-            return Err(fail(e.to_string()));
+        match netlock {
+            // Restored frozen: its sockets stay silent until the thaw (a
+            // migration's destination that drops it before Resume must not
+            // send a FIN to the clients of the source's copy).
+            Some(lock) if how.frozen => {
+                drop(lock);
+                if let Err(e) =
+                    std::fs::write(dir.join(crate::container::freeze::NETLOCK_MARK), b"")
+                {
+                    return Err(fail(format!("recording the network lock: {e}")));
+                }
+            }
+            Some(lock) => {
+                if let Err(e) = lock.unlock() {
+                    return Err(fail(e.to_string()));
+                }
+            }
+            None => {}
         }
     } else {
         let mut message = String::new();

@@ -124,7 +124,11 @@ pub fn migrate(
             std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             &identity,
             trust,
-            Tuning::default(),
+            Tuning {
+                // A peer silent this long is gone: the container thaws here.
+                idle_timeout: Duration::from_secs(10),
+                ..Tuning::default()
+            },
         )
         .map_err(|e| Error::Invalid(format!("opening a QUIC endpoint: {e}")))?
     };
