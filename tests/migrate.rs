@@ -245,9 +245,7 @@ impl Drop for Lan {
         }
         // Containers go while their namespaces still exist.
         for h in [&self.h1, &self.h2] {
-            for name in ["echo"] {
-                let _ = h.cr(&["destroy", name]);
-            }
+            let _ = h.cr(&["destroy", "echo"]);
             let root = h.root.join("migrations");
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
