@@ -111,6 +111,11 @@ pub fn migrate(
     }
     let container = Container::open(host, name)?;
     container.require_running("migrate")?;
+    if container.config.disk.is_some() {
+        return Err(Error::Invalid(format!(
+            "{name} runs on a ploop-like disk (cr run --disk), which cr migrate does not move yet; it keeps running here"
+        )));
+    }
     let identity = Identity::load_or_create(host.root())
         .map_err(|e| Error::Invalid(format!("this host's identity: {e}")))?;
     let trust = TrustStore::load(host.root()).map_err(|e| Error::Invalid(e.to_string()))?;
