@@ -569,28 +569,7 @@ fn run(
     };
     let frozen_ms;
     let mut kept = None;
-    if opts.keep_frozen {
-        // The image must be complete and durable before anyone relies on it.
-        let synced = phases.time("page store written + image synced", || {
-            pending.wait().and_then(|()| sync_image(&partial))
-        });
-        if let Err(e) = synced {
-            drop(net);
-            drop(tracees);
-            let _ = cgroup.thaw();
-            let _ = fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        frozen_ms = ms(frozen_at.elapsed());
-        kept = Some(FrozenContainer {
-            cgroup: container.cgroup()?,
-            tracees,
-            net,
-            precopy,
-            frozen_at,
-            done: false,
-        });
-    } else if opts.leave_running {
+    if opts.leave_running && !opts.keep_frozen {
         let resumed = phases.time("network resume", || net.take().map(inet::NetFreeze::resume));
         if let Some(Err(e)) = resumed {
             drop(tracees);
@@ -613,7 +592,8 @@ fn run(
             return Err(e);
         }
     } else {
-        // The container goes away: its image must be durable first.
+        // The container is kept frozen for someone to rely on the image, or
+        // goes away: either way its image must be durable first.
         let synced = phases.time("page store written + image synced", || {
             pending.wait().and_then(|()| sync_image(&partial))
         });
@@ -624,18 +604,30 @@ fn run(
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
-        phases.time("kill", || kill_traced(tracees));
-        if let Some(net) = net {
-            phases.time("sockets closed in repair mode", || net.close_silently());
-        }
-        frozen_ms = ms(frozen_at.elapsed());
-        drop(precopy);
-        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
-            match container.status() {
+        if opts.keep_frozen {
+            frozen_ms = ms(frozen_at.elapsed());
+            kept = Some(FrozenContainer {
+                cgroup: container.cgroup()?,
+                tracees,
+                net,
+                precopy,
+                frozen_at,
+                done: false,
+            });
+        } else {
+            phases.time("kill", || kill_traced(tracees));
+            if let Some(net) = net {
+                phases.time("sockets closed in repair mode", || net.close_silently());
+            }
+            frozen_ms = ms(frozen_at.elapsed());
+            drop(precopy);
+            crate::container::stop::stop(container, Duration::ZERO).or_else(|e| match container
+                .status()
+            {
                 Ok((Status::Stopped, _)) => Ok(()),
                 _ => Err(e),
-            }
-        })?;
+            })?;
+        }
     }
     // A container left running was thawed before the image was synced: the
     // frozen window does not wait for the disk. The image is in place only
