@@ -15,6 +15,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis::{Redis, Reply};
 use common::*;
 
 const ECHO: &str = r#"
@@ -208,12 +209,15 @@ impl Lan {
 
     /// A TCP connection made from the client namespace.
     fn connect(&self, addr: &str) -> TcpStream {
+        self.try_connect(addr).expect("connecting from the client")
+    }
+
+    fn try_connect(&self, addr: &str) -> std::io::Result<TcpStream> {
         let ns = File::open(format!("/run/netns/{}", self.client)).expect("client netns");
         let addr = addr.to_string();
         std::thread::spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5))
-                .expect("connecting from the client")
         })
         .join()
         .expect("connect thread")
@@ -245,7 +249,9 @@ impl Drop for Lan {
         }
         // Containers go while their namespaces still exist.
         for h in [&self.h1, &self.h2] {
-            let _ = h.cr(&["destroy", "echo"]);
+            for name in ["echo", "redis"] {
+                let _ = h.cr(&["destroy", name]);
+            }
             let root = h.root.join("migrations");
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
@@ -420,4 +426,58 @@ fn every_failure_on_the_destination_leaves_the_container_running_on_the_source()
         assert_eq!(lan.staging_mounts(2), 0, "after {fault}");
     }
     assert_eq!(lan.staging_mounts(1), 0);
+}
+
+#[test]
+fn redis_with_100k_keys_moves_there_and_back_with_its_client_connected() {
+    let mut lan = Lan::new();
+    lan.serve(1, None);
+    lan.serve(2, None);
+    lan.h2.with_image(TestImage::Redis);
+    lan.h1.run(
+        "redis",
+        TestImage::Redis,
+        Some(20),
+        &["--memory", "512M"],
+        &[
+            "/usr/bin/redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ],
+    );
+    let addr = format!("{}:6379", lan.h1.net.addr(20));
+    assert!(
+        wait_until(Duration::from_secs(15), || lan.try_connect(&addr).is_ok()),
+        "redis did not start: {}",
+        lan.h1.ok(&["logs", "redis"])
+    );
+    let mut r = Redis::from_stream(lan.connect(&addr)).expect("redis client");
+    assert_eq!(
+        r.cmd(&["DEBUG", "POPULATE", "100000"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(
+        r.cmd(&["SET", "session", "before"]),
+        Reply::Status("OK".into())
+    );
+    for (i, (from, to, peer)) in [(1, 2, "host2"), (2, 1, "host1")].into_iter().enumerate() {
+        lan.host(from).ok(&["migrate", "redis", peer]);
+        assert!(lan.names(from).is_empty());
+        assert_eq!(lan.host(to).state("redis"), "running");
+        // The same connection: every key, and writes go on.
+        assert_eq!(r.cmd(&["DBSIZE"]), Reply::Int(100_001 + i as i64));
+        for k in [0, 4242, 99_999] {
+            assert_eq!(r.get(&format!("key:{k}")), Some(format!("value:{k}")));
+        }
+        assert_eq!(r.cmd(&["INCR", "moves"]), Reply::Int(i as i64 + 1));
+    }
+    assert_eq!(r.get("session"), Some("before".into()));
 }

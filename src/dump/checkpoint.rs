@@ -301,6 +301,15 @@ fn survey_settled(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             Err(Error::Dump(DumpError::Unsupported { .. })) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // A short-lived process (a shell's `sleep`) exited while it was
+            // being read: look again.
+            Err(Error::Dump(DumpError::Proc { source, .. }))
+                if Instant::now() < deadline
+                    && (source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error() == Some(libc::ESRCH)) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             other => return other,
         }
     }
