@@ -36,7 +36,8 @@ def counter():
     i = 0
     while True:
         i += 1
-        open("/root/count", "w").write("%d %d" % (i, sum(big[::4096])))
+        open("/root/count.tmp", "w").write("%d %d" % (i, sum(big[::4096])))
+        os.rename("/root/count.tmp", "/root/count")
         time.sleep(0.05)
 threading.Thread(target=counter, daemon=True).start()
 open("/root/ready", "w").write("1")

@@ -29,6 +29,7 @@
 //! there.
 
 pub mod destination;
+pub mod progress;
 pub mod source;
 
 use std::fs::{self, File};
@@ -163,6 +164,7 @@ pub fn send_image(
     session: &Session,
     id: MigrationId,
     dir: &Path,
+    progress: &progress::Progress,
 ) -> Result<Committed> {
     let peer = session.peer().name.clone();
     let open = |decl: &StreamDecl| {
@@ -173,12 +175,16 @@ pub fn send_image(
     for decl in &STREAMS {
         senders.push((*decl, open(decl)?));
     }
+    progress.transfer(crate::dump::checkpoint::dir_size(dir));
+    let sending = std::sync::atomic::AtomicBool::new(true);
     let results: Vec<Result<StreamTotal>> = std::thread::scope(|s| {
         let handles: Vec<_> = senders
             .into_iter()
-            .map(|(decl, mut tx)| {
+            .map(|(decl, tx)| {
                 let peer = peer.clone();
+                let sent = progress.sent.clone();
                 s.spawn(move || -> Result<StreamTotal> {
+                    let mut tx = progress::Counted { inner: tx, sent };
                     let fail = |e: io::Error| {
                         Error::Invalid(format!("sending the {:?} stream to {peer}: {e}", decl.kind))
                     };
@@ -191,7 +197,7 @@ pub fn send_image(
                         }
                         _ => archive_rest(dir, &mut tx)?,
                     }
-                    let bytes = tx.finish().map_err(fail)?;
+                    let bytes = tx.inner.finish().map_err(fail)?;
                     Ok(StreamTotal {
                         kind: decl.kind,
                         index: decl.index,
@@ -200,13 +206,21 @@ pub fn send_image(
                 })
             })
             .collect();
-        handles
+        s.spawn(|| {
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                progress.tick();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let results = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::Invalid("a stream sender panicked".into())))
             })
-            .collect()
+            .collect();
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        results
     });
     let streams = results.into_iter().collect::<Result<Vec<_>>>()?;
     Ok(Committed {

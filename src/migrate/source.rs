@@ -145,6 +145,8 @@ pub fn migrate(
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, handler);
     }
     let mut phases = Phases::new();
+    let progress = crate::migrate::progress::Progress::new(name, peer);
+    progress.phase("connecting");
     let (session, control) = rt
         .block_on(endpoint.connect(peer))
         .map_err(|e| Error::Invalid(format!("connecting to {peer}: {e}")))?;
@@ -180,6 +182,11 @@ pub fn migrate(
     }
     phases.end("offer");
     check_interrupted("before the checkpoint; nothing was frozen")?;
+    progress.phase(if opts.pre_copy_rounds > 0 {
+        "pre-copy, freeze, checkpoint"
+    } else {
+        "freeze, checkpoint"
+    });
 
     let mut record = Record {
         container: name.to_string(),
@@ -220,7 +227,7 @@ pub fn migrate(
             migration: id,
             streams: crate::migrate::STREAMS.to_vec(),
         }))?;
-        let committed = send_image(rt.handle(), &session, id, &staging.image_dir())?;
+        let committed = send_image(rt.handle(), &session, id, &staging.image_dir(), &progress)?;
         let bytes = committed.streams.iter().map(|s| s.bytes).sum();
         control.send(&Message::Committed(committed))?;
         Ok(bytes)
@@ -235,6 +242,7 @@ pub fn migrate(
         }
     };
     let transfer_ms = phases.end("transfer");
+    progress.after_transfer(&format!("restore on {peer}"));
     let restored = (|| -> Result<()> {
         match control.recv(opts.restore_timeout, "Restored")? {
             Message::Restored(r) if r.migration == id => Ok(()),
@@ -257,6 +265,7 @@ pub fn migrate(
     phases.end("remote restore");
 
     // The point of no return: from here the destination may run it.
+    progress.phase(&format!("resume on {peer}"));
     let resumed = control
         .send(&Message::Resume(MigrationRef { migration: id }))
         .and_then(
@@ -291,6 +300,7 @@ pub fn migrate(
     }
     let frozen_ms = frozen.frozen_for().as_secs_f64() * 1e3;
     phases.end("resume");
+    progress.phase("removing the copy here");
     finish_here(&container, frozen)?;
     Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
