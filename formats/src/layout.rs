@@ -19,6 +19,11 @@ pub const RECORDS_FILE: &str = "records.img";
 /// File name of the page store in an image directory.
 pub const PAGES_FILE: &str = "pages.img";
 
+/// File name, in an image directory, of the disk snapshot a checkpoint of a
+/// container on a ploop-like disk took while frozen (the delta id as text):
+/// restore puts the disk back to it, so the files match the memory.
+pub const DISK_SNAPSHOT_FILE: &str = "disk-snapshot";
+
 /// `dir/records.img`.
 pub fn records_path(dir: &Path) -> PathBuf {
     dir.join(RECORDS_FILE)

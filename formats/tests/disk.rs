@@ -891,3 +891,46 @@ fn flipped_bytes_in_header_and_bat_never_panic() {
     // Padding bytes and spare copies do not matter; checksummed ones do.
     assert!(accepted > 0 && accepted < 2 * meta);
 }
+
+#[test]
+fn revert_goes_back_to_a_snapshot_and_drops_what_came_after() {
+    let dir = MemDir::new();
+    let mut c = Chain::create(dir.clone(), 32 * 1024, CS, "").unwrap();
+    c.write_at(100, &pattern(1, 3000)).unwrap();
+    let at_snapshot = read_all(&c);
+    let snap = c.manifest().top().unwrap().id;
+    c.snapshot("checkpoint").unwrap();
+    c.write_at(200, &pattern(2, 9000)).unwrap();
+    c.snapshot("later").unwrap();
+    c.write_at(20_000, &pattern(3, 4000)).unwrap();
+    assert_ne!(read_all(&c), at_snapshot);
+    let files_before = dir.file_names().len();
+
+    let top = c.revert_to(snap, "restored").unwrap();
+    assert_eq!(read_all(&c), at_snapshot);
+    let m = c.manifest();
+    assert_eq!(m.deltas.len(), 2);
+    assert_eq!(m.top().unwrap().id, top);
+    assert_eq!(m.top().unwrap().parent, Some(snap));
+    // The two dropped deltas' files are gone, the new top's is there.
+    assert_eq!(dir.file_names().len(), files_before - 1);
+    assert_consistent(&dir);
+    // It goes on as a disk, and the revert survives a reopen.
+    c.write_at(0, b"after").unwrap();
+    c.flush().unwrap();
+    let now = read_all(&c);
+    drop(c);
+    let c = Chain::open(dir.clone()).unwrap();
+    assert_eq!(read_all(&c), now);
+    // Not a snapshot: refused.
+    let mut c = c;
+    let writable = c.manifest().top().unwrap().id;
+    assert!(matches!(
+        c.revert_to(writable, "x"),
+        Err(DiskError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        c.revert_to(DeltaId([9; 16]), "x"),
+        Err(DiskError::NoSuchDelta { .. })
+    ));
+}

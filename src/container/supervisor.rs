@@ -548,11 +548,8 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         flags |= ns;
     }
     unshare(flags).sys(|| "creating the container's namespaces".into())?;
-    nix::unistd::write(ready, b"R").sys(|| "reporting readiness".into())?;
-    // While the supervisor moves this process into its cgroups (slow on v1:
-    // each move waits for an RCU grace period) and wires the network, build
-    // the mount tree.
-    rootfs::build(&RootfsSpec {
+    let on_disk = args.disk.is_some();
+    let spec = RootfsSpec {
         lower: args.lower,
         upper: args.upper,
         work: args.work,
@@ -560,7 +557,19 @@ fn init_main(args: InitArgs, go: OwnedFd, ready: &OwnedFd) -> Result<Infallible>
         console: Some(args.console),
         idmapped,
         disk: args.disk,
-    })?;
+    };
+    // A disk root opens its loop device, which the container's devices
+    // cgroup (v1 whitelist) denies: mount it before the cgroup moves.
+    if on_disk {
+        rootfs::build(&spec)?;
+    }
+    nix::unistd::write(ready, b"R").sys(|| "reporting readiness".into())?;
+    // While the supervisor moves this process into its cgroups (slow on v1:
+    // each move waits for an RCU grace period) and wires the network, build
+    // the mount tree.
+    if !on_disk {
+        rootfs::build(&spec)?;
+    }
     let mut byte = [0u8; 1];
     match read(go.as_fd(), &mut byte) {
         Ok(1) => {}

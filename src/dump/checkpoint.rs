@@ -529,6 +529,23 @@ fn run(
         let _ = fs::remove_dir_all(&partial);
         return Err(e.into());
     }
+    // A container on a disk: its files as they are now, beside its memory
+    // (synced, then a snapshot; restore reverts the disk to it).
+    if container.config.disk.is_some() {
+        let taken = crate::storage::disk::ContainerDisk::open(container)
+            .and_then(|d| d.snapshot_frozen("checkpoint"))
+            .and_then(|t| {
+                let path = partial.join(cr_formats::layout::DISK_SNAPSHOT_FILE);
+                fs::write(&path, &t.snapshot).ctx("writing", &path)
+            });
+        if let Err(e) = taken {
+            drop(tracees);
+            drop(pages);
+            let _ = cgroup.thaw();
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    }
     // TCP sockets held still (network lock, repair mode); dropped, it lets
     // them go on.
     let mut net: Option<inet::NetFreeze> = None;

@@ -94,6 +94,16 @@ pub fn restore(
     drop(image);
     upper::extract(&image_dir, &dir.join("upper")).map_err(undo)?;
     let container = Container::open(host, name).map_err(undo)?;
+    // A container on a disk: the files as they were at the checkpoint.
+    let snapshot = image_dir.join(cr_formats::layout::DISK_SNAPSHOT_FILE);
+    if snapshot.exists() {
+        let id = fs::read_to_string(&snapshot)
+            .ctx("reading", &snapshot)
+            .map_err(undo)?;
+        crate::storage::disk::ContainerDisk::open(&container)
+            .and_then(|disk| disk.revert(id.trim()))
+            .map_err(undo)?;
+    }
     let pid = start::start_with(&container, Some((&image_dir, how))).map_err(undo)?;
     Ok((pid, image_dir))
 }

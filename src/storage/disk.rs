@@ -387,6 +387,37 @@ impl ContainerDisk {
         }
     }
 
+    /// Puts the disk back as snapshot `snapshot` (a delta id as
+    /// [`SnapshotTaken::snapshot`] names it) holds it, dropping what was
+    /// written since: what `cr restore` of a checkpoint does, so the files
+    /// match the memory. The container must be stopped.
+    pub fn revert(&self, snapshot: &str) -> Result<()> {
+        let name = &self.container.name;
+        if self.container.status()?.0 != Status::Stopped || self.health() != ServerHealth::Stopped {
+            return Err(Error::Invalid(format!(
+                "the disk of {name:?} can only be reverted while the container is stopped"
+            )));
+        }
+        let _lock = serve::lock_chain(&self.paths)?;
+        let mut chain = Chain::open(FsDir::new(&self.paths.chain)).map_err(disk_err)?;
+        let id = chain
+            .manifest()
+            .deltas
+            .iter()
+            .find(|d| d.id.to_string() == snapshot)
+            .map(|d| d.id)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the disk of {name:?} no longer has snapshot {snapshot} (merged or removed since the checkpoint); \
+                     the checkpoint's memory cannot be matched with its files"
+                ))
+            })?;
+        chain
+            .revert_to(id, &format!("restored from snapshot {snapshot}"))
+            .map_err(disk_err)?;
+        Ok(())
+    }
+
     /// Grows the disk; online when the container runs.
     pub fn grow(&self, size: u64) -> Result<Grown> {
         if size % u64::from(FS_BLOCK) != 0 {

@@ -307,6 +307,56 @@ impl<D: ChainDir> Chain<D> {
         Ok(id)
     }
 
+    /// Goes back to the disk as delta `id` (read-only, a snapshot) holds
+    /// it: every delta above it is dropped and a new empty writable top is
+    /// put on it; returns the new top's id. What was written since that
+    /// snapshot is gone (a restore of a checkpoint taken with it). The
+    /// manifest switches atomically; the dropped files are removed after.
+    pub fn revert_to(&mut self, id: DeltaId, label: &str) -> Result<DeltaId> {
+        self.check_changeable("revert")?;
+        let Some(at) = self.manifest.deltas.iter().position(|d| d.id == id) else {
+            return Err(DiskError::NoSuchDelta { id });
+        };
+        if !self.manifest.deltas[at].read_only {
+            return Err(DiskError::ReadOnly {
+                what: "revert to the writable top (it is not a snapshot)",
+            });
+        }
+        self.flush()?;
+        let new = self.dir.new_id();
+        let file = delta_file_name(new);
+        let path = self.dir.describe(&file);
+        let (size, generation) = {
+            let top = self.top();
+            (self.deltas[at].virtual_size(), top.generation())
+        };
+        let store = self.dir.create(&file).map_err(io_err(&path, "create", 0))?;
+        let delta = match Delta::create(store, &path, new, size, self.cluster_size(), generation) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.dir.remove(&file);
+                return Err(e);
+            }
+        };
+        let mut m = self.manifest.clone();
+        let dropped: Vec<String> = m.deltas.drain(at + 1..).map(|d| d.file).collect();
+        m.deltas.push(DeltaEntry {
+            id: new,
+            parent: Some(id),
+            file,
+            label: label.to_string(),
+            read_only: false,
+            created_unix_ns: self.dir.now_unix_ns(),
+        });
+        self.commit_manifest(m)?;
+        self.deltas.truncate(at + 1);
+        self.deltas.push(delta);
+        for f in dropped {
+            let _ = self.dir.remove(&f);
+        }
+        Ok(new)
+    }
+
     /// Grows the virtual disk to `new_size` bytes; shrinking is refused.
     pub fn grow(&mut self, new_size: u64) -> Result<()> {
         self.check_changeable("grow")?;
