@@ -168,6 +168,7 @@ impl Lan {
     /// (Re)starts `cr serve` on host `i`, with `fault` injected if given.
     fn serve(&mut self, i: usize, fault: Option<&str>) {
         self.stop_serve(i);
+        let before = self.serve_log(i).matches("listening on").count();
         let log = self.host(i).root.join("serve.log");
         let log = File::options()
             .create(true)
@@ -182,10 +183,10 @@ impl Lan {
         }
         let child = cmd.spawn().expect("starting cr serve");
         self.serves.push((i, child));
-        // Listening once it printed its line.
-        let path = self.host(i).root.join("serve.log");
+        // Listening (after its recovery of what a killed agent left) once
+        // it printed its own line.
         let started = wait_until(Duration::from_secs(10), || {
-            std::fs::read_to_string(&path).is_ok_and(|l| l.matches("listening on").count() > 0)
+            self.serve_log(i).matches("listening on").count() > before
         });
         assert!(started, "cr serve did not start on host{i}");
         std::thread::sleep(Duration::from_millis(100));
