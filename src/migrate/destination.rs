@@ -109,8 +109,8 @@ pub fn serve_session(
     control.send(&Message::Accept(MigrationRef { migration: id }))?;
 
     // The source pre-copies and checkpoints before it opens the streams.
-    let open = match control.recv(Duration::from_secs(600), "StreamsOpen") {
-        Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == STREAMS => o,
+    match control.recv(Duration::from_secs(600), "StreamsOpen") {
+        Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == STREAMS => {}
         Ok(Message::Abort(a)) => {
             set(outcomes, id, OutcomeState::Failed);
             return Err(Error::Invalid(format!("{peer} aborted: {}", a.reason)));
@@ -120,8 +120,7 @@ pub fn serve_session(
             return Err(fail(&mut control, Phase::Transfer, e));
         }
         Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
-    };
-    let _ = open;
+    }
     let size = staging_size(offer.sizes.memory, offer.sizes.files);
     let staging = match Staging::create(host, &id, size) {
         Ok(s) => s,

@@ -65,6 +65,8 @@ pub struct MigrationReport {
     pub bytes: u64,
     /// Bytes per second over the transfer phase.
     pub transfer_bytes_per_s: f64,
+    /// The checkpoint taken for it (pre-copy, frozen window, pages).
+    pub checkpoint: crate::dump::checkpoint::CheckpointSummary,
 }
 
 struct Phases {
@@ -209,7 +211,7 @@ pub fn migrate(
             reason: reason.clone(),
         }));
     };
-    let (summary, frozen) = match checkpoint_frozen(&container, &ckpt) {
+    let (checkpointed, frozen) = match checkpoint_frozen(&container, &ckpt) {
         Ok(done) => done,
         Err(e) => {
             abort(&mut control, format!("checkpoint failed: {e}"));
@@ -310,7 +312,6 @@ pub fn migrate(
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     });
-    let _ = summary;
     Ok(MigrationReport {
         container: name.to_string(),
         peer: peer.to_string(),
@@ -320,6 +321,7 @@ pub fn migrate(
         bytes,
         transfer_bytes_per_s: bytes as f64 / (transfer_ms / 1e3).max(1e-9),
         phases: phases.list,
+        checkpoint: checkpointed,
     })
 }
 
