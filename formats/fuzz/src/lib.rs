@@ -388,7 +388,7 @@ mod tests {
 
     /// Writes seeds/disk (run with --ignored after a format change).
     #[test]
-    #[ignore]
+    #[ignore = "writes seeds/disk: run by hand with --ignored after a disk format change"]
     fn write_disk_seeds() {
         use cr_formats::disk::ChainDir;
         let dir = disk::MemDir::new();
