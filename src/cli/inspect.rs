@@ -290,5 +290,16 @@ fn summary(record: &Record) -> String {
             n.neighbours.len(),
             n.sysctls.len()
         ),
+        Record::TimeNamespace(t) => format!(
+            "time namespace {}: monotonic {}.{:09} s, boottime {}.{:09} s, made by {}, members {:?}",
+            t.id,
+            t.monotonic.secs,
+            t.monotonic.nanos,
+            t.boottime.secs,
+            t.boottime.nanos,
+            t.creator
+                .map_or("the restorer".to_string(), |p| format!("process {p}")),
+            t.members
+        ),
     }
 }

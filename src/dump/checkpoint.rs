@@ -24,7 +24,7 @@ use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
-use crate::dump::{files, inet, netns, precopy, shmem, DumpError};
+use crate::dump::{files, inet, netns, precopy, shmem, timens, DumpError};
 use crate::error::{Error, IoContext, Result};
 use crate::inject::{regs_to_array, RemoteScratch, RemoteSyscall, Tracee};
 
@@ -121,6 +121,29 @@ struct Task {
     stopped_by: Option<i32>,
     /// A zombie's exit status (as `waitpid` reports it).
     zombie: Option<i32>,
+    /// Its time namespaces (not read for a zombie).
+    time_ns: Option<timens::TimeNs>,
+}
+
+/// The time namespaces of the container's processes (refused here when
+/// restore could not make them again: src/dump/timens.rs).
+fn time_namespaces(tasks: &[Task]) -> Result<Vec<cr_formats::schema::TimeNamespace>> {
+    let host_to_ns: HashMap<i32, i32> = tasks
+        .iter()
+        .map(|t| (t.host_pid, t.status.pid_in_ns()))
+        .collect();
+    let view: Vec<timens::TimeTask<'_>> = tasks
+        .iter()
+        .filter_map(|t| {
+            Some(timens::TimeTask {
+                host_pid: t.host_pid,
+                status: &t.status,
+                parent: host_to_ns.get(&t.status.ppid).copied(),
+                ns: t.time_ns?,
+            })
+        })
+        .collect();
+    Ok(timens::plan(&view, timens::host_time_ns()?)?)
 }
 
 /// Finds every process of the container and checks that cr can move each of
@@ -135,7 +158,8 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         if status.state == 'Z' {
             continue; // found with its parent below
         }
-        crate::dump::mounts::check_time_ns(pid, &status)?;
+        let tids = procfs::read_tids(pid)?;
+        let time_ns = timens::read(pid, &status, &tids)?;
         let mut fds = Vec::new();
         for entry in procfs::read_fds(pid)? {
             let (kind, meta) =
@@ -164,12 +188,13 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
         locked.extend(shmem::locked_inodes(&fds));
         tasks.push(Task {
             host_pid: pid,
-            tids: procfs::read_tids(pid)?,
+            tids,
             status,
             fds,
             maps,
             stopped_by: None,
             zombie: None,
+            time_ns: Some(time_ns),
         });
     }
     // Zombies have left the cgroup: their parents still hold them.
@@ -186,12 +211,14 @@ fn survey(cgroup: &ContainerCgroup) -> Result<Vec<Task>> {
             maps: Vec::new(),
             stopped_by: None,
             zombie: Some(exit_status),
+            time_ns: None,
         });
     }
     let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
     shmem::check_all_locks_seen(&locks, &pids, &locked).map_err(Error::Invalid)?;
     tasks.sort_by_key(|t| t.status.pid_in_ns());
     check_unix_sockets(&tasks)?;
+    time_namespaces(&tasks)?;
     if let Some(init) = tasks.first() {
         let attachments: Vec<crate::dump::ipc::Attachment> = tasks
             .iter()
@@ -1012,6 +1039,9 @@ fn dump_frozen(
         records.write(&Record::NetNamespace(netns::collect(init.host_pid)?))?;
         phases.add("network namespace", 0, at.elapsed());
     }
+    for space in time_namespaces(&tasks)? {
+        records.write(&Record::TimeNamespace(space))?;
+    }
     let at = Instant::now();
     records.finish()?;
     let (_, page_stats) = pages.finish()?;
@@ -1612,6 +1642,7 @@ pub fn dump_threads(host_pid: i32, tracees: &mut [Tracee]) -> Result<DumpedProce
         maps,
         stopped_by: None,
         zombie: None,
+        time_ns: None,
     };
     let mut refs: Vec<&mut Tracee> = tracees.iter_mut().collect();
     let process = collect_process(&task, &HashMap::new(), &mut refs)?;

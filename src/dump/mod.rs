@@ -38,6 +38,7 @@ pub mod netns;
 pub mod precopy;
 pub mod procfs;
 pub mod shmem;
+pub mod timens;
 pub mod unix;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! The container's namespace state beyond its processes: its mount tree,
-//! its UTS names, and the time-namespace refusal.
+//! its UTS names (time namespaces: src/dump/timens.rs).
 //!
 //! ```text
 //! survey (before the freeze)        /proc/PID1/mountinfo, in order:
@@ -401,36 +401,6 @@ pub fn read_uts(host_pid: i32) -> Result<Uts> {
         .join()
         .unwrap_or_else(|_| Err(Error::Invalid("the UTS reader thread panicked".into())))
     })
-}
-
-/// Refuses a process in a time namespace of its own (or one whose
-/// children would be): restore does not rebuild time namespaces.
-pub fn check_time_ns(host_pid: i32, status: &TaskStatus) -> std::result::Result<(), DumpError> {
-    let ours = fs::metadata("/proc/self/ns/time")
-        .map_err(|e| DumpError::proc(status.pid_in_ns(), "/proc/self/ns/time", e))?
-        .ino();
-    for name in ["time", "time_for_children"] {
-        let path = format!("/proc/{host_pid}/ns/{name}");
-        let ino = match fs::metadata(&path) {
-            Ok(m) => m.ino(),
-            Err(e) => return Err(DumpError::proc(status.pid_in_ns(), &path, e)),
-        };
-        if ino != ours {
-            let offsets = fs::read_to_string(format!("/proc/{host_pid}/timens_offsets"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            return Err(DumpError::Unsupported {
-                pid: status.pid_in_ns(),
-                comm: status.name.clone(),
-                what: format!(
-                    "its {name} namespace is a time namespace of its own (offsets: {offsets}), which cr cannot restore"
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct LoadedImage {
     pub mounts: Vec<Mount>,
     /// The UTS names at checkpoint (images before format 1.2 have none).
     pub uts: Option<Uts>,
+    /// Time namespaces the container's processes made (restore::timens).
+    pub time_namespaces: Vec<cr_formats::schema::TimeNamespace>,
 }
 
 impl LoadedImage {
@@ -78,6 +80,7 @@ impl LoadedImage {
         let mut mounts = Vec::new();
         let mut uts = None;
         let mut netns = None;
+        let mut time_namespaces = Vec::new();
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
                 "checkpoint image {}: {what} of process {pid} comes before its process record",
@@ -133,6 +136,7 @@ impl LoadedImage {
                 Record::SysvMsgQueue(q) => ipc.msg.push(q),
                 Record::PosixMqueue(q) => ipc.mqueues.push(q),
                 Record::NetNamespace(n) => netns = Some(n),
+                Record::TimeNamespace(t) => time_namespaces.push(t),
             }
         }
         mounts.sort_by_key(|m: &Mount| m.index);
@@ -156,6 +160,7 @@ impl LoadedImage {
             dir: dir.to_path_buf(),
             mounts,
             uts,
+            time_namespaces,
         })
     }
 

@@ -50,6 +50,7 @@ pub mod pages;
 pub mod process;
 pub mod shmem;
 pub mod signals;
+pub mod timens;
 pub mod timing;
 pub mod tree;
 pub mod unix;

@@ -53,6 +53,7 @@ use crate::restore::image::LoadedImage;
 use crate::restore::lazy::{self, FillGate, PagesMode};
 use crate::restore::process::{finish, prepare_with};
 use crate::restore::shmem::{self, SharedObjects};
+use crate::restore::timens;
 use crate::restore::RestoreOptions;
 
 /// The restorer's own fds live at or above [`private_fds`], never below this.
@@ -79,6 +80,7 @@ const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
 
 /// Checks what this restore can rebuild, before anything is created.
 pub fn check(image: &LoadedImage) -> Result<()> {
+    timens::check(image)?;
     if image.config.userns.is_some() {
         shmem::check_userns(image)
             .map_err(|what| Error::Invalid(format!("cannot restore: {what}")))?;
@@ -225,6 +227,7 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
         .map_err(|e| Error::sys("moving the report pipe", e))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(moved) };
+    let times = timens::prepare(image, base, report.as_raw_fd())?;
     let deleted = shmem::create_deleted(image)?;
     let mut kinds = KindTimes::default();
     let table = match open_table(image, &deleted, table_fd, &mut kinds) {
@@ -241,7 +244,7 @@ pub fn husk_main(image: &LoadedImage, report: &OwnedFd) -> Result<Infallible> {
     // SAFETY: write from a live buffer to the report pipe.
     let rc = unsafe { libc::write(report.as_raw_fd(), note.as_ptr().cast(), note.len()) };
     Errno::result(rc).map_err(|e| Error::sys("reporting the file timings", e))?;
-    become_process(1, image, &table, report)
+    become_process(1, image, &table, &times, report)
 }
 
 /// How long PID 1 took to make each kind of file (and how many), for the
@@ -613,8 +616,11 @@ fn become_process(
     pid: i32,
     image: &LoadedImage,
     table: &HashMap<u64, RawFd>,
+    times: &timens::TimeSpaces,
     report: OwnedFd,
 ) -> Result<Infallible> {
+    // Before its children are born: they are born in its time_for_children.
+    times.enter(image, pid, report.as_raw_fd())?;
     let p = &image.processes[&pid];
     let rec = &p.process;
     // SAFETY: getsid/getpgid/setsid/setpgid take and return plain integers.
@@ -646,7 +652,7 @@ fn become_process(
             if zombie {
                 become_zombie(&image.processes[&child].process, &report);
             }
-            let result = become_process(child, image, table, report);
+            let result = become_process(child, image, table, times, report);
             return result;
         }
         if zombie {
@@ -964,7 +970,7 @@ pub fn take_over(
         .map(|p| p.process.pid)
         .collect();
     crate::restore::timing::mark("pid 1 setup");
-    if let Err(e) = wait_for_husks(live.len(), report) {
+    if let Err(e) = wait_for_husks(image, cgroup, live.len(), report) {
         // Deleted files PID 1 wrote back go with the failed restore.
         if !image.deleted.is_empty() {
             for pid in cgroup.pids().unwrap_or_default() {
@@ -1151,15 +1157,31 @@ fn rebuild_all(
     Ok(gate)
 }
 
-/// Reads one 'H' per husk from the report pipe, and PID 1's line of
-/// timings (after a [`NOTE`] byte); anything else is an error message from the tree.
-fn wait_for_husks(count: usize, report: &mut File) -> Result<()> {
+/// Reads one 'H' per husk from the report pipe, PID 1's line of timings
+/// (after a [`NOTE`] byte) and requests for time offsets (after
+/// [`timens::REQUEST`], answered at once); anything else is an error
+/// message from the tree.
+fn wait_for_husks(
+    image: &LoadedImage,
+    cgroup: &ContainerCgroup,
+    count: usize,
+    report: &mut File,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = 0;
     let mut buf = [0u8; 256];
-    // A line of timings after a NOTE byte (see KindTimes), maybe split
-    // across reads.
-    let mut note: Option<Vec<u8>> = None;
+    // A line after a NOTE or REQUEST byte, maybe split across reads.
+    let mut note: Option<(u8, Vec<u8>)> = None;
+    let host_pid = |pid: i32| -> Result<i32> {
+        for p in cgroup.pids()? {
+            if procfs::read_status(p.as_raw()).is_ok_and(|s| s.pid_in_ns() == pid) {
+                return Ok(p.as_raw());
+            }
+        }
+        Err(Error::Invalid(format!(
+            "restored process {pid} is not in the container's cgroup"
+        )))
+    };
     while seen < count {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
@@ -1183,15 +1205,20 @@ fn wait_for_husks(count: usize, report: &mut File) -> Result<()> {
             )));
         }
         for (i, b) in buf[..n].iter().enumerate() {
-            if let Some(line) = note.as_mut() {
+            if let Some((kind, line)) = note.as_mut() {
                 if *b == b'\n' {
-                    crate::restore::timing::note(String::from_utf8_lossy(line).into_owned());
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    if *kind == NOTE {
+                        crate::restore::timing::note(text);
+                    } else {
+                        timens::write_offsets(image, &text, host_pid)?;
+                    }
                     note = None;
                 } else {
                     line.push(*b);
                 }
-            } else if *b == NOTE {
-                note = Some(Vec::new());
+            } else if *b == NOTE || *b == timens::REQUEST {
+                note = Some((*b, Vec::new()));
             } else if *b == b'H' {
                 seen += 1;
             } else {

@@ -19,6 +19,7 @@
 //!   Mount { index .. }             one per rebuilt mount (see [`ns`])
 //!   Uts { hostname .. }            once
 //!   NetNamespace { links .. }      the container's network namespace, once
+//!   TimeNamespace { id .. }        one per time namespace of its own
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -56,7 +57,7 @@ pub use inet::{
 pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
 pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl};
-pub use ns::{Mount, MountKind, Propagation, Uts};
+pub use ns::{Mount, MountKind, Propagation, TimeNamespace, TimeOffset, Uts};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
     TaskState, Timer,
@@ -147,6 +148,9 @@ records! {
     /// The container's network namespace: devices, addresses, routes,
     /// rules, neighbours, net sysctls and netfilter rules; at most once.
     NetNamespace(NetNamespace) = 16,
+    /// A time namespace made by processes of the container, with its
+    /// offsets and the processes in it (since 1.3).
+    TimeNamespace(TimeNamespace) = 17,
 }
 
 impl std::fmt::Display for RecordKind {

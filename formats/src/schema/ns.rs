@@ -1,6 +1,6 @@
 //! Namespace state beyond the processes: the mounts a container's processes
 //! added to its mount namespace after start (and the contents of its tmpfs
-//! mounts), and its UTS names.
+//! mounts), its UTS names, and the time namespaces its processes made.
 //!
 //! ```text
 //!   Mount { index 0, /tmp, Tmpfs(archive 0) }      standard /tmp: contents only
@@ -8,6 +8,8 @@
 //!   Mount { index 2, /mnt/scratch, Tmpfs(..) }     added: mounted, then filled
 //!   Mount { index 3, /srv/b, Bind { from /srv/a } }
 //!   Uts { hostname, domainname }                    once
+//!   TimeNamespace { id 0, monotonic, boottime,      one per time namespace
+//!     creator Some(7), members [8, 9] }             of the container's own
 //! ```
 //!
 //! Mounts are replayed in `index` order (the order of the container's
@@ -70,4 +72,37 @@ pub enum Propagation {
 pub struct Uts {
     pub hostname: ByteString,
     pub domainname: ByteString,
+}
+
+/// A time namespace that processes of the container made
+/// (`unshare(CLONE_NEWTIME)`), with its clock offsets. The container's own
+/// clocks are the host's: processes in neither a creator's nor a member's
+/// place are in the host's time namespace.
+///
+/// A process's time namespace is the one whose `members` name it (else
+/// the host's); the namespace its children go to (`time_for_children`) is
+/// the one whose `creator` it is, else its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeNamespace {
+    /// Its number in this image.
+    pub id: u32,
+    /// `CLOCK_MONOTONIC` offset, as `/proc/PID/timens_offsets` shows it.
+    pub monotonic: TimeOffset,
+    /// `CLOCK_BOOTTIME` offset.
+    pub boottime: TimeOffset,
+    /// The process (pid in the container) whose `time_for_children` it is
+    /// while its own time namespace is another: the one that made it with
+    /// `unshare`. Restore makes it again in that process, so its children
+    /// are born in it. `None`: restore makes it first and every member
+    /// joins it with `setns`.
+    pub creator: Option<i32>,
+    /// The processes (pids in the container) whose time namespace it is.
+    pub members: Vec<i32>,
+}
+
+/// A clock offset: seconds and nanoseconds (`0..1_000_000_000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeOffset {
+    pub secs: i64,
+    pub nanos: u32,
 }

@@ -525,6 +525,19 @@ pub fn records() -> Vec<Record> {
         ),
         ip6tables: ByteString::default(),
     }));
+    r.push(Record::TimeNamespace(TimeNamespace {
+        id: 0,
+        monotonic: TimeOffset {
+            secs: 86_400,
+            nanos: 5,
+        },
+        boottime: TimeOffset {
+            secs: -3600,
+            nanos: 999_999_999,
+        },
+        creator: Some(7),
+        members: vec![8, 9],
+    }));
     r
 }
 
