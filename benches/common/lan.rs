@@ -221,6 +221,11 @@ impl Lan {
             ip(&["-n", &lan_ns, "link", "set", &port, "master", "lan", "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "link", "add", &lan.bridge, "type", "bridge"]);
+            // A fixed address: a bridge otherwise takes the lowest of its
+            // ports' MACs, which changes as containers come and go, and
+            // the other host's ARP entry then points nowhere for ~30 s.
+            let mac = format!("02:cb:00:00:00:{:02x}", i + 1);
+            ip(&["-n", ns, "link", "set", &lan.bridge, "address", &mac]);
             ip(&["-n", ns, "link", "set", &up, "master", &lan.bridge, "up"]);
             let addr = format!("{}/24", h.address);
             ip(&["-n", ns, "addr", "add", &addr, "dev", &lan.bridge]);
