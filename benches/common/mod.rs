@@ -1,9 +1,14 @@
 //! What the benchmarks share: the `cr` binary they drive and a guard that
-//! removes everything a benchmark's host created, even when it panics.
+//! removes everything a benchmark's host created, even when it panics;
+//! [`lan`]: two test hosts in network namespaces for the migration benchmarks.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+// Only the migration benchmarks build the two-host lan.
+#[allow(dead_code)]
+pub mod lan;
 
 /// The release `cr` next to the benchmark binary, built if missing.
 pub fn cr_binary() -> PathBuf {

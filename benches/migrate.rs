@@ -1,0 +1,339 @@
+//! `cr migrate` of a container holding 1 GiB of touched memory (half random
+//! bytes, half zero pages: the workload of `benches/checkpoint.rs`) between
+//! two test hosts on a lan (network namespaces, `benches/common/lan.rs`),
+//! beside a bare QUIC stream of the same number of bytes between the same
+//! two namespaces in the same run (the limit).
+//!
+//! Each migration starts a fresh container on host1 and moves it to host2
+//! with `cr migrate NAME host2 --json` (pre-copy, the default, and
+//! `--cold`); the report gives total and frozen time, bytes sent and the
+//! transfer phase's throughput, and every phase. The limit is
+//! cr-transport used directly: an endpoint listening in host2's namespace
+//! (a thread that entered it before building its runtime and binding), a
+//! client in host1's, mutually pinned identities, one data stream written
+//! through `BlockingSend` and read through `BlockingRecv`, the engine's
+//! adapters, with cr's own runtime (`cr::migrate::runtime`) and the same
+//! `Tuning` as `cr serve`, run right after each migration (the machine is
+//! shared: each migration is compared with the bare stream next to it).
+//!
+//! Targets (issue 6): transfer throughput at least 0.85 of the bare
+//! stream; total time under 1.5 s.
+//!
+//! Run as root: `cargo bench --bench migrate`.
+
+// Not every bench uses every helper of common.
+#[allow(dead_code)]
+mod common;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cr_transport::{
+    BlockingRecv, BlockingSend, Endpoint, Identity, MigrationId, Peer, StreamHeader, StreamKind,
+    TrustStore, Tuning,
+};
+use nix::sched::{setns, CloneFlags};
+
+use common::cr_binary;
+use common::lan::{Lan, LanHost};
+
+const WORKLOAD: &str = "import os, time\n\
+half = 512 << 20\n\
+rnd = bytearray(os.urandom(half))\n\
+zero = bytearray(half)\n\
+for i in range(0, half, 4096):\n    zero[i] = 0\n\
+open('/root/ready', 'w').write('1')\n\
+while True:\n    time.sleep(1)\n";
+
+const TARGET_RATIO: f64 = 0.85;
+const TARGET_TOTAL_S: f64 = 1.5;
+/// The port of the bare stream's listener in host2's namespace.
+const BARE_PORT: u16 = 7448;
+
+fn main() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark runs as root"
+    );
+    let cr = cr_binary();
+    let mut lan = Lan::new(&cr);
+    lan.serve(1);
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    // The image, built once on host1 and shared read-only with host2.
+    h1.run(&[
+        "image",
+        "build-minimal",
+        "py",
+        "--with",
+        "/usr/bin/python3",
+        "--tree",
+        "/usr/lib/python3.11",
+    ]);
+    fs::create_dir_all(h2.root.join("images")).expect("host2 images");
+    std::os::unix::fs::symlink(h1.root.join("images/py"), h2.root.join("images/py"))
+        .expect("sharing the image");
+
+    let mut runs = Vec::new();
+    for cold in [false, true, false] {
+        let rss = start_workload(&lan);
+        let t = Instant::now();
+        let mut args = vec!["migrate", "mem", "host2", "--json"];
+        if cold {
+            args.push("--cold");
+        }
+        let out = h1.run(&args);
+        let wall = t.elapsed().as_secs_f64();
+        let report: serde_json::Value = serde_json::from_str(&out).expect("report json");
+        // It runs on host2 only.
+        assert!(h1.containers().is_empty(), "left on host1");
+        let status: serde_json::Value =
+            serde_json::from_str(&h2.run(&["status", "mem", "--json"])).expect("status json");
+        assert_eq!(status["state"], "running", "not running on host2");
+        let dest = lan
+            .serve_log(1)
+            .lines()
+            .rev()
+            .find(|l| l.contains("runs here"))
+            .unwrap_or("(no line in the destination's log)")
+            .to_string();
+        h2.run(&["destroy", "mem"]);
+        // The limit, right after: the same bytes on one bare stream.
+        let bytes = report["bytes"].as_u64().expect("bytes in the report");
+        let bare = bare_stream(&lan, bytes);
+        runs.push((
+            cold,
+            rss,
+            wall,
+            report,
+            dest,
+            bytes as f64 / bare.as_secs_f64(),
+        ));
+    }
+    let bytes = runs[0].3["bytes"].as_u64().unwrap_or(0);
+    let bare_bps = runs.iter().map(|r| r.5).fold(0.0, f64::max);
+
+    println!(
+        "migration host1 -> host2 (network namespaces on a bridge, veth MTU 1500) of 1 GiB touched memory (512 MiB random, 512 MiB zero pages)"
+    );
+    println!(
+        "  limit: bare QUIC stream of the same bytes ({:.0} MiB) host1 -> host2 (BlockingSend/BlockingRecv), measured after each migration: best {:.3} GB/s, each {:.3?} GB/s",
+        bytes as f64 / (1 << 20) as f64,
+        bare_bps / 1e9,
+        runs.iter().map(|r| r.5 / 1e9).collect::<Vec<_>>()
+    );
+    for (cold, rss, wall, r, dest, adjacent) in &runs {
+        let ms = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let total = ms("total_ms") / 1e3;
+        let frozen = ms("frozen_ms") / 1e3;
+        let bps = ms("transfer_bytes_per_s");
+        let ratio = bps / adjacent;
+        let sent = r["bytes"].as_u64().unwrap_or(0);
+        println!(
+            "  {}: total {total:.3} s (target < {TARGET_TOTAL_S}: {}), frozen {frozen:.3} s, {:.0} MiB sent (RSS {:.0} MiB), transfer {:.3} GB/s = {ratio:.2} of the bare stream after it, {:.2} of the best (target {TARGET_RATIO}: {}); cr migrate wall {wall:.3} s",
+            if *cold { "--cold      " } else { "pre-copy (2)" },
+            met(total < TARGET_TOTAL_S),
+            sent as f64 / (1 << 20) as f64,
+            *rss as f64 / (1 << 20) as f64,
+            bps / 1e9,
+            bps / bare_bps,
+            met(ratio >= TARGET_RATIO),
+        );
+        let phases: Vec<String> = r["phases"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|p| {
+                        format!(
+                            "{} {:.0}",
+                            p[0].as_str().unwrap_or("?"),
+                            p[1].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("      source phases (ms): {}", phases.join(", "));
+        println!(
+            "      destination: {}",
+            dest.split_once(": ").map_or(dest.as_str(), |(_, l)| l)
+        );
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// Starts the workload as `mem` on host1 and waits until its memory is
+/// touched; returns its RSS.
+fn start_workload(lan: &Lan) -> u64 {
+    let h1 = &lan.hosts[0];
+    let ip = format!("{}.10/24", lan.prefix);
+    h1.run(&[
+        "run",
+        "mem",
+        "--image",
+        "py",
+        "--bridge",
+        &lan.bridge,
+        "--ip",
+        &ip,
+        "--memory",
+        "1536M",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        WORKLOAD,
+    ]);
+    let ready = h1.root.join("containers/mem/upper/root/ready");
+    let t = Instant::now();
+    while !ready.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the workload did not get ready: {}",
+            h1.run(&["logs", "mem"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&h1.run(&["status", "mem", "--json"])).expect("status json");
+    vm_rss(status["pid"].as_i64().expect("pid") as i32)
+}
+
+fn vm_rss(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Makes the calling thread live in `host`'s network namespace.
+fn enter(host: &LanHost) {
+    let ns = File::open(host.netns_path()).expect("opening the host's netns");
+    setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Sends `bytes` on one QUIC data stream from host1 to host2; returns the
+/// time from opening the stream until every byte was acknowledged.
+fn bare_stream(lan: &Lan, bytes: u64) -> Duration {
+    let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
+    let server_id = Identity::generate().expect("identity");
+    let client_id = Identity::generate().expect("identity");
+    let listen: SocketAddr = format!("{}:{BARE_PORT}", h2.address)
+        .parse()
+        .expect("address");
+    let server_trust = TrustStore::from_peers(vec![Peer::new(
+        "host1",
+        &format!("{}:{BARE_PORT}", h1.address),
+        client_id.fingerprint(),
+    )
+    .expect("peer")])
+    .expect("trust");
+    let client_trust = TrustStore::from_peers(vec![Peer::new(
+        "host2",
+        &listen.to_string(),
+        server_id.fingerprint(),
+    )
+    .expect("peer")])
+    .expect("trust");
+    let id = MigrationId([7; 16]);
+    let data = pattern();
+    std::thread::scope(|s| {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = s.spawn(move || -> u64 {
+            enter(h2);
+            let rt = cr::migrate::runtime().expect("runtime");
+            let endpoint = {
+                let _g = rt.enter();
+                Endpoint::listen(listen, &server_id, server_trust, Tuning::default())
+                    .expect("listening in host2")
+            };
+            ready_tx.send(()).expect("ready");
+            // Bounded, so that a client that failed ends the run instead of
+            // leaving this thread (and the scope) waiting.
+            let (session, _control) = rt
+                .block_on(async {
+                    let incoming = tokio::time::timeout(Duration::from_secs(30), endpoint.accept())
+                        .await
+                        .expect("no connection from host1 within 30 s")
+                        .expect("incoming");
+                    incoming.establish().await
+                })
+                .expect("session from host1");
+            let (_, mut rx) = BlockingRecv::accept(rt.handle(), &session, id).expect("stream");
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            loop {
+                let n = rx.read(&mut buf).expect("reading the stream");
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            // Until the client closed: it waits for our last ACKs.
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), session.closed()).await;
+            });
+            got
+        });
+        ready_rx.recv().expect("the listener did not start");
+        let client = s.spawn(move || -> Duration {
+            enter(h1);
+            let rt = cr::migrate::runtime().expect("runtime");
+            let endpoint = {
+                let _g = rt.enter();
+                Endpoint::client(
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    &client_id,
+                    client_trust,
+                    Tuning::default(),
+                )
+                .expect("client endpoint in host1")
+            };
+            let (session, _control) = rt.block_on(endpoint.connect("host2")).expect("connect");
+            let t = Instant::now();
+            let header = StreamHeader::new(StreamKind::Pages, id, 0);
+            let mut tx = BlockingSend::open(rt.handle(), &session, header).expect("open");
+            let mut left = bytes;
+            while left > 0 {
+                let n = (left as usize).min(data.len());
+                tx.write_all(&data[..n]).expect("writing the stream");
+                left -= n as u64;
+            }
+            assert_eq!(tx.finish().expect("finishing the stream"), bytes);
+            let elapsed = t.elapsed();
+            session.close(0, "done");
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            });
+            elapsed
+        });
+        let elapsed = client.join().expect("client thread");
+        assert_eq!(server.join().expect("server thread"), bytes);
+        elapsed
+    })
+}
+
+/// 1 MiB of incompressible bytes (xorshift).
+fn pattern() -> Vec<u8> {
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
