@@ -48,6 +48,9 @@ while True:
 
 /// The four namespaces, the two hosts and their agents.
 struct Lan {
+    /// One two-host lan at a time on this machine: each migrates memory
+    /// between two namespaces on both cores.
+    _turn: nix::fcntl::Flock<File>,
     h1: TestHost,
     h2: TestHost,
     lan: String,
@@ -72,6 +75,15 @@ impl Lan {
             Command::new("ip").arg("-V").output().is_ok(),
             "apt-get install -y iproute2",
         );
+        std::fs::create_dir_all("/run/cr-tests").expect("creating /run/cr-tests");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/cr-tests/migrate-lan.lock")
+            .expect("lan lock");
+        let turn = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, e)| panic!("locking the lan: {e}"));
         let mut h1 = TestHost::new();
         let mut h2 = TestHost::new();
         let tag = format!("crm{}x{}", h1.net.x, h1.net.y);
@@ -91,6 +103,7 @@ impl Lan {
         h1.netns = Some(n1.clone());
         h2.netns = Some(n2.clone());
         let lan_fixture = Lan {
+            _turn: turn,
             h1,
             h2,
             lan: lan.clone(),
