@@ -135,6 +135,18 @@ impl Lan {
             } else {
                 let br = &lan_fixture.h1.bridge;
                 ip(&["-n", ns, "link", "add", br, "type", "bridge"]);
+                // A fixed MAC: a bridge takes its lowest port's otherwise, and
+                // a container's veth joining or leaving would move it under
+                // the other host's ARP entry.
+                ip(&[
+                    "-n",
+                    ns,
+                    "link",
+                    "set",
+                    br,
+                    "address",
+                    &format!("02:cb:00:00:00:0{}", i + 1),
+                ]);
                 ip(&["-n", ns, "link", "set", &up, "master", br, "up"]);
                 ip(&[
                     "-n",
