@@ -22,6 +22,7 @@ pub mod inet;
 pub mod ipc;
 pub mod lazy;
 pub mod mounts;
+pub mod netlink;
 pub mod netns;
 pub mod overlay;
 pub mod pages;
