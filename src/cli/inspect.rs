@@ -206,6 +206,16 @@ fn summary(record: &Record) -> String {
             FileKind::Memfd { id, pos } => format!("file {} memfd {id} at {pos}", f.id),
             FileKind::Deleted { id, pos } => format!("file {} deleted file {id} at {pos}", f.id),
             FileKind::Mqueue { name } => format!("file {} POSIX message queue /{name}", f.id),
+            FileKind::Netlink(n) => format!(
+                "file {} netlink protocol {} port {} groups {:x?}{}",
+                f.id,
+                n.protocol,
+                n.port,
+                n.groups,
+                n.peer
+                    .map(|(port, groups)| format!(" connected to port {port} groups {groups:#x}"))
+                    .unwrap_or_default()
+            ),
         },
         Record::Fd(fd) => format!(
             "fd {} of {} -> file {}{}",

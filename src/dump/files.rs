@@ -153,6 +153,11 @@ pub static REGISTRY: &[FileKindDump] = &[
         collect: crate::dump::inet::collect,
     },
     FileKindDump {
+        name: crate::dump::netlink::KIND_NAME,
+        claims: crate::dump::netlink::claims,
+        collect: crate::dump::netlink::collect,
+    },
+    FileKindDump {
         name: "memfd",
         claims: |o| {
             o.meta.file_type().is_file()
@@ -252,6 +257,9 @@ fn describe(o: &FdObject) -> String {
         return format!("an {inner} ({target})");
     }
     if target.starts_with("socket:") {
+        if let Some(other) = crate::dump::netlink::describe(o) {
+            return other;
+        }
         if let Some(inet) = crate::dump::inet::describe(o) {
             return inet;
         }

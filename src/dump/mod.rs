@@ -34,6 +34,7 @@ pub mod inet;
 pub mod ipc;
 pub mod mm;
 pub mod mounts;
+pub mod netlink;
 pub mod netns;
 pub mod precopy;
 pub mod procfs;

@@ -44,6 +44,7 @@ impl Default for RestoreOptions {
 }
 
 pub mod mounts;
+pub mod netlink;
 pub mod netns;
 pub mod overlay;
 pub mod pages;

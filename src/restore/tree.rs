@@ -291,6 +291,7 @@ fn kind_name(kind: &FileKind) -> &'static str {
         FileKind::Unix(_) => "unix socket (placed)",
         FileKind::Inet(_) => "TCP/UDP socket",
         FileKind::Mqueue { .. } => "POSIX mqueue",
+        FileKind::Netlink(_) => "netlink socket",
         _ => "event object",
     }
 }
@@ -472,6 +473,7 @@ fn open_table(
                 Error::Invalid(format!("unix socket socket:[{}] was not created", u.ino))
             })?,
             FileKind::Inet(sock) => crate::restore::inet::open(sock, file.flags)?,
+            FileKind::Netlink(n) => crate::restore::netlink::open(n, file.flags)?,
             FileKind::Mqueue { name } => {
                 crate::restore::ipc::open_mqueue(name.as_bytes(), file.flags as i32)?
             }

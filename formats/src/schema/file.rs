@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::bytes::{Blob, ByteString};
 use super::event::{EpollItem, InotifyWatch, TimerFd};
 use super::inet::InetSocket;
+use super::netlink::NetlinkSocket;
 use super::unix::UnixSocket;
 
 /// Identifies a [`File`] within one image.
@@ -121,6 +122,8 @@ pub enum FileKind {
     Mqueue {
         name: ByteString,
     },
+    /// A netlink socket (see [`super::netlink`]; since 1.3).
+    Netlink(NetlinkSocket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ mod file;
 mod inet;
 mod ipc;
 mod manifest;
+mod netlink;
 mod netns;
 mod ns;
 mod process;
@@ -56,6 +57,7 @@ pub use inet::{
 };
 pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
+pub use netlink::{NetlinkOptions, NetlinkSocket};
 pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl};
 pub use ns::{Mount, MountKind, Propagation, TimeNamespace, TimeOffset, Uts};
 pub use process::{

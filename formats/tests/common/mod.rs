@@ -350,6 +350,19 @@ pub fn records() -> Vec<Record> {
         FileKind::Mqueue {
             name: ByteString::from("queue"),
         },
+        FileKind::Netlink(cr_formats::schema::NetlinkSocket {
+            protocol: 0,
+            dgram: false,
+            port: 1,
+            groups: vec![0x11, 0x2],
+            peer: Some((0, 1)),
+            options: cr_formats::schema::NetlinkOptions {
+                ext_ack: true,
+                ..Default::default()
+            },
+            sndbuf: 425984,
+            rcvbuf: 425984,
+        }),
     ];
     for (id, kind) in files.into_iter().enumerate() {
         r.push(Record::File(File {
