@@ -176,11 +176,11 @@ fn checkpoint_stops_by_default_then_list_and_rm() {
 
 #[test]
 fn a_socket_cr_cannot_move_is_refused_before_the_freeze() {
-    // A netlink socket: a family cr does not move yet.
+    // A packet socket: a family cr does not move.
     let h = TestHost::new();
     h.run_python_until(
         "sock",
-        "import socket, time\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\nassert s.fileno() == 3\nopen('/root/ready', 'w').write('1')\ntime.sleep(3600)",
+        "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\nassert s.fileno() == 3\nopen('/root/ready', 'w').write('1')\ntime.sleep(3600)",
         "/root/ready",
     );
     let err = h.fails(&["checkpoint", "sock"]);
