@@ -26,15 +26,28 @@
 //!                       owners, SO_SNDBUF/SO_RCVBUF, SO_PASSCRED, O_NONBLOCK
 //! ```
 //!
-//! `SO_PEERCRED` of a restored socket names the process that created it
-//! here, the container's PID 1, with uid and gid 0 (the image keeps the
-//! checkpointed value, see docs/image-format.md).
+//! `SO_PEERCRED` comes from the process that calls `socketpair`, `listen`
+//! or `connect`, and nothing sets it afterwards. So each of these calls is
+//! made as the recorded peer ([`as_peer`]): a helper forked with the
+//! recorded pid (clone3 `set_tid`, sharing PID 1's descriptor table with
+//! `CLONE_FILES`) and the recorded effective uid and gid makes the call
+//! and exits before the husks exist; the socket keeps naming that pid, the
+//! number the restored process gets again. Recorded pid 1 (or unknown): PID
+//! 1 itself with the ids switched for the call.
+//!
+//! ```text
+//!  PID 1                                  helper (pid P, shares the fd table)
+//!  pipe; clone3(CLONE_FILES, set_tid P) ─▶ setresgid/setresuid(-1, id, -1),
+//!                                         effective caps = permitted
+//!                                         socketpair / listen / connect
+//!  waitpid(P), read the result  ◀──────── result on the pipe, _exit
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use cr_formats::schema::{FileId, FileKind, UnixName, UnixSocket, UnixState, UnixType};
+use cr_formats::schema::{FileId, FileKind, UnixCred, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
@@ -215,6 +228,28 @@ fn connect(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
     Ok(())
 }
 
+/// [`connect`] as `cred` (the accepted side's `SO_PEERCRED`).
+fn connect_as(u: &UnixSocket, fd: &OwnedFd, name: &UnixName, cred: Option<UnixCred>) -> Result<()> {
+    let (addr, len) = sockaddr(name).ok_or_else(|| refuse(u, "its peer's name is too long"))?;
+    let raw = fd.as_raw_fd();
+    as_peer(cred, || {
+        // SAFETY: connect reads `len` bytes of a live sockaddr_un.
+        let rc = unsafe { libc::connect(raw, (&addr as *const libc::sockaddr_un).cast(), len) };
+        Errno::result(rc).map(|_| [-1, -1])
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        Error::sys(
+            format!(
+                "unix socket socket:[{}]: connecting to {}",
+                u.ino,
+                show(name)
+            ),
+            e,
+        )
+    })
+}
+
 fn show(name: &UnixName) -> String {
     match name {
         UnixName::Path { path, .. } => path.to_string(),
@@ -244,11 +279,10 @@ fn connect_named(
     }
     let listener = new_socket(b)?;
     bind(b, &listener, name)?;
-    // SAFETY: listen on a socket we own.
-    if unsafe { libc::listen(listener.as_raw_fd(), 1) } < 0 {
-        return Err(sys(b, "listening on a temporary socket"));
-    }
-    let connected = connect(a, &client, name);
+    // The client's SO_PEERCRED comes from the listen, the accepted side's
+    // from the connect.
+    listen_as(b, &listener, 1, a.peer_cred)?;
+    let connected = connect_as(a, &client, name, b.peer_cred);
     let accepted = connected.and_then(|()| {
         // SAFETY: accept4 on our listener with null address pointers.
         let fd = unsafe {
@@ -270,22 +304,127 @@ fn connect_named(
     Ok((client, accepted?))
 }
 
+/// A socketpair made as the recorded peer of `u` (both ends name the
+/// process that makes the pair).
 fn socketpair(u: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            sock_type(u.kind) | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(sys(u, "socketpair"));
-    }
-    // SAFETY: socketpair returned two new fds that we own.
+    let ty = sock_type(u.kind) | libc::SOCK_CLOEXEC;
+    let fds = as_peer(u.peer_cred, || {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds into the array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+        Errno::result(rc).map(|_| fds)
+    })
+    .map_err(|e| Error::sys(format!("unix socket socket:[{}]: socketpair", u.ino), e))?;
+    // SAFETY: socketpair returned two new fds (in this fd table) that we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `listen(fd, backlog)` as `cred`: the socket's own `SO_PEERCRED`, and
+/// that of every client connecting to it, name them.
+fn listen_as(u: &UnixSocket, fd: &OwnedFd, backlog: i32, cred: Option<UnixCred>) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    as_peer(cred, || {
+        // SAFETY: listen takes plain integers.
+        Errno::result(unsafe { libc::listen(raw, backlog) }).map(|_| [-1, -1])
+    })
+    .map(|_| ())
+    .map_err(|e| Error::sys(format!("unix socket socket:[{}]: listen", u.ino), e))
+}
+
+/// Switches the effective uid and gid to `cred`'s, with every permitted
+/// capability still effective (the kernel clears them on the switch), so
+/// the call made next can bind and connect anywhere as before.
+fn take_ids(cred: &UnixCred) -> std::result::Result<(), Errno> {
+    // SAFETY: setresgid/setresuid take plain integers; -1 keeps an id.
+    unsafe {
+        Errno::result(libc::setresgid(u32::MAX, cred.gid, u32::MAX))?;
+        Errno::result(libc::setresuid(u32::MAX, cred.uid, u32::MAX))?;
+    }
+    let permitted = caps::read(None, caps::CapSet::Permitted).map_err(|_| Errno::EPERM)?;
+    caps::set(None, caps::CapSet::Effective, &permitted).map_err(|_| Errno::EPERM)
+}
+
+/// Runs `call` (a syscall on sockets of PID 1's descriptor table; up to
+/// two new descriptors back) as the process `cred` names (see the module
+/// doc). `None`: PID 1 as it is.
+fn as_peer(
+    cred: Option<UnixCred>,
+    call: impl FnOnce() -> std::result::Result<[RawFd; 2], Errno>,
+) -> std::result::Result<[RawFd; 2], Errno> {
+    let Some(cred) = cred else {
+        return call();
+    };
+    // A pid this PID namespace cannot give (0: unknown at checkpoint):
+    // PID 1 with the recorded ids.
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .unwrap_or(32768);
+    if cred.pid <= 1 || cred.pid >= pid_max {
+        // SAFETY: geteuid/getegid take no arguments.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        take_ids(&cred)?;
+        let out = call();
+        // SAFETY: as in take_ids; the saved ids are still PID 1's, so
+        // the old effective ids (and capabilities) come back.
+        unsafe {
+            Errno::result(libc::setresuid(u32::MAX, euid, u32::MAX))?;
+            Errno::result(libc::setresgid(u32::MAX, egid, u32::MAX))?;
+        }
+        return out;
+    }
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    Errno::result(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: PID 1 of a restore is single-threaded; the child only makes
+    // plain syscalls and _exits (it shares the fd table: no destructor may
+    // close a descriptor there).
+    let forked = unsafe { crate::clone3::fork_into(libc::CLONE_FILES, Some(cred.pid)) };
+    let child = match forked {
+        Ok(crate::clone3::Cloned::Child) => {
+            let out = take_ids(&cred).and_then(|()| call());
+            let mut msg = [0u8; 12];
+            match out {
+                Ok(fds) => {
+                    msg[4..8].copy_from_slice(&fds[0].to_ne_bytes());
+                    msg[8..12].copy_from_slice(&fds[1].to_ne_bytes());
+                }
+                Err(e) => msg[..4].copy_from_slice(&(e as i32).to_ne_bytes()),
+            }
+            // SAFETY: write from a live buffer, then leave at once.
+            unsafe {
+                libc::write(pipe[1], msg.as_ptr().cast(), msg.len());
+                libc::_exit(0)
+            }
+        }
+        Ok(crate::clone3::Cloned::Parent(child)) => child,
+        Err(e) => {
+            // SAFETY: closing the two pipe fds we made.
+            unsafe {
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+            }
+            return Err(e);
+        }
+    };
+    let waited = nix::sys::wait::waitpid(child, None);
+    let mut msg = [0u8; 12];
+    // SAFETY: read into a live buffer; close the pipe fds we made.
+    let n = unsafe {
+        let n = libc::read(pipe[0], msg.as_mut_ptr().cast(), msg.len());
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+        n
+    };
+    waited?;
+    if n != msg.len() as isize {
+        return Err(Errno::EPIPE);
+    }
+    let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+    match word(0) {
+        0 => Ok([word(4), word(8)]),
+        e => Err(Errno::from_raw(e)),
+    }
 }
 
 fn set_int(u: &UnixSocket, fd: &OwnedFd, opt: i32, v: i32, what: &str) -> Result<()> {
@@ -453,10 +592,7 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
             bind(u, &fd, name)?;
         }
         if u.state == UnixState::Listen {
-            // SAFETY: listen on a socket we own.
-            if unsafe { libc::listen(fd.as_raw_fd(), u.backlog as i32) } < 0 {
-                return Err(sys(u, "listen"));
-            }
+            listen_as(u, &fd, u.backlog as i32, u.peer_cred)?;
         }
         fds.insert(*ino, fd);
     }
