@@ -6,7 +6,9 @@
 //! ```text
 //!   lock(netns)    iptables-restore --noflush / ip6tables-restore --noflush
 //!                  inside the container's netns (setns before exec):
-//!                    -N CR-NETLOCK ; -A CR-NETLOCK -j DROP
+//!                    -N CR-NETLOCK
+//!                    -A CR-NETLOCK -m mark --mark BYPASS_MARK -j RETURN
+//!                    -A CR-NETLOCK -j DROP
 //!                    -I INPUT 1 -j CR-NETLOCK ; -I OUTPUT 1 -j CR-NETLOCK
 //!   unlock()       deletes the two jumps and the chain (both families)
 //! ```
@@ -25,6 +27,11 @@ use std::process::{Command, Stdio};
 
 /// The chain that drops everything.
 pub const CHAIN: &str = "CR-NETLOCK";
+
+/// The packet mark the lock lets through: the FIN of a half-closed
+/// connection that restore delivers again (restore::tcp_fin), sent while
+/// every other packet is still held back.
+pub const BYPASS_MARK: u32 = 0x4352_0001;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetLockError {
@@ -74,7 +81,7 @@ impl NetLock {
             netns: netns.into(),
         };
         let rules = format!(
-            "*filter\n:{CHAIN} - [0:0]\n-A {CHAIN} -j DROP\n-I INPUT 1 -j {CHAIN}\n-I OUTPUT 1 -j {CHAIN}\nCOMMIT\n"
+            "*filter\n:{CHAIN} - [0:0]\n-A {CHAIN} -m mark --mark {BYPASS_MARK:#x} -j RETURN\n-A {CHAIN} -j DROP\n-I INPUT 1 -j {CHAIN}\n-I OUTPUT 1 -j {CHAIN}\nCOMMIT\n"
         );
         for (i, tool) in TOOLS.iter().enumerate() {
             if let Err(e) = lock.run(tool, "lock", &rules) {

@@ -371,18 +371,94 @@ fn sockets_cr_cannot_move_are_refused_before_the_freeze() {
     );
     assert_eq!(h.state("backlog"), "running");
     assert!(h.ok(&["checkpoint", "list", "backlog"]).trim().is_empty());
+}
 
-    // A half-closed connection (the peer shut its side: CLOSE_WAIT).
-    let client = server_with_client(&h, "half", 15, &[]);
-    let _ = wait_file(&h, "half", "/root/ready", 20);
-    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut err = String::new();
-    let refused = wait_until(Duration::from_secs(5), || {
-        err = h.fails(&["checkpoint", "half"]);
-        err.contains("CLOSE_WAIT")
-    });
-    assert!(refused && err.contains("half-closed"), "{err}");
-    assert_eq!(h.state("half"), "running");
+const HALF: &str = include_str!("programs/inet_half.py");
+
+/// Reads until EOF; an error (a reset) fails the test.
+#[track_caller]
+fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    stream
+        .read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("reading to EOF after {} bytes: {e}", got.len()));
+    got
+}
+
+/// Runs tests/programs/inet_half.py with two clients outside: A sends
+/// "request" and shuts its side, B reads "hello" and the server's EOF and
+/// sends "upload-1". Returns (A, B) once the server is ready.
+fn half_closed(h: &TestHost, name: &str, ip: u8) -> (TcpStream, TcpStream) {
+    h.run(
+        name,
+        TestImage::Python,
+        Some(ip),
+        &[],
+        &["/usr/bin/python3", "-c", HALF],
+    );
+    wait_file(h, name, "/root/listening", 20);
+    let addr: SocketAddr = format!("{}:7000", h.net.addr(ip)).parse().unwrap();
+    let mut a = Client::connect(addr).stream;
+    a.write_all(b"request").unwrap();
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut b = Client::connect(addr).stream;
+    let mut hello = Vec::new();
+    b.read_to_end(&mut hello)
+        .expect("B reads the server's bytes and EOF");
+    assert_eq!(hello, b"hello");
+    b.write_all(b"upload-1").unwrap();
+    let _ = wait_file(h, name, "/root/ready", 20);
+    (a, b)
+}
+
+#[test]
+fn half_closed_connections_survive_checkpoint_and_restore() {
+    let h = TestHost::new();
+    let (mut a, mut b) = half_closed(&h, "half", 15);
+    let summary: serde_json::Value =
+        serde_json::from_str(&h.ok(&["checkpoint", "half", "--json"])).expect("json");
+    let shown = h.ok(&["inspect", summary["image"].as_str().expect("image")]);
+    assert_eq!(
+        shown
+            .matches("half-closed (CLOSE_WAIT: the peer sent its FIN")
+            .count(),
+        2,
+        "{shown}"
+    );
+    assert_eq!(
+        shown
+            .matches("half-closed (FIN_WAIT2: this side sent its FIN")
+            .count(),
+        2,
+        "{shown}"
+    );
+    h.ok(&["restore", "half"]);
+    assert_eq!(
+        lock_rules(&h, "half"),
+        "",
+        "the restore left the network locked"
+    );
+    h.exec("half", &["touch", "/root/go"]);
+    // A: the server's bytes, then its EOF; no reset.
+    assert_eq!(read_to_eof(&mut a), b"part1part2");
+    // B: the direction still open takes more, then this side closes.
+    b.write_all(b"upload-2").expect("B sends after the restore");
+    b.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut b), b"", "B's EOF is still there");
+    assert_eq!(wait_file(&h, "half", "/root/result", 30).trim(), "PASS");
+}
+
+#[test]
+fn the_half_closed_checks_fail_without_a_checkpoint() {
+    // Sending on B's closed side is caught, as is a missing EOF: the
+    // program's checks run against a live connection where B never closes.
+    let h = TestHost::new();
+    let (mut a, _b) = half_closed(&h, "half-bad", 16);
+    h.exec("half-bad", &["touch", "/root/go"]);
+    assert_eq!(read_to_eof(&mut a), b"part1part2");
+    // B never sends upload-2 nor closes: the server's read of B times out.
+    let r = wait_file(&h, "half-bad", "/root/result", 60);
+    assert!(r.starts_with("FAIL: socket error"), "{r}");
 }
 
 /// `GET path` over HTTP/1.0: the body, after checking the status line.

@@ -284,3 +284,51 @@ fn an_asyncio_loop_idle_in_epoll_serves_after_restore() {
     );
     assert_eq!(out.trim(), "async:hi+woken");
 }
+
+const LIB: &str = include_str!("programs/zdtm_lib.py");
+const PEERCRED: &str = include_str!("programs/unix_peercred.py");
+
+/// Says go and returns the results of the peercred program's processes.
+fn peercred_results(h: &TestHost, name: &str) -> Vec<String> {
+    h.exec(name, &["touch", "/crtest/go"]);
+    ["K", "S", "C"]
+        .iter()
+        .map(|p| {
+            let path = format!("/crtest/result-{p}");
+            assert!(
+                wait_until(Duration::from_secs(20), || !file_in(h, name, &path)
+                    .is_empty()),
+                "no {path}; console: {}",
+                h.ok(&["logs", name])
+            );
+            format!("{p}: {}", file_in(h, name, &path).trim())
+        })
+        .collect()
+}
+
+#[test]
+fn peer_credentials_name_the_checkpointed_peers_after_restore() {
+    let h = TestHost::new();
+    h.run_python_until("peercred", &format!("{LIB}\n{PEERCRED}"), "/crtest/ready");
+    h.ok(&["checkpoint", "peercred"]);
+    h.ok(&["restore", "peercred"]);
+    assert_eq!(
+        peercred_results(&h, "peercred"),
+        ["K: PASS", "S: PASS", "C: PASS"]
+    );
+}
+
+#[test]
+fn the_peer_credential_checks_can_fail() {
+    // Expecting another uid for K's pair is caught.
+    let h = TestHost::new();
+    let body = PEERCRED.replace(
+        "me = (os.getpid(), 1000, 2000)",
+        "me = (os.getpid(), 1000, 2001)",
+    );
+    assert_ne!(body, PEERCRED);
+    h.run_python_until("peercred-bad", &format!("{LIB}\n{body}"), "/crtest/ready");
+    let r = peercred_results(&h, "peercred-bad");
+    assert!(r[0].starts_with("K: FAIL: K pair a before"), "{r:?}");
+    assert_eq!(r[1..], ["S: PASS", "C: PASS"]);
+}

@@ -37,7 +37,8 @@ pub struct Version {
 /// the "later run wins" rule of the page store.
 /// 1.2: the IPC namespace's records and `FileKind::Mqueue`, the `Mount` and
 /// `Uts` records, the `NetNamespace` record.
-/// 1.3: the `TimeNamespace` record and `FileKind::Netlink`.
+/// 1.3: the `TimeNamespace` record, `FileKind::Netlink` and
+/// `InetState::HalfClosed`.
 pub const FORMAT_VERSION: Version = Version { major: 1, minor: 3 };
 
 impl Version {

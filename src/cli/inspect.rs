@@ -201,6 +201,20 @@ fn summary(record: &Record) -> String {
                         c.send_queue.0.len(),
                         c.recv_queue.0.len()
                     ),
+                    cr_formats::schema::InetState::HalfClosed {
+                        connection: c,
+                        fin_sent,
+                        fin_received,
+                    } => format!(
+                        "half-closed ({}; {} bytes to send, {} received)",
+                        match (fin_sent, fin_received) {
+                            (true, false) => "FIN_WAIT2: this side sent its FIN",
+                            (false, true) => "CLOSE_WAIT: the peer sent its FIN",
+                            _ => "both FINs",
+                        },
+                        c.send_queue.0.len(),
+                        c.recv_queue.0.len()
+                    ),
                 }
             ),
             FileKind::Memfd { id, pos } => format!("file {} memfd {id} at {pos}", f.id),

@@ -3,8 +3,10 @@
 //! ```text
 //! survey (running)     claims(): a dup of the socket (pidfd_getfd) says its
 //!                      family, type and TCP state; listening sockets with
-//!                      connections waiting to be accepted and half-closed
-//!                      or connecting TCP sockets are refused (describe())
+//!                      connections waiting to be accepted and connecting
+//!                      or closing TCP sockets (a FIN not acknowledged
+//!                      yet) are refused (describe()); half-closed ones
+//!                      (FIN_WAIT2, CLOSE_WAIT) move like established ones
 //! frozen window        NetFreeze::begin: lock the container's netns
 //!                      (crate::netlock), then TCP_REPAIR on every
 //!                      established connection
@@ -61,7 +63,9 @@ pub mod sys {
     pub const SIOCOUTQ: u64 = 0x5411;
     pub const SIOCOUTQNSD: u64 = 0x894B;
     pub const TCP_ESTABLISHED: u8 = 1;
+    pub const TCP_FIN_WAIT2: u8 = 5;
     pub const TCP_CLOSE: u8 = 7;
+    pub const TCP_CLOSE_WAIT: u8 = 8;
     pub const TCP_LISTEN: u8 = 10;
 }
 
@@ -237,6 +241,7 @@ impl Probe {
         let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or("-".into());
         match info.state {
             sys::TCP_ESTABLISHED | sys::TCP_CLOSE => Ok(()),
+            sys::TCP_FIN_WAIT2 | sys::TCP_CLOSE_WAIT => Ok(()),
             sys::TCP_LISTEN if info.unacked == 0 => Ok(()),
             sys::TCP_LISTEN => Err(format!(
                 "a TCP socket listening on {} with {} connection(s) waiting to be accepted; cr does not move an accept queue, accept them first",
@@ -250,11 +255,19 @@ impl Probe {
                 state_name(state),
                 match state {
                     2 | 3 => " (connecting)",
-                    _ => " (half-closed or closing)",
+                    // FIN_WAIT1, LAST_ACK, CLOSING: a FIN not acknowledged
+                    // yet (these pass within the survey's retries).
+                    _ => " (closing, its FIN not acknowledged yet)",
                 }
             )),
         }
     }
+}
+
+/// FIN_WAIT2 or CLOSE_WAIT: one direction closed and acknowledged, the
+/// other open; moved in repair mode like an established connection.
+fn is_half_closed(state: u8) -> bool {
+    state == sys::TCP_FIN_WAIT2 || state == sys::TCP_CLOSE_WAIT
 }
 
 fn state_name(state: u8) -> &'static str {
@@ -372,6 +385,11 @@ pub fn collect(o: &FdObject) -> Result<FileKind, DumpError> {
         Some(info) if info.state == sys::TCP_ESTABLISHED => {
             InetState::Established(connection(s, info).map_err(|(what, e)| err(what, e))?)
         }
+        Some(info) if is_half_closed(info.state) => InetState::HalfClosed {
+            connection: connection(s, info).map_err(|(what, e)| err(what, e))?,
+            fin_sent: info.state == sys::TCP_FIN_WAIT2,
+            fin_received: info.state == sys::TCP_CLOSE_WAIT,
+        },
         _ => InetState::Idle,
     };
     Ok(FileKind::Inet(InetSocket {
@@ -495,7 +513,7 @@ impl NetFreeze {
             let s = sock.as_raw_fd();
             let info = tcp_info(s)
                 .map_err(|e| DumpError::proc(pid, format!("socket fd {fd} (TCP_INFO)"), e))?;
-            if info.state == sys::TCP_ESTABLISHED {
+            if info.state == sys::TCP_ESTABLISHED || is_half_closed(info.state) {
                 let reuse = get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR).map_err(|e| {
                     DumpError::proc(pid, format!("socket fd {fd} (SO_REUSEADDR)"), e)
                 })?;

@@ -778,9 +778,20 @@ fn peer_cred(sock: &OwnedFd, host_pid: i32) -> Option<UnixCred> {
     if rc < 0 || cred.pid == 0 {
         return None;
     }
-    let pid = procfs::read_status(cred.pid)
-        .map(|s| s.pid_in_ns())
-        .unwrap_or(0);
+    // A peer that has exited leaves its number, which the host may have
+    // given to a process elsewhere since: only one in the container's pid
+    // namespace is taken for it (0: unknown).
+    let same_ns = |a: i32, b: i32| {
+        let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        ns(a).is_some() && ns(a) == ns(b)
+    };
+    let pid = if same_ns(cred.pid, host_pid) {
+        procfs::read_status(cred.pid)
+            .map(|s| s.pid_in_ns())
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let uid_map = procfs::IdMap::read(host_pid, "uid_map").ok()?;
     let gid_map = procfs::IdMap::read(host_pid, "gid_map").ok()?;
     Some(UnixCred {

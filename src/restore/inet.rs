@@ -44,7 +44,7 @@ pub fn needs_lock(image: &LoadedImage) -> bool {
 pub fn open_order(kind: &FileKind) -> u8 {
     match kind {
         FileKind::Inet(InetSocket {
-            state: InetState::Established(_),
+            state: InetState::Established(_) | InetState::HalfClosed { .. },
             ..
         }) => 1,
         _ => 0,
@@ -78,29 +78,18 @@ pub fn open(sock: &InetSocket, flags: u32) -> Result<RawFd> {
     let s = owned.as_raw_fd();
     match &sock.state {
         InetState::Established(conn) => {
-            let peer = sock
-                .peer
-                .ok_or_else(|| Error::Invalid(format!("restoring {name}: no peer address")))?;
-            let local = sock
-                .local
-                .ok_or_else(|| Error::Invalid(format!("restoring {name}: no local address")))?;
-            set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 1)
-                .map_err(|e| fail("TCP_REPAIR on", e))?;
-            set_options(s, sock, &sock.options).map_err(|(w, e)| fail(w, e))?;
-            bind(s, local).map_err(|e| fail(&format!("binding {local}"), e))?;
-            connection(s, peer, conn).map_err(|(w, e)| fail(w, e))?;
-            set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0)
-                .map_err(|e| fail("TCP_REPAIR off", e))?;
-            fill(s, &conn.send_queue.0[sent_len(conn)..])
-                .map_err(|e| fail("sending the queued bytes never sent", e))?;
-            // Leaving repair mode resets SO_REUSEADDR.
-            set_int(
-                s,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                sock.options.reuseaddr as i32,
-            )
-            .map_err(|e| fail("SO_REUSEADDR", e))?;
+            repaired(s, sock, conn, Fins::default()).map_err(|(w, e)| fail(w, e))?;
+        }
+        InetState::HalfClosed {
+            connection,
+            fin_sent,
+            fin_received,
+        } => {
+            let fins = Fins {
+                sent: *fin_sent,
+                received: *fin_received,
+            };
+            repaired(s, sock, connection, fins).map_err(|(w, e)| fail(w, e))?;
         }
         InetState::Listen { backlog } => {
             set_options(s, sock, &sock.options).map_err(|(w, e)| fail(w, e))?;
@@ -125,6 +114,49 @@ pub fn open(sock: &InetSocket, flags: u32) -> Result<RawFd> {
     Ok(owned.into_raw_fd())
 }
 
+/// Which FINs a half-closed connection had sent and received.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fins {
+    /// This side's FIN, acknowledged (FIN_WAIT2).
+    sent: bool,
+    /// The peer's FIN (CLOSE_WAIT).
+    received: bool,
+}
+
+/// An established or half-closed connection rebuilt in repair mode, then
+/// let go: its FIN queued again (sent), the peer's FIN delivered again.
+fn repaired(s: RawFd, sock: &InetSocket, conn: &TcpConnection, fins: Fins) -> OptResult {
+    let peer = sock.peer.ok_or((
+        "no peer address",
+        io::Error::from(io::ErrorKind::InvalidData),
+    ))?;
+    let local = sock.local.ok_or((
+        "no local address",
+        io::Error::from(io::ErrorKind::InvalidData),
+    ))?;
+    set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 1).map_err(|e| ("TCP_REPAIR on", e))?;
+    set_options(s, sock, &sock.options)?;
+    bind(s, local).map_err(|e| ("binding the local address", e))?;
+    connection(s, peer, conn, fins)?;
+    set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0).map_err(|e| ("TCP_REPAIR off", e))?;
+    if fins.received {
+        // The peer's FIN again, from its address: the socket goes to
+        // CLOSE_WAIT and a read gives EOF after the queued data, as before.
+        crate::restore::tcp_fin::inject(s, local, peer, conn)
+            .map_err(|e| ("delivering the peer's FIN again (raw socket)", e))?;
+    }
+    fill(s, &conn.send_queue.0[sent_len(conn)..])
+        .map_err(|e| ("sending the queued bytes never sent", e))?;
+    // Leaving repair mode resets SO_REUSEADDR.
+    set_int(
+        s,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        sock.options.reuseaddr as i32,
+    )
+    .map_err(|e| ("SO_REUSEADDR", e))
+}
+
 /// "TCP connection 10.0.0.2:80 -> 10.0.0.1:4000" for messages.
 fn describe(sock: &InetSocket) -> String {
     let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or("-".into());
@@ -133,7 +165,7 @@ fn describe(sock: &InetSocket) -> String {
         InetProto::Udp => "UDP",
     };
     match &sock.state {
-        InetState::Established(_) => {
+        InetState::Established(_) | InetState::HalfClosed { .. } => {
             format!(
                 "the {proto} connection {} -> {}",
                 show(sock.local),
@@ -198,7 +230,10 @@ fn set_options(s: RawFd, sock: &InetSocket, o: &SocketOptions) -> OptResult {
     }
     // In repair mode SO_REUSEADDR would undo the forced reuse that lets a
     // connection share its listener's port; it is set after repair mode.
-    if !matches!(sock.state, InetState::Established(_)) {
+    if !matches!(
+        sock.state,
+        InetState::Established(_) | InetState::HalfClosed { .. }
+    ) {
         set(sol, libc::SO_REUSEADDR, o.reuseaddr as i32, "SO_REUSEADDR")?;
     }
     set(sol, libc::SO_REUSEPORT, o.reuseport as i32, "SO_REUSEPORT")?;
@@ -227,7 +262,11 @@ fn set_options(s: RawFd, sock: &InetSocket, o: &SocketOptions) -> OptResult {
 }
 
 /// An established connection in repair mode, bound to its local address.
-fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
+/// A FIN counts in the recorded sequences but is no byte of a queue: the
+/// queues start one before, and this side's FIN is queued again (in repair
+/// mode: marked sent, not sent; the peer, which has it, acknowledges the
+/// retransmission).
+fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection, fins: Fins) -> OptResult {
     let tcp = libc::IPPROTO_TCP;
     let set = |name, v: i32, what| set_int(s, tcp, name, v).map_err(|e| (what, e));
     let outq = c.send_queue.0.len() as u32;
@@ -239,7 +278,7 @@ fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
     )?;
     set(
         sys::TCP_QUEUE_SEQ,
-        c.snd_seq.wrapping_sub(outq) as i32,
+        c.snd_seq.wrapping_sub(outq).wrapping_sub(fins.sent as u32) as i32,
         "TCP_QUEUE_SEQ (send)",
     )?;
     set(
@@ -249,7 +288,9 @@ fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
     )?;
     set(
         sys::TCP_QUEUE_SEQ,
-        c.rcv_seq.wrapping_sub(inq) as i32,
+        c.rcv_seq
+            .wrapping_sub(inq)
+            .wrapping_sub(fins.received as u32) as i32,
         "TCP_QUEUE_SEQ (receive)",
     )?;
     if let Some(ts) = c.timestamp {
@@ -287,11 +328,37 @@ fn connection(s: RawFd, peer: SocketAddr, c: &TcpConnection) -> OptResult {
     fill(s, &c.recv_queue.0).map_err(|e| ("refilling the receive queue", e))?;
     set(sys::TCP_REPAIR_QUEUE, sys::TCP_NO_QUEUE, "TCP_REPAIR_QUEUE")?;
     let w = &c.window;
-    let raw: Vec<u8> = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
+    // The window's left edge may not lie beyond what was received, which
+    // stops before the peer's FIN until it comes again.
+    let rcv_nxt = c.rcv_seq.wrapping_sub(fins.received as u32);
+    let rcv_wup = if (w.rcv_wup.wrapping_sub(rcv_nxt) as i32) > 0 {
+        rcv_nxt
+    } else {
+        w.rcv_wup
+    };
+    let raw: Vec<u8> = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, rcv_wup]
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect();
     set_bytes(s, tcp, sys::TCP_REPAIR_WINDOW, &raw).map_err(|e| ("TCP_REPAIR_WINDOW", e))?;
+    if fins.sent {
+        // With the send queue selected, the FIN is marked sent without
+        // reaching the network (else it would wait unsent and the peer's
+        // acknowledgements of it would look like acks of unsent data).
+        set(
+            sys::TCP_REPAIR_QUEUE,
+            sys::TCP_SEND_QUEUE,
+            "TCP_REPAIR_QUEUE",
+        )?;
+        // SAFETY: shutdown takes plain integers.
+        if unsafe { libc::shutdown(s, libc::SHUT_WR) } < 0 {
+            return Err((
+                "shutdown(SHUT_WR) in repair mode",
+                io::Error::last_os_error(),
+            ));
+        }
+        set(sys::TCP_REPAIR_QUEUE, sys::TCP_NO_QUEUE, "TCP_REPAIR_QUEUE")?;
+    }
     Ok(())
 }
 

@@ -51,6 +51,7 @@ pub mod pages;
 pub mod process;
 pub mod shmem;
 pub mod signals;
+pub mod tcp_fin;
 pub mod timens;
 pub mod timing;
 pub mod tree;

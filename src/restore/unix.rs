@@ -26,15 +26,36 @@
 //!                       owners, SO_SNDBUF/SO_RCVBUF, SO_PASSCRED, O_NONBLOCK
 //! ```
 //!
-//! `SO_PEERCRED` of a restored socket names the process that created it
-//! here, the container's PID 1, with uid and gid 0 (the image keeps the
-//! checkpointed value, see docs/image-format.md).
+//! `SO_PEERCRED` comes from the process that calls `socketpair`, `listen`
+//! or `connect`, and nothing sets it afterwards. So each of these calls is
+//! made as the recorded peer ([`as_peer`]): a helper forked with the
+//! recorded pid (clone3 `set_tid`, sharing PID 1's descriptor table with
+//! `CLONE_FILES`) and the recorded effective uid and gid makes the call
+//! and exits before the husks exist; the socket keeps naming that pid, the
+//! number the restored process gets again. Recorded pid 1 (or unknown): PID
+//! 1 itself with the ids switched for the call.
+//!
+//! ```text
+//!  PID 1                                  helper (pid P, shares the fd table)
+//!  first call as P: two pipes,
+//!  clone3(CLONE_FILES, set_tid P)
+//!  each call as P: command ─────────────▶ setresgid/setresuid(-1, id, -1),
+//!    (uid, gid, op)                       effective caps = permitted,
+//!                                         socketpair / listen / connect
+//!                  ◀───────────────────── errno or the new fds
+//!  all made: close the command pipe ────▶ EOF: _exit
+//!  waitpid(P)
+//! ```
+//!
+//! One helper per recorded pid serves every call made as it (a fork costs
+//! about a quarter of a millisecond here: 1,000 socketpairs made by one
+//! process take one helper, not 1,000).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use cr_formats::schema::{FileId, FileKind, UnixName, UnixSocket, UnixState, UnixType};
+use cr_formats::schema::{FileId, FileKind, UnixCred, UnixName, UnixSocket, UnixState, UnixType};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
@@ -215,6 +236,30 @@ fn connect(u: &UnixSocket, fd: &OwnedFd, name: &UnixName) -> Result<()> {
     Ok(())
 }
 
+/// [`connect`] as `cred` (the accepted side's `SO_PEERCRED`).
+fn connect_as(
+    peers: &mut Peers,
+    u: &UnixSocket,
+    fd: &OwnedFd,
+    name: &UnixName,
+    cred: Option<UnixCred>,
+) -> Result<()> {
+    let (addr, len) = sockaddr(name).ok_or_else(|| refuse(u, "its peer's name is too long"))?;
+    peers
+        .run(cred, Op::Connect(fd.as_raw_fd(), addr, len))
+        .map(|_| ())
+        .map_err(|e| {
+            Error::sys(
+                format!(
+                    "unix socket socket:[{}]: connecting to {}",
+                    u.ino,
+                    show(name)
+                ),
+                e,
+            )
+        })
+}
+
 fn show(name: &UnixName) -> String {
     match name {
         UnixName::Path { path, .. } => path.to_string(),
@@ -233,6 +278,7 @@ fn unlink(name: &UnixName) {
 /// if given) connected to a temporary listener bound to `name`; returns
 /// (client, accepted), and the accepted socket carries `name`.
 fn connect_named(
+    peers: &mut Peers,
     a: &UnixSocket,
     own: Option<&UnixName>,
     b: &UnixSocket,
@@ -244,11 +290,10 @@ fn connect_named(
     }
     let listener = new_socket(b)?;
     bind(b, &listener, name)?;
-    // SAFETY: listen on a socket we own.
-    if unsafe { libc::listen(listener.as_raw_fd(), 1) } < 0 {
-        return Err(sys(b, "listening on a temporary socket"));
-    }
-    let connected = connect(a, &client, name);
+    // The client's SO_PEERCRED comes from the listen, the accepted side's
+    // from the connect.
+    listen_as(peers, b, &listener, 1, a.peer_cred)?;
+    let connected = connect_as(peers, a, &client, name, b.peer_cred);
     let accepted = connected.and_then(|()| {
         // SAFETY: accept4 on our listener with null address pointers.
         let fd = unsafe {
@@ -270,22 +315,309 @@ fn connect_named(
     Ok((client, accepted?))
 }
 
-fn socketpair(u: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            sock_type(u.kind) | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
+/// A socketpair made as the recorded peer of `u` (both ends name the
+/// process that makes the pair).
+fn socketpair(peers: &mut Peers, u: &UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
+    let fds = peers
+        .run(
+            u.peer_cred,
+            Op::Socketpair(sock_type(u.kind) | libc::SOCK_CLOEXEC),
         )
-    };
-    if rc < 0 {
-        return Err(sys(u, "socketpair"));
-    }
-    // SAFETY: socketpair returned two new fds that we own.
+        .map_err(|e| Error::sys(format!("unix socket socket:[{}]: socketpair", u.ino), e))?;
+    // SAFETY: socketpair returned two new fds (in this fd table) that we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `listen(fd, backlog)` as `cred`: the socket's own `SO_PEERCRED`, and
+/// that of every client connecting to it, name them.
+fn listen_as(
+    peers: &mut Peers,
+    u: &UnixSocket,
+    fd: &OwnedFd,
+    backlog: i32,
+    cred: Option<UnixCred>,
+) -> Result<()> {
+    peers
+        .run(cred, Op::Listen(fd.as_raw_fd(), backlog))
+        .map(|_| ())
+        .map_err(|e| Error::sys(format!("unix socket socket:[{}]: listen", u.ino), e))
+}
+
+/// A call that sets peer credentials, on descriptors of PID 1's table.
+#[derive(Clone, Copy)]
+enum Op {
+    Socketpair(i32),
+    Listen(RawFd, i32),
+    Connect(RawFd, libc::sockaddr_un, libc::socklen_t),
+}
+
+impl Op {
+    /// Makes the call; up to two new descriptors back.
+    fn call(&self) -> std::result::Result<[RawFd; 2], Errno> {
+        match *self {
+            Op::Socketpair(ty) => {
+                let mut fds = [0; 2];
+                // SAFETY: socketpair writes two fds into the array.
+                let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+                Errno::result(rc).map(|_| fds)
+            }
+            Op::Listen(fd, backlog) => {
+                // SAFETY: listen takes plain integers.
+                Errno::result(unsafe { libc::listen(fd, backlog) }).map(|_| [-1, -1])
+            }
+            Op::Connect(fd, addr, len) => {
+                // SAFETY: connect reads `len` bytes of a live sockaddr_un.
+                let rc =
+                    unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+                Errno::result(rc).map(|_| [-1, -1])
+            }
+        }
+    }
+}
+
+/// Switches the effective uid and gid to `cred`'s, with every permitted
+/// capability still effective (the kernel clears them on the switch), so
+/// the call made next can bind and connect anywhere as before.
+fn take_ids(uid: u32, gid: u32) -> std::result::Result<(), Errno> {
+    // SAFETY: setresgid/setresuid take plain integers; -1 keeps an id.
+    unsafe {
+        Errno::result(libc::setresuid(u32::MAX, 0, u32::MAX))?;
+        Errno::result(libc::setresgid(u32::MAX, gid, u32::MAX))?;
+        Errno::result(libc::setresuid(u32::MAX, uid, u32::MAX))?;
+    }
+    let permitted = caps::read(None, caps::CapSet::Permitted).map_err(|_| Errno::EPERM)?;
+    caps::set(None, caps::CapSet::Effective, &permitted).map_err(|_| Errno::EPERM)
+}
+
+/// One helper: a process with a recorded peer's pid sharing PID 1's
+/// descriptor table, making calls as they come on its command pipe.
+struct Helper {
+    pid: nix::unistd::Pid,
+    /// The command pipe (PID 1 writes [1], the helper reads [0]) and the
+    /// results pipe (the helper writes [1], PID 1 reads [0]): one set of
+    /// descriptors in the shared table.
+    commands: [RawFd; 2],
+    results: [RawFd; 2],
+}
+
+/// A command: uid, gid, op (tag, two ints, a sockaddr_un and its length).
+const COMMAND: usize = 4 * 5 + std::mem::size_of::<libc::sockaddr_un>() + 4;
+
+fn encode(uid: u32, gid: u32, op: &Op) -> [u8; COMMAND] {
+    let mut b = [0u8; COMMAND];
+    let (tag, x, y, addr, len) = match *op {
+        Op::Socketpair(ty) => (0u32, ty, 0, None, 0),
+        Op::Listen(fd, backlog) => (1, fd, backlog, None, 0),
+        Op::Connect(fd, addr, len) => (2, fd, 0, Some(addr), len),
+    };
+    for (i, w) in [uid, gid, tag, x as u32, y as u32].iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    if let Some(addr) = addr {
+        // SAFETY: a sockaddr_un is plain bytes; reading it as such is sound.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&addr as *const libc::sockaddr_un).cast::<u8>(),
+                std::mem::size_of::<libc::sockaddr_un>(),
+            )
+        };
+        b[20..20 + raw.len()].copy_from_slice(raw);
+    }
+    b[COMMAND - 4..].copy_from_slice(&len.to_ne_bytes());
+    b
+}
+
+fn decode(b: &[u8; COMMAND]) -> (u32, u32, Op) {
+    let w = |i: usize| u32::from_ne_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+    let (x, y) = (w(3) as i32, w(4) as i32);
+    let op = match w(2) {
+        0 => Op::Socketpair(x),
+        1 => Op::Listen(x, y),
+        _ => {
+            // SAFETY: an all-zero sockaddr_un is valid; it is then filled
+            // with the bytes encode() took from one.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::sockaddr_un>();
+            // SAFETY: writing `size` bytes into the live sockaddr_un.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    b[20..20 + size].as_ptr(),
+                    (&mut addr as *mut libc::sockaddr_un).cast::<u8>(),
+                    size,
+                )
+            };
+            let len = u32::from_ne_bytes([
+                b[COMMAND - 4],
+                b[COMMAND - 3],
+                b[COMMAND - 2],
+                b[COMMAND - 1],
+            ]);
+            Op::Connect(x, addr, len)
+        }
+    };
+    (w(0), w(1), op)
+}
+
+fn read_full(fd: RawFd, buf: &mut [u8]) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        // SAFETY: read into the live rest of the buffer.
+        let n = unsafe { libc::read(fd, buf[at..].as_mut_ptr().cast(), buf.len() - at) };
+        if n <= 0 {
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return false;
+        }
+        at += n as usize;
+    }
+    true
+}
+
+fn write_full(fd: RawFd, buf: &[u8]) -> bool {
+    // SAFETY: write from a live buffer; pipe writes this small are atomic.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) == buf.len() as isize }
+}
+
+/// The helpers of one restore, by pid; all gone (reaped) before any husk
+/// is made, so their pids are free for the restored processes.
+#[derive(Default)]
+struct Peers {
+    helpers: HashMap<i32, Helper>,
+    /// `kernel.pid_max`, read once.
+    pid_max: Option<i32>,
+}
+
+impl Peers {
+    /// Makes `op` as the process `cred` names (see the module doc).
+    /// `None`: PID 1 as it is.
+    fn run(&mut self, cred: Option<UnixCred>, op: Op) -> std::result::Result<[RawFd; 2], Errno> {
+        let Some(cred) = cred else {
+            return op.call();
+        };
+        // A pid this PID namespace cannot give (0: unknown at checkpoint):
+        // PID 1 with the recorded ids.
+        let pid_max = *self.pid_max.get_or_insert_with(|| {
+            std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .unwrap_or(32768)
+        });
+        if cred.pid <= 1 || cred.pid >= pid_max {
+            // SAFETY: geteuid/getegid take no arguments.
+            let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            take_ids(cred.uid, cred.gid)?;
+            let out = op.call();
+            // SAFETY: as in take_ids; the saved uid is still 0, so the old
+            // effective ids (and capabilities) come back.
+            unsafe {
+                Errno::result(libc::setresuid(u32::MAX, euid, u32::MAX))?;
+                Errno::result(libc::setresgid(u32::MAX, egid, u32::MAX))?;
+            }
+            return out;
+        }
+        let h = match self.helpers.entry(cred.pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(spawn(cred.pid)?),
+        };
+        if !write_full(h.commands[1], &encode(cred.uid, cred.gid, &op)) {
+            return Err(Errno::EPIPE);
+        }
+        let mut msg = [0u8; 12];
+        if !read_full(h.results[0], &mut msg) {
+            return Err(Errno::EPIPE);
+        }
+        let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        match word(0) {
+            0 => Ok([word(4), word(8)]),
+            e => Err(Errno::from_raw(e)),
+        }
+    }
+
+    /// Ends every helper and reaps it.
+    fn finish(&mut self) -> Result<()> {
+        let mut first = None;
+        for (pid, h) in self.helpers.drain() {
+            // SAFETY: closing the command pipe's only write end: the
+            // helper reads EOF and exits.
+            unsafe { libc::close(h.commands[1]) };
+            if let Err(e) = nix::sys::wait::waitpid(h.pid, None) {
+                first.get_or_insert(Error::sys(format!("reaping the peer helper {pid}"), e));
+            }
+            // SAFETY: the helper is gone; closing the rest of its pipes.
+            unsafe {
+                libc::close(h.commands[0]);
+                libc::close(h.results[0]);
+                libc::close(h.results[1]);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Forks a helper with pid `pid` sharing this descriptor table.
+fn spawn(pid: i32) -> std::result::Result<Helper, Errno> {
+    let mut commands = [0; 2];
+    let mut results = [0; 2];
+    // SAFETY: pipe2 writes two fds into each array.
+    unsafe {
+        Errno::result(libc::pipe2(commands.as_mut_ptr(), libc::O_CLOEXEC))?;
+        if let Err(e) = Errno::result(libc::pipe2(results.as_mut_ptr(), libc::O_CLOEXEC)) {
+            libc::close(commands[0]);
+            libc::close(commands[1]);
+            return Err(e);
+        }
+    }
+    // SAFETY: PID 1 of a restore is single-threaded; the child only makes
+    // plain syscalls and _exits (it shares the fd table: it closes nothing
+    // and runs no destructor).
+    match unsafe { crate::clone3::fork_into(libc::CLONE_FILES, Some(pid)) } {
+        Ok(crate::clone3::Cloned::Child) => {
+            let mut cmd = [0u8; COMMAND];
+            let mut ids = None;
+            while read_full(commands[0], &mut cmd) {
+                let (uid, gid, op) = decode(&cmd);
+                let mut msg = [0u8; 12];
+                let switched = if ids == Some((uid, gid)) {
+                    Ok(())
+                } else {
+                    take_ids(uid, gid).inspect(|()| ids = Some((uid, gid)))
+                };
+                match switched.and_then(|()| op.call()) {
+                    Ok(fds) => {
+                        msg[4..8].copy_from_slice(&fds[0].to_ne_bytes());
+                        msg[8..12].copy_from_slice(&fds[1].to_ne_bytes());
+                    }
+                    Err(e) => msg[..4].copy_from_slice(&(e as i32).to_ne_bytes()),
+                }
+                if !write_full(results[1], &msg) {
+                    break;
+                }
+            }
+            // SAFETY: _exit leaves at once, closing nothing of the table.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(crate::clone3::Cloned::Parent(child)) => Ok(Helper {
+            pid: child,
+            commands,
+            results,
+        }),
+        Err(e) => {
+            // SAFETY: closing the fds we made.
+            unsafe {
+                for fd in commands.iter().chain(results.iter()) {
+                    libc::close(*fd);
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 fn set_int(u: &UnixSocket, fd: &OwnedFd, opt: i32, v: i32, what: &str) -> Result<()> {
@@ -382,6 +714,7 @@ fn refill(u: &UnixSocket, from: &OwnedFd, to: Option<&UnixName>) -> Result<()> {
 /// id (the caller owns them).
 pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
     let all = sockets(image);
+    let mut peers = Peers::default();
     let mut fds: HashMap<u64, OwnedFd> = HashMap::new();
     // The other end of a pair whose peer was closed, until the refill.
     let mut ghosts: HashMap<u64, OwnedFd> = HashMap::new();
@@ -400,18 +733,18 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
             .filter(|(_, p, _)| p.peer == Some(*ino));
         if let Some((_, p, _)) = mutual {
             let (a, b) = match (&u.name, &p.name) {
-                (None, None) => socketpair(u)?,
+                (None, None) => socketpair(&mut peers, u)?,
                 (_, Some(name)) if u.kind != UnixType::Dgram => {
-                    connect_named(u, u.name.as_ref(), p, name)?
+                    connect_named(&mut peers, u, u.name.as_ref(), p, name)?
                 }
                 (Some(name), None) if u.kind != UnixType::Dgram => {
-                    let (pb, ua) = connect_named(p, None, u, name)?;
+                    let (pb, ua) = connect_named(&mut peers, p, None, u, name)?;
                     (ua, pb)
                 }
                 _ => {
                     // Datagram sockets, at least one named: a socketpair
                     // bound afterwards (binding does not touch the link).
-                    let (a, b) = socketpair(u)?;
+                    let (a, b) = socketpair(&mut peers, u)?;
                     if let Some(n) = &u.name {
                         bind(u, &a, n)?;
                     }
@@ -427,9 +760,9 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
             fds.insert(p.ino, b);
         } else if u.peer_closed {
             let (a, b) = match &u.name {
-                None => socketpair(u)?,
+                None => socketpair(&mut peers, u)?,
                 Some(name) => {
-                    let (ghost, a) = connect_named(u, None, u, name)?;
+                    let (ghost, a) = connect_named(&mut peers, u, None, u, name)?;
                     (a, ghost)
                 }
             };
@@ -453,13 +786,13 @@ pub fn open_all(image: &LoadedImage) -> Result<HashMap<FileId, RawFd>> {
             bind(u, &fd, name)?;
         }
         if u.state == UnixState::Listen {
-            // SAFETY: listen on a socket we own.
-            if unsafe { libc::listen(fd.as_raw_fd(), u.backlog as i32) } < 0 {
-                return Err(sys(u, "listen"));
-            }
+            listen_as(&mut peers, u, &fd, u.backlog as i32, u.peer_cred)?;
         }
         fds.insert(*ino, fd);
     }
+    // Every call made as a peer is done: the helpers' pids must be free
+    // before the husks are made.
+    peers.finish()?;
     // 2b. Connections waiting to be accepted, in their backlog's order.
     for (_, l, _) in all.values() {
         for client in &l.pending {

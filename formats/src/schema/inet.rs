@@ -55,6 +55,16 @@ pub enum InetState {
     Listen { backlog: u32 },
     /// An established TCP connection.
     Established(TcpConnection),
+    /// A half-closed TCP connection (since 1.3): `fin_sent`, this side
+    /// shut its sending side and the peer acknowledged the FIN
+    /// (`FIN_WAIT2`); `fin_received`, the peer's FIN arrived (`CLOSE_WAIT`).
+    /// `snd_seq` and `rcv_seq` count the FIN as the kernel does; the queues
+    /// hold data only.
+    HalfClosed {
+        connection: TcpConnection,
+        fin_sent: bool,
+        fin_received: bool,
+    },
 }
 
 /// The state of an established connection, as `TCP_REPAIR` shows it.

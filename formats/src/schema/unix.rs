@@ -48,7 +48,7 @@ pub struct UnixSocket {
     /// Its receive queue, oldest first.
     pub queue: Vec<Blob>,
     /// `SO_PEERCRED` at checkpoint, as the container sees the ids
-    /// (informational: see docs/image-format.md for what restore gives).
+    /// (pid 0: unknown); restore makes the socket as this peer (docs/unix-sockets.md).
     pub peer_cred: Option<UnixCred>,
     /// `SO_PASSCRED`.
     pub pass_cred: bool,
