@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod lan;
 pub mod redis;
 
 use std::fs;
