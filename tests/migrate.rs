@@ -9,10 +9,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::BufReader;
 use std::time::{Duration, Instant};
 
 use common::lan::*;
