@@ -293,7 +293,11 @@ impl Drop for Lan {
 }
 
 /// One line out, its echo back.
-pub fn exchange(conn: &mut TcpStream, reader: &mut BufReader<TcpStream>, n: u32) -> Result<(), String> {
+pub fn exchange(
+    conn: &mut TcpStream,
+    reader: &mut BufReader<TcpStream>,
+    n: u32,
+) -> Result<(), String> {
     conn.write_all(format!("line {n}\n").as_bytes())
         .map_err(|e| format!("writing line {n}: {e}"))?;
     let mut back = String::new();
@@ -330,4 +334,3 @@ pub fn start_echo(lan: &Lan) -> String {
     );
     ip
 }
-
