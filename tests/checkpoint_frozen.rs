@@ -37,6 +37,7 @@ fn a_checkpoint_kept_frozen_is_thawed_or_stopped_by_its_holder() {
         keep_frozen: true,
         compression: cr_formats::Compression::None,
         pre_copy_rounds: 2,
+        page_sink: None,
     };
     let file = h.root.join("containers/held/upper/root/count");
     let read = || std::fs::read_to_string(&file).unwrap_or_default();

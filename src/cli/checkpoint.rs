@@ -123,6 +123,7 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
                 } else {
                     args.pre_copy_rounds
                 },
+                page_sink: None,
             };
             let summary = run_checkpoint(&container, &opts)?;
             if args.json {

@@ -42,6 +42,44 @@ pub struct CheckpointOptions {
     /// Rounds of pre-copy before the freeze (`dump/precopy.rs`); 0 copies
     /// all memory in the frozen window.
     pub pre_copy_rounds: u32,
+    /// Where the page store goes instead of `pages.img` (a migration's
+    /// page stream); the image then has no `pages.img`.
+    pub page_sink: Option<PageSink>,
+}
+
+/// A page store's bytes, written somewhere other than the image directory
+/// ([`CheckpointOptions::page_sink`]). The checkpoint writes through it
+/// and drops its handle; the owner keeps another and ends the stream.
+#[derive(Clone)]
+pub struct PageSink {
+    /// What the bytes go to, for error messages.
+    pub name: String,
+    pub out: std::sync::Arc<dyn SinkWrite>,
+}
+
+/// Where a [`PageSink`] writes (shared with its owner, hence `&self`).
+pub trait SinkWrite: Send + Sync {
+    fn write_all(&self, data: &[u8]) -> std::io::Result<()>;
+    fn flush(&self) -> std::io::Result<()>;
+}
+
+impl std::fmt::Debug for PageSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageSink")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Write for PageSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.out.write_all(data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// What `cr checkpoint` prints.
@@ -485,7 +523,7 @@ fn run(
     fs::create_dir_all(&partial).ctx("creating image directory", &partial)?;
     let image_id =
         u64::from(std::process::id()) << 32 | u64::from(crate::container::state::unix_now() as u32);
-    let (mut pages, pending) = match open_page_store(&partial, image_id, opts.compression) {
+    let (mut pages, pending) = match open_page_store(&partial, image_id, opts) {
         Ok(store) => store,
         Err(e) => {
             let _ = fs::remove_dir_all(&partial);
@@ -528,7 +566,7 @@ fn run(
     drop(surveyed);
     let mut precopy = precopy;
     let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
-    if (!opts.leave_running || opts.keep_frozen) && precopy.is_some() {
+    if (!opts.leave_running || opts.keep_frozen) && precopy.is_some() && opts.page_sink.is_none() {
         // The container will be stopped once its image is durable: what
         // the pre-copy wrote goes to disk now, not in the frozen window.
         let path = cr_formats::layout::pages_path(&partial);
@@ -648,7 +686,7 @@ fn run(
         // The container is kept frozen for someone to rely on the image, or
         // goes away: either way its image must be durable first.
         let synced = phases.time("page store written + image synced", || {
-            pending.wait().and_then(|()| sync_image(&partial))
+            pending.wait().and_then(|()| sync_image(&partial, opts))
         });
         if let Err(e) = synced {
             drop(net);
@@ -685,7 +723,7 @@ fn run(
     // A container left running was thawed before the image was synced: the
     // frozen window does not wait for the disk. The image is in place only
     // once it is durable.
-    sync_image(&partial)?;
+    sync_image(&partial, opts)?;
     fs::rename(&partial, &opts.image_dir).ctx("moving the image into place", &opts.image_dir)?;
     let bytes = dir_size(&opts.image_dir);
     let summary = CheckpointSummary {
@@ -717,6 +755,8 @@ struct BackgroundFile {
 
 /// 4 MiB buffers waiting for the writer thread at most (2 GiB).
 const BACKLOG_CHUNKS: usize = 512;
+/// The same for a [`PageSink`] (16 MiB).
+const SINK_BACKLOG_CHUNKS: usize = 4;
 const BACKGROUND_BUF: usize = 4 << 20;
 
 /// The writer thread of a [`BackgroundFile`].
@@ -726,8 +766,12 @@ pub struct PendingWrite {
 }
 
 impl BackgroundFile {
-    fn spawn(file: File, path: PathBuf) -> Result<(Self, PendingWrite)> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKLOG_CHUNKS);
+    fn spawn(
+        file: Box<dyn Write + Send>,
+        path: PathBuf,
+        backlog: usize,
+    ) -> Result<(Self, PendingWrite)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(backlog);
         let handle = std::thread::Builder::new()
             .name("page-writer".into())
             .spawn(move || {
@@ -735,7 +779,7 @@ impl BackgroundFile {
                 for block in rx {
                     file.write_all(&block)?;
                 }
-                Ok(())
+                file.flush()
             })
             .ctx("starting the page writer for", &path)?;
         Ok((
@@ -796,11 +840,14 @@ impl PendingWrite {
 }
 
 /// Flushes an image's files to disk.
-fn sync_image(dir: &Path) -> Result<()> {
+fn sync_image(dir: &Path, opts: &CheckpointOptions) -> Result<()> {
     for file in [
         cr_formats::layout::RECORDS_FILE,
         cr_formats::layout::PAGES_FILE,
     ] {
+        if file == cr_formats::layout::PAGES_FILE && opts.page_sink.is_some() {
+            continue;
+        }
         let path = dir.join(file);
         File::open(&path)
             .and_then(|f| f.sync_all())
@@ -860,13 +907,24 @@ type TaskCounts = (usize, usize);
 fn open_page_store(
     dir: &Path,
     image_id: u64,
-    compression: Compression,
+    opts: &CheckpointOptions,
 ) -> Result<(PageWriter<BackgroundFile>, PendingWrite)> {
-    let pages_path = cr_formats::layout::pages_path(dir);
-    let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
     let mut page_opts = PageWriterOptions::new(image_id);
-    page_opts.compression = compression;
-    let (background, pending) = BackgroundFile::spawn(pages_file, pages_path.clone())?;
+    page_opts.compression = opts.compression;
+    let (background, pending) = match &opts.page_sink {
+        // A stream: a short backlog, so the pre-copy goes at the stream's
+        // pace and the frozen window does not start with a queue to send.
+        Some(sink) => BackgroundFile::spawn(
+            Box::new(sink.clone()),
+            PathBuf::from(&sink.name),
+            SINK_BACKLOG_CHUNKS,
+        )?,
+        None => {
+            let pages_path = cr_formats::layout::pages_path(dir);
+            let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;
+            BackgroundFile::spawn(Box::new(pages_file), pages_path, BACKLOG_CHUNKS)?
+        }
+    };
     Ok((PageWriter::new(background, page_opts)?, pending))
 }
 

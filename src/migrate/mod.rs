@@ -35,6 +35,8 @@ pub mod source;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cr_transport::protocol::{Committed, StreamDecl, StreamTotal};
@@ -157,76 +159,170 @@ impl Control {
     }
 }
 
-/// Sends the image in `dir` on the three [`STREAMS`] at once; returns what
-/// each carried, for `Committed`.
-pub fn send_image(
-    rt: &Handle,
-    session: &Session,
+/// Sends an image on the three [`STREAMS`] while the checkpoint makes it.
+///
+/// ```text
+///  start (before the checkpoint)   open Records, Pages, Files
+///  checkpoint with page_sink:      the page store is written straight
+///    pre-copy rounds (running)     into the Pages stream (a 16 MiB queue:
+///    freeze, dump                  the pre-copy goes at the stream's pace)
+///  finish (checkpoint done)        end Pages; records.img ──▶ Records,
+///                                  tar of the rest ──▶ Files, in parallel
+/// ```
+///
+/// The page store is append-only (a later run for a page supersedes an
+/// earlier one, `docs/image-format.md`), so the Pages stream is exactly a
+/// `pages.img`, its pre-copy chunks sent while the container still runs;
+/// the source keeps no copy. Dropped without [`ImageSender::finish`], it
+/// resets every stream: the destination sees an error, never a short image.
+pub struct ImageSender {
     id: MigrationId,
-    dir: &Path,
-    progress: &progress::Progress,
-) -> Result<Committed> {
-    let peer = session.peer().name.clone();
-    let open = |decl: &StreamDecl| {
-        BlockingSend::open(rt, session, StreamHeader::new(decl.kind, id, decl.index))
-            .map_err(|e| Error::Invalid(format!("opening a data stream to {peer}: {e}")))
-    };
-    let mut senders = Vec::new();
-    for decl in &STREAMS {
-        senders.push((*decl, open(decl)?));
+    peer: String,
+    pages: Arc<PagesOut>,
+    records: Option<BlockingSend>,
+    files: Option<BlockingSend>,
+    sent: Arc<AtomicU64>,
+}
+
+/// The Pages stream, shared by the checkpoint's page writer and the sender.
+struct PagesOut {
+    tx: Mutex<Option<progress::Counted<BlockingSend>>>,
+    peer: String,
+}
+
+impl PagesOut {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut progress::Counted<BlockingSend>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut tx = self
+            .tx
+            .lock()
+            .map_err(|_| io::Error::other("a writer of the page stream panicked"))?;
+        match tx.as_mut() {
+            Some(tx) => f(tx),
+            None => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the page stream to {} was closed", self.peer),
+            )),
+        }
     }
-    progress.transfer(crate::dump::checkpoint::dir_size(dir));
-    let sending = std::sync::atomic::AtomicBool::new(true);
-    let results: Vec<Result<StreamTotal>> = std::thread::scope(|s| {
-        let handles: Vec<_> = senders
-            .into_iter()
-            .map(|(decl, tx)| {
-                let peer = peer.clone();
-                let sent = progress.sent.clone();
-                s.spawn(move || -> Result<StreamTotal> {
-                    let mut tx = progress::Counted { inner: tx, sent };
-                    let fail = |e: io::Error| {
-                        Error::Invalid(format!("sending the {:?} stream to {peer}: {e}", decl.kind))
-                    };
-                    match decl.kind {
-                        StreamKind::Records => {
-                            copy_file(&cr_formats::layout::records_path(dir), &mut tx)?
-                        }
-                        StreamKind::Pages => {
-                            copy_file(&cr_formats::layout::pages_path(dir), &mut tx)?
-                        }
-                        _ => archive_rest(dir, &mut tx)?,
-                    }
-                    let bytes = tx.inner.finish().map_err(fail)?;
-                    Ok(StreamTotal {
-                        kind: decl.kind,
-                        index: decl.index,
-                        bytes,
-                    })
-                })
+}
+
+impl crate::dump::checkpoint::SinkWrite for PagesOut {
+    fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        self.with(|tx| tx.write_all(data))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.with(|tx| tx.flush())
+    }
+}
+
+impl ImageSender {
+    /// Opens the three streams of migration `id`.
+    pub fn start(
+        rt: &Handle,
+        session: &Session,
+        id: MigrationId,
+        progress: &progress::Progress,
+    ) -> Result<ImageSender> {
+        let peer = session.peer().name.clone();
+        let open = |kind: StreamKind| {
+            BlockingSend::open(rt, session, StreamHeader::new(kind, id, 0))
+                .map_err(|e| Error::Invalid(format!("opening a data stream to {peer}: {e}")))
+        };
+        let records = open(StreamKind::Records)?;
+        let pages = open(StreamKind::Pages)?;
+        let files = open(StreamKind::Files)?;
+        let sent = progress.sent.clone();
+        Ok(ImageSender {
+            id,
+            pages: Arc::new(PagesOut {
+                tx: Mutex::new(Some(progress::Counted {
+                    inner: pages,
+                    sent: sent.clone(),
+                })),
+                peer: peer.clone(),
+            }),
+            peer,
+            records: Some(records),
+            files: Some(files),
+            sent,
+        })
+    }
+
+    /// Where the checkpoint writes its page store.
+    pub fn page_sink(&self) -> crate::dump::checkpoint::PageSink {
+        crate::dump::checkpoint::PageSink {
+            name: format!("the page stream to {}", self.peer),
+            out: self.pages.clone(),
+        }
+    }
+
+    /// The checkpoint into `dir` is complete: the page stream ends, the
+    /// records and the other files follow; returns what each stream
+    /// carried, for `Committed`.
+    pub fn finish(mut self, dir: &Path) -> Result<Committed> {
+        let pages = self
+            .pages
+            .tx
+            .lock()
+            .ok()
+            .and_then(|mut tx| tx.take())
+            .ok_or_else(|| Error::Invalid("the page stream is gone".into()))?;
+        let records = self.records.take();
+        let files = self.files.take();
+        let peer = self.peer.clone();
+        let sent = self.sent.clone();
+        let end = |kind: StreamKind, tx: BlockingSend| -> Result<StreamTotal> {
+            let bytes = tx.finish().map_err(|e| {
+                Error::Invalid(format!("sending the {kind:?} stream to {peer}: {e}"))
+            })?;
+            Ok(StreamTotal {
+                kind,
+                index: 0,
+                bytes,
             })
-            .collect();
-        s.spawn(|| {
-            while sending.load(std::sync::atomic::Ordering::Relaxed) {
-                progress.tick();
-                std::thread::sleep(Duration::from_millis(50));
+        };
+        let send = |kind: StreamKind, tx: Option<BlockingSend>| -> Result<StreamTotal> {
+            let tx = tx.ok_or_else(|| Error::Invalid(format!("the {kind:?} stream is gone")))?;
+            let mut tx = progress::Counted {
+                inner: tx,
+                sent: sent.clone(),
+            };
+            match kind {
+                StreamKind::Records => copy_file(&cr_formats::layout::records_path(dir), &mut tx)?,
+                _ => archive_rest(dir, &mut tx)?,
             }
+            end(kind, tx.inner)
+        };
+        let (records, pages, files) = std::thread::scope(|s| {
+            let r = s.spawn(|| send(StreamKind::Records, records));
+            let p = s.spawn(|| end(StreamKind::Pages, pages.inner));
+            let f = send(StreamKind::Files, files);
+            let panicked = |what: &str| Err(Error::Invalid(format!("the {what} sender panicked")));
+            (
+                r.join().unwrap_or_else(|_| panicked("records")),
+                p.join().unwrap_or_else(|_| panicked("pages")),
+                f,
+            )
         });
-        let results = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Invalid("a stream sender panicked".into())))
-            })
-            .collect();
-        sending.store(false, std::sync::atomic::Ordering::Relaxed);
-        results
-    });
-    let streams = results.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(Committed {
-        migration: id,
-        streams,
-    })
+        Ok(Committed {
+            migration: self.id,
+            streams: vec![records?, pages?, files?],
+        })
+    }
+}
+
+impl Drop for ImageSender {
+    fn drop(&mut self) {
+        // Unfinished, the page stream is dropped now (and so reset) even if
+        // a writer thread of a failed checkpoint still holds the sink.
+        if let Ok(mut tx) = self.pages.tx.lock() {
+            tx.take();
+        }
+    }
 }
 
 fn copy_file(path: &Path, out: &mut impl Write) -> Result<()> {
@@ -286,27 +382,36 @@ pub fn receive_image(
     cap: u64,
 ) -> Result<Vec<StreamTotal>> {
     let peer = session.peer().name.clone();
-    let mut streams = Vec::new();
-    for _ in 0..STREAMS.len() {
-        let stream = BlockingRecv::accept(rt, session, id)
-            .map_err(|e| Error::Invalid(format!("accepting a data stream from {peer}: {e}")))?;
-        streams.push(stream);
-    }
+    // Each stream is read from the moment it arrives: the source sends the
+    // page store while it still pre-copies, before the other two exist.
     let results: Vec<Result<StreamTotal>> = std::thread::scope(|s| {
-        let handles: Vec<_> = streams
-            .into_iter()
-            .map(|(header, rx)| {
-                let peer = peer.clone();
-                s.spawn(move || receive_stream(header, rx, dir, cap, &peer))
-            })
-            .collect();
-        handles
+        let mut handles = Vec::new();
+        let mut accepted = Ok(());
+        for _ in 0..STREAMS.len() {
+            match BlockingRecv::accept(rt, session, id) {
+                Ok((header, rx)) => {
+                    let peer = peer.clone();
+                    handles.push(s.spawn(move || receive_stream(header, rx, dir, cap, &peer)));
+                }
+                Err(e) => {
+                    accepted = Err(Error::Invalid(format!(
+                        "accepting a data stream from {peer}: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+        let mut results: Vec<Result<StreamTotal>> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::Invalid("a stream receiver panicked".into())))
             })
-            .collect()
+            .collect();
+        if let Err(e) = accepted {
+            results.push(Err(e));
+        }
+        results
     });
     let totals = results.into_iter().collect::<Result<Vec<_>>>()?;
     for decl in &STREAMS {

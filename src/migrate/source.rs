@@ -22,7 +22,7 @@ use crate::container::Container;
 use crate::dump::checkpoint::{checkpoint_frozen, CheckpointOptions, FrozenContainer};
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::migrate::{recover, runtime, send_image, staging_size, Control, Record, Role, Staging};
+use crate::migrate::{recover, runtime, staging_size, Control, ImageSender, Record, Role, Staging};
 
 /// Set by SIGINT/SIGTERM while a migration runs: it aborts at the next
 /// step that can still be undone.
@@ -60,10 +60,16 @@ pub struct MigrationReport {
     pub phases: Vec<(String, f64)>,
     /// From the freeze until the destination said it resumed.
     pub frozen_ms: f64,
+    /// From the start until the peer said the container runs there.
     pub total_ms: f64,
+    /// Stopping and removing the frozen copy here afterwards.
+    pub cleanup_ms: f64,
     /// Bytes sent on the data streams.
     pub bytes: u64,
-    /// Bytes per second over the transfer phase.
+    /// From the streams' opening (before the pre-copy) until the last
+    /// byte was acknowledged: the page store crosses while it is written.
+    pub stream_ms: f64,
+    /// `bytes` over `stream_ms`.
     pub transfer_bytes_per_s: f64,
     /// The checkpoint taken for it (pre-copy, frozen window, pages).
     pub checkpoint: crate::dump::checkpoint::CheckpointSummary,
@@ -197,43 +203,78 @@ pub fn migrate(
         decided: false,
     };
     record.write(host, &id)?;
-    let staging = Staging::create(host, &id, staging_size(sizes.memory, sizes.files))?;
-    let ckpt = CheckpointOptions {
-        image_dir: staging.image_dir(),
-        leave_running: false,
-        keep_frozen: true,
-        compression: cr_formats::Compression::None,
-        pre_copy_rounds: opts.pre_copy_rounds,
-    };
     let abort = |control: &mut Control, reason: String| {
         let _ = control.send(&Message::Abort(Abort {
             migration: id,
             reason: reason.clone(),
         }));
     };
-    let (checkpointed, frozen) = match checkpoint_frozen(&container, &ckpt) {
-        Ok(done) => done,
+    let staging = match Staging::create(host, &id, staging_size(sizes.memory, sizes.files)) {
+        Ok(s) => s,
         Err(e) => {
-            abort(&mut control, format!("checkpoint failed: {e}"));
+            abort(&mut control, format!("staging failed: {e}"));
             Record::remove(host, &id);
             return Err(e);
         }
     };
-    phases.end("checkpoint");
-
-    // Until Resume is sent every error thaws the container (dropping
-    // `frozen` thaws it).
-    let sent = (|| -> Result<u64> {
-        check_interrupted("during the transfer; the container runs here again")?;
-        control.send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
+    // The streams open now: the page store crosses while the checkpoint
+    // writes it, pre-copy rounds while the container still runs.
+    let streams_at = Instant::now();
+    let sender = control
+        .send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
             migration: id,
             streams: crate::migrate::STREAMS.to_vec(),
-        }))?;
-        let committed = send_image(rt.handle(), &session, id, &staging.image_dir(), &progress)?;
-        let bytes = committed.streams.iter().map(|s| s.bytes).sum();
-        control.send(&Message::Committed(committed))?;
-        Ok(bytes)
-    })();
+        }))
+        .and_then(|()| ImageSender::start(rt.handle(), &session, id, &progress));
+    let sender = match sender {
+        Ok(s) => s,
+        Err(e) => {
+            abort(&mut control, e.to_string());
+            Record::remove(host, &id);
+            return Err(e);
+        }
+    };
+    progress.transfer(sizes.memory.saturating_add(sizes.files));
+    let ckpt = CheckpointOptions {
+        image_dir: staging.image_dir(),
+        leave_running: false,
+        keep_frozen: true,
+        compression: cr_formats::Compression::None,
+        pre_copy_rounds: opts.pre_copy_rounds,
+        page_sink: Some(sender.page_sink()),
+    };
+    let ticking = AtomicBool::new(true);
+    let (checkpointed, sent) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while ticking.load(Ordering::Relaxed) {
+                progress.tick();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let done = (|| {
+            let (checkpointed, frozen) = checkpoint_frozen(&container, &ckpt)?;
+            phases.end("checkpoint");
+            // Until Resume is sent every error thaws the container
+            // (dropping `frozen` thaws it).
+            let committed = check_interrupted("during the transfer; the container runs here again")
+                .and_then(|()| sender.finish(&staging.image_dir()))
+                .and_then(|committed| {
+                    let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
+                    control.send(&Message::Committed(committed))?;
+                    Ok(bytes)
+                });
+            Ok((checkpointed, frozen, committed))
+        })();
+        ticking.store(false, Ordering::Relaxed);
+        done
+    })
+    .map(|(checkpointed, frozen, committed)| (checkpointed, (frozen, committed)))
+    .map_err(|e: Error| {
+        abort(&mut control, format!("checkpoint failed: {e}"));
+        Record::remove(host, &id);
+        e
+    })?;
+    let (frozen, sent) = sent;
     let bytes = match sent {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -243,7 +284,8 @@ pub fn migrate(
             return Err(e);
         }
     };
-    let transfer_ms = phases.end("transfer");
+    let stream_ms = streams_at.elapsed().as_secs_f64() * 1e3;
+    phases.end("transfer");
     progress.after_transfer(&format!("restore on {peer}"));
     let restored = (|| -> Result<()> {
         match control.recv(opts.restore_timeout, "Restored")? {
@@ -302,11 +344,14 @@ pub fn migrate(
     }
     let frozen_ms = frozen.frozen_for().as_secs_f64() * 1e3;
     phases.end("resume");
+    // The migration is done when the container runs on the peer; removing
+    // the frozen copy here is reported apart.
+    let total_ms = phases.start.elapsed().as_secs_f64() * 1e3;
     progress.phase("removing the copy here");
     finish_here(&container, frozen)?;
     Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
-    phases.end("destroy here");
+    let cleanup_ms = phases.end("destroy here");
     drop(staging);
     session.close(0, "done");
     rt.block_on(async {
@@ -317,9 +362,11 @@ pub fn migrate(
         peer: peer.to_string(),
         migration: id.to_string(),
         frozen_ms,
-        total_ms: phases.start.elapsed().as_secs_f64() * 1e3,
+        total_ms,
+        cleanup_ms,
         bytes,
-        transfer_bytes_per_s: bytes as f64 / (transfer_ms / 1e3).max(1e-9),
+        stream_ms,
+        transfer_bytes_per_s: bytes as f64 / (stream_ms / 1e3).max(1e-9),
         phases: phases.list,
         checkpoint: checkpointed,
     })
