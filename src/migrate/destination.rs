@@ -238,6 +238,11 @@ pub fn serve_session(
 /// accepted.
 fn check_offer(host: &Host, offer: &cr_transport::protocol::Offer) -> Result<ContainerConfig> {
     validate_name("container", &offer.container)?;
+    if offer.mode == cr_transport::protocol::TransferMode::PostCopy {
+        return Err(Error::Invalid(
+            "post-copy migration is not implemented on this host".into(),
+        ));
+    }
     let text = std::str::from_utf8(&offer.config)
         .map_err(|_| Error::Invalid("the offered config is not UTF-8".into()))?;
     let config: ContainerConfig = toml::from_str(text)

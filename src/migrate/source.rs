@@ -176,7 +176,11 @@ pub fn migrate(
         config,
         sizes,
         layer: None,
-        mode: TransferMode::StopAndCopy,
+        mode: if opts.pre_copy_rounds > 0 {
+            TransferMode::PreCopy
+        } else {
+            TransferMode::StopAndCopy
+        },
     }))?;
     match control.recv(Duration::from_secs(30), "Accept")? {
         Message::Accept(r) if r.migration == id => {}
