@@ -39,7 +39,8 @@ pub struct Version {
 /// `Uts` records, the `NetNamespace` record.
 /// 1.3: the `TimeNamespace` record, `FileKind::Netlink` and
 /// `InetState::HalfClosed`.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 3 };
+/// 1.4: the `Nftables` record.
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 4 };
 
 impl Version {
     pub const fn new(major: u16, minor: u16) -> Self {
@@ -77,17 +78,18 @@ mod tests {
 
     #[test]
     fn same_major_older_or_equal_minor_is_readable() {
-        let ours = Version::new(1, 3);
+        let ours = Version::new(1, 4);
         assert!(ours.can_read(Version::new(1, 0)));
         assert!(ours.can_read(Version::new(1, 1)));
         assert!(ours.can_read(Version::new(1, 2)));
         assert!(ours.can_read(Version::new(1, 3)));
+        assert!(ours.can_read(Version::new(1, 4)));
     }
 
     #[test]
     fn newer_minor_or_other_major_is_refused() {
-        let ours = Version::new(1, 3);
-        for image in [Version::new(1, 4), Version::new(2, 0), Version::new(0, 9)] {
+        let ours = Version::new(1, 4);
+        for image in [Version::new(1, 5), Version::new(2, 0), Version::new(0, 9)] {
             let err = ours.check_readable(image).unwrap_err();
             assert!(
                 matches!(err, FormatError::UnsupportedVersion { found, supported } if found == image && supported == ours),
@@ -95,12 +97,12 @@ mod tests {
             );
         }
         let msg = ours
-            .check_readable(Version::new(1, 4))
+            .check_readable(Version::new(1, 5))
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "image format 1.4 is not supported: this cr reads 1.0 to 1.3"
+            "image format 1.5 is not supported: this cr reads 1.0 to 1.4"
         );
     }
 }

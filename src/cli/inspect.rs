@@ -325,5 +325,11 @@ fn summary(record: &Record) -> String {
                 .map_or("the restorer".to_string(), |p| format!("process {p}")),
             t.members
         ),
+        Record::Nftables(n) => format!(
+            "nftables: {} table(s) ({}), {} bytes of ruleset",
+            n.tables.len(),
+            n.tables.join(", "),
+            n.ruleset.0.len()
+        ),
     }
 }

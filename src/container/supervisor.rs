@@ -417,6 +417,11 @@ fn spawn_init(
             return Err(fail(e.to_string()));
         }
     }
+    if let Some(nft) = restore.and_then(|image| image.nftables.as_ref()) {
+        if let Err(e) = restore::netns::apply_nftables(nft, child.as_raw()) {
+            return Err(fail(e.to_string()));
+        }
+    }
     if restore.is_some() {
         restore::timing::mark("cgroups+network");
     }

@@ -1095,6 +1095,9 @@ fn dump_frozen(
         phases.add("mounts", 0, at.elapsed());
         let at = Instant::now();
         records.write(&Record::NetNamespace(netns::collect(init.host_pid)?))?;
+        if let Some(nft) = netns::collect_nftables(init.host_pid)? {
+            records.write(&Record::Nftables(nft))?;
+        }
         phases.add("network namespace", 0, at.elapsed());
     }
     for space in time_namespaces(&tasks)? {

@@ -1,6 +1,7 @@
 //! Checkpoint of the container's network namespace: devices, addresses,
 //! routes (every table), policy rules, permanent neighbours, `net.*`
-//! sysctls and iptables rules, into one [`NetNamespace`] record.
+//! sysctls and iptables rules, into one [`NetNamespace`] record, and the
+//! namespace's own nftables tables into an [`Nftables`] record.
 //!
 //! ```text
 //!   survey (before the freeze)      collect (frozen, after the TCP lock)
@@ -8,7 +9,8 @@
 //!     RTM_GETLINK dump                links, addresses, routes, rules,
 //!     every device a kind cr            neighbours (rtnetlink dumps)
 //!     rebuilds? else refuse           /proc/sys/net/** (read in the netns)
-//!                                     iptables-save, ip6tables-save
+//!                                     iptables-save, ip6tables-save,
+//!                                     nft list table (tables of its own)
 //!   thread: unshare(CLONE_NEWNET)
 //!     /proc/sys/net/** of a fresh
 //!     netns (kept for collect)
@@ -25,9 +27,9 @@
 //! cr rebuilds `lo`, the container's `eth0`, `dummy` and `ifb` devices and
 //! veth pairs with both ends inside; any other device (a bridge, a vlan, a
 //! vxlan, a port of a bridge, a veth leading out) is refused
-//! by [`survey`] while the container still runs. nftables rulesets made with
-//! `nft` directly (tables other than the ones iptables manages) are refused
-//! the same way when `nft` is installed.
+//! by [`survey`] while the container still runs. nftables tables other than
+//! the ones iptables manages are saved as `nft list table` prints them
+//! (when `nft` is installed; restore feeds them to `nft -f`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -38,7 +40,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use cr_formats::schema::{Blob, ByteString, NetLink, NetLinkKind, NetNamespace, NetSysctl};
+use cr_formats::schema::{
+    Blob, ByteString, NetLink, NetLinkKind, NetNamespace, NetSysctl, Nftables,
+};
 use futures::StreamExt;
 use nix::errno::Errno;
 use nix::sched::{setns, unshare, CloneFlags};
@@ -350,17 +354,40 @@ pub fn survey(pid: i32) -> Result<(), NetnsError> {
 /// Tables iptables (nf_tables backend) makes; `iptables-save` covers them.
 const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
 
-/// Refuses nftables tables that `iptables-save` does not show. Without
-/// `nft` on the host there is nothing to look at: the iptables tools are
-/// then the only way rules got in from the host side.
-fn check_nft(pid: i32) -> Result<(), NetnsError> {
-    let out = match Command::new("nft")
-        .args(["list", "tables"])
-        .stdin(Stdio::null())
-        .output()
-    {
+/// Checks that the namespace's nftables tables can be listed (they are
+/// saved by [`collect_nftables`] in the frozen window). Without `nft` on the
+/// host there is nothing to look at: the iptables tools are then the only
+/// way rules got in from the host side.
+fn check_nft(_pid: i32) -> Result<(), NetnsError> {
+    own_nft_tables().map(|_| ())
+}
+
+/// `FAMILY NAME` of every nftables table iptables does not manage; `None`
+/// without `nft` on the host.
+fn own_nft_tables() -> Result<Option<Vec<String>>, NetnsError> {
+    let Some(listing) = nft(&["list", "tables"])? else {
+        return Ok(None);
+    };
+    let mut tables = Vec::new();
+    for line in listing.lines() {
+        // "table ip filter"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["table", family, name] = words[..] {
+            let by_iptables = matches!(family, "ip" | "ip6") && IPTABLES_TABLES.contains(&name);
+            if !by_iptables {
+                tables.push(format!("{family} {name}"));
+            }
+        }
+    }
+    Ok(Some(tables))
+}
+
+/// Runs `nft ARGS` (in the calling thread's namespaces) and returns its
+/// output; `None` when `nft` is not installed.
+fn nft(args: &[&str]) -> Result<Option<String>, NetnsError> {
+    let out = match Command::new("nft").args(args).stdin(Stdio::null()).output() {
         Ok(out) => out,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(NetnsError::Spawn {
                 tool: "nft",
@@ -371,22 +398,39 @@ fn check_nft(pid: i32) -> Result<(), NetnsError> {
     if !out.status.success() {
         return Err(NetnsError::Tool {
             tool: "nft",
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: format!(
+                "nft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "table ip filter"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["table", family, name] = words[..] {
-            let by_iptables = matches!(family, "ip" | "ip6") && IPTABLES_TABLES.contains(&name);
-            if !by_iptables {
-                return Err(NetnsError::Refused(format!(
-                    "cannot checkpoint: the network namespace of process {pid} (the container's PID 1) has nftables table {family} {name}, which cr does not save (it saves iptables and ip6tables rules only); the container keeps running"
-                )));
-            }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// After the freeze: the nftables tables of the container's namespace
+/// that iptables does not manage, with their chains, rules, sets, maps,
+/// objects and counters, as `nft list table` prints them; `None` when there
+/// are none (or no `nft` on the host).
+pub fn collect_nftables(pid: i32) -> Result<Option<Nftables>, NetnsError> {
+    in_netns(pid, || {
+        let Some(tables) = own_nft_tables()? else {
+            return Ok(None);
+        };
+        if tables.is_empty() {
+            return Ok(None);
         }
-    }
-    Ok(())
+        let mut ruleset = String::new();
+        for table in &tables {
+            let mut args = vec!["list", "table"];
+            args.extend(table.split_whitespace());
+            ruleset.push_str(&nft(&args)?.unwrap_or_default());
+        }
+        Ok(Some(Nftables {
+            tables,
+            ruleset: ByteString(ruleset.into_bytes()),
+        }))
+    })
 }
 
 /// After the freeze (and after the TCP lock): the whole namespace.

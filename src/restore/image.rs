@@ -46,6 +46,8 @@ pub struct LoadedImage {
     /// The container's network namespace (images before it was recorded
     /// have none).
     pub netns: Option<cr_formats::schema::NetNamespace>,
+    /// The namespace's own nftables tables (since format 1.4).
+    pub nftables: Option<cr_formats::schema::Nftables>,
     /// The image directory: the page store is streamed from it (and
     /// verified chunk by chunk) while the processes are rebuilt.
     pub dir: std::path::PathBuf,
@@ -80,6 +82,7 @@ impl LoadedImage {
         let mut mounts = Vec::new();
         let mut uts = None;
         let mut netns = None;
+        let mut nftables = None;
         let mut time_namespaces = Vec::new();
         let missing = |what: &str, pid: i32| {
             Error::Invalid(format!(
@@ -136,6 +139,7 @@ impl LoadedImage {
                 Record::SysvMsgQueue(q) => ipc.msg.push(q),
                 Record::PosixMqueue(q) => ipc.mqueues.push(q),
                 Record::NetNamespace(n) => netns = Some(n),
+                Record::Nftables(n) => nftables = Some(n),
                 Record::TimeNamespace(t) => time_namespaces.push(t),
             }
         }
@@ -157,6 +161,7 @@ impl LoadedImage {
             deleted,
             ipc,
             netns,
+            nftables,
             dir: dir.to_path_buf(),
             mounts,
             uts,

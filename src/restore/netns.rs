@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use cr_formats::schema::{Blob, NetLink, NetLinkKind, NetNamespace};
+use cr_formats::schema::{Blob, NetLink, NetLinkKind, NetNamespace, Nftables};
 use futures::StreamExt;
 use nix::errno::Errno;
 use rtnetlink::packet_core::{
@@ -348,11 +348,23 @@ async fn routing(
 
 /// Feeds saved rules to `tool --noflush` in the calling thread's namespace.
 fn restore_rules(tool: &'static str, rules: &[u8]) -> Result<(), NetnsError> {
+    feed(tool, &["--noflush", "-w", "10"], rules)
+}
+
+/// Rebuilds the namespace's own nftables tables (the `Nftables` record)
+/// inside the network namespace of host process `pid`, after [`apply`].
+pub fn apply_nftables(nft: &Nftables, pid: i32) -> Result<(), NetnsError> {
+    in_netns(pid, || feed("nft", &["-f", "-"], nft.ruleset.as_bytes()))
+}
+
+/// Runs `tool ARGS` with `input` on its standard input.
+fn feed(tool: &'static str, args: &[&str], input: &[u8]) -> Result<(), NetnsError> {
+    let rules = input;
     if rules.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
     let mut child = Command::new(tool)
-        .args(["--noflush", "-w", "10"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -20,6 +20,7 @@
 //!   Uts { hostname .. }            once
 //!   NetNamespace { links .. }      the container's network namespace, once
 //!   TimeNamespace { id .. }        one per time namespace of its own
+//!   Nftables { tables .. }         nftables tables iptables does not make
 //! ```
 //!
 //! The order above is what the dumper writes, but readers take any order
@@ -58,7 +59,7 @@ pub use inet::{
 pub use ipc::{IpcPerm, MqMessage, PosixMqueue, SysvMessage, SysvMsgQueue, SysvSem, SysvShm};
 pub use manifest::{Arch, Manifest};
 pub use netlink::{NetlinkOptions, NetlinkSocket};
-pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl};
+pub use netns::{NetLink, NetLinkKind, NetNamespace, NetSysctl, Nftables};
 pub use ns::{Mount, MountKind, Propagation, TimeNamespace, TimeOffset, Uts};
 pub use process::{
     CapSets, Credentials, ITimers, IdSet, MmState, PosixTimer, Process, Rlimit, SigAction,
@@ -153,6 +154,9 @@ records! {
     /// A time namespace made by processes of the container, with its
     /// offsets and the processes in it (since 1.3).
     TimeNamespace(TimeNamespace) = 17,
+    /// The network namespace's own nftables tables; at most once (since
+    /// 1.4).
+    Nftables(Nftables) = 18,
 }
 
 impl std::fmt::Display for RecordKind {

@@ -46,6 +46,16 @@ pub struct NetNamespace {
     pub ip6tables: ByteString,
 }
 
+/// The namespace's nftables tables that iptables does not manage (made
+/// with `nft` or over netlink), as `nft list table` prints them, one table
+/// after another; `nft -f` reads it back (since 1.4).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Nftables {
+    /// `FAMILY NAME` of each table, in the order of `ruleset`.
+    pub tables: Vec<String>,
+    pub ruleset: ByteString,
+}
+
 /// One network device of the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetLink {

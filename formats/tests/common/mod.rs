@@ -551,6 +551,13 @@ pub fn records() -> Vec<Record> {
         creator: Some(7),
         members: vec![8, 9],
     }));
+    r.push(Record::Nftables(Nftables {
+        tables: vec!["inet mine".into()],
+        ruleset: ByteString(
+            b"table inet mine {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n"
+                .to_vec(),
+        ),
+    }));
     r
 }
 
