@@ -518,3 +518,85 @@ fn an_http_server_serves_the_same_file_after_restore() {
         .exec("web", &["cat", "/proc/1/cmdline"])
         .contains("http.server"));
 }
+
+const BUSY: &str = r#"
+import socket, threading
+def serve(c):
+    with c:
+        f = c.makefile("rwb", buffering=0)
+        for line in f:
+            f.write(b"echo " + line)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(64)
+open("/root/listening", "w").write("1")
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A busy server: a client outside opens a new connection every few
+/// milliseconds while the container is checkpointed and restored, so
+/// handshakes keep arriving at the freeze. The network is locked before
+/// the freeze and the queue drained, so every checkpoint is taken and no
+/// connection of the client fails (those that meet the lock are only
+/// delayed: their SYN is sent again).
+#[test]
+fn a_listener_taking_new_connections_all_the_time_is_checkpointed() {
+    let h = TestHost::new();
+    h.run(
+        "busy",
+        TestImage::Python,
+        Some(15),
+        &[],
+        &["/usr/bin/python3", "-c", BUSY],
+    );
+    wait_file(&h, "busy", "/root/listening", 20);
+    let addr: SocketAddr = format!("{}:7000", h.net.addr(15)).parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut errors) = (0u32, Vec::new());
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let one = (|| -> std::io::Result<()> {
+                    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(20))?;
+                    c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                    c.write_all(format!("{n}\n").as_bytes())?;
+                    let want = format!("echo {n}\n");
+                    let mut got = vec![0u8; want.len()];
+                    c.read_exact(&mut got)?;
+                    if got != want.as_bytes() {
+                        return Err(std::io::Error::other(format!("got {got:?}")));
+                    }
+                    Ok(())
+                })();
+                match one {
+                    Ok(()) => ok += 1,
+                    Err(e) => errors.push(format!("connection {n}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            (ok, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..3 {
+        let out = h.cr(&["checkpoint", "busy"]);
+        assert!(
+            out.status.success(),
+            "checkpoint {round} of a busy listener failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        h.ok(&["restore", "busy"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, errors) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert!(ok > 50, "only {ok} connections were served");
+    assert_eq!(lock_rules(&h, "busy"), "");
+}

@@ -563,6 +563,18 @@ fn run(
         .filter(|t| t.status.state == 'T')
         .flat_map(|t| t.tids.iter().map(move |tid| (t.host_pid, *tid)))
         .collect();
+    // TCP listeners get their accept queues drained with the network
+    // locked, just before the freeze (inet::lock_and_drain).
+    let inet_sockets: Vec<(i32, i32)> = surveyed
+        .iter()
+        .flat_map(|t| {
+            t.fds
+                .iter()
+                .filter(|(_, kind, _)| kind.name == inet::KIND_NAME)
+                .map(|(entry, _, _)| (t.host_pid, entry.fd))
+        })
+        .collect();
+    let init_pid = surveyed.first().map(|t| t.host_pid);
     drop(surveyed);
     let mut precopy = precopy;
     let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
@@ -587,6 +599,18 @@ fn run(
             }
         }
     }
+    let mut early = match init_pid {
+        Some(init) => match inet::lock_and_drain(init, &inet_sockets) {
+            Ok(lock) => lock,
+            Err(e) => {
+                drop(tracees);
+                drop(pages);
+                let _ = fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        },
+        None => inet::EarlyLock::default(),
+    };
     let frozen_at = Instant::now();
     if let Err(e) = cgroup.freeze() {
         drop(tracees);
@@ -624,6 +648,7 @@ fn run(
         &mut tracees,
         &mut net,
         Frozen {
+            early: &mut early,
             image_id,
             pages,
             pending,
@@ -930,6 +955,8 @@ fn open_page_store(
 
 /// What the frozen window continues from.
 struct Frozen<'a> {
+    /// The network lock taken before the freeze, if any.
+    early: &'a mut inet::EarlyLock,
     image_id: u64,
     pages: PageWriter<BackgroundFile>,
     pending: PendingWrite,
@@ -949,6 +976,7 @@ fn dump_frozen(
     frozen: Frozen<'_>,
 ) -> Result<(PageCounts, TaskCounts, PendingWrite)> {
     let Frozen {
+        early,
         image_id,
         mut pages,
         pending,
@@ -996,7 +1024,7 @@ fn dump_frozen(
         .collect();
     if let Some(init) = tasks.first() {
         let at = Instant::now();
-        *net = inet::NetFreeze::begin(init.host_pid, &sockets)?;
+        *net = inet::NetFreeze::begin(init.host_pid, &sockets, early)?;
         phases.add(
             "network lock + TCP repair mode",
             sockets.len(),

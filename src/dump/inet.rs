@@ -7,9 +7,12 @@
 //!                      or closing TCP sockets (a FIN not acknowledged
 //!                      yet) are refused (describe()); half-closed ones
 //!                      (FIN_WAIT2, CLOSE_WAIT) move like established ones
-//! frozen window        NetFreeze::begin: lock the container's netns
-//!                      (crate::netlock), then TCP_REPAIR on every
-//!                      established connection
+//! before the freeze   lock_and_drain: with a TCP listener, lock the
+//!                      container's netns (crate::netlock) and wait until
+//!                      the running processes accepted every queued
+//!                      connection (an EarlyLock)
+//! frozen window        NetFreeze::begin: lock (unless locked above),
+//!                      then TCP_REPAIR on every established connection
 //! collect()            per socket: addresses, options; for a connection in
 //!                      repair mode its sequences, both queues (peeked),
 //!                      MSS, window scaling, SACK, timestamp, window
@@ -27,6 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
+use std::time::{Duration, Instant};
 
 use cr_formats::schema::{
     Blob, FileKind, InetFamily, InetProto, InetSocket, InetState, SocketOptions, TcpConnection,
@@ -479,6 +483,76 @@ fn peek(s: RawFd, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// How long the processes may take, with the network locked and before
+/// the freeze, to accept the connections already in their listeners'
+/// queues.
+const ACCEPT_DRAIN: Duration = Duration::from_secs(1);
+
+/// The network lock taken before the freeze ([`lock_and_drain`]), handed
+/// to [`NetFreeze::begin`]; dropped unused, it lifts the lock.
+#[derive(Debug, Default)]
+pub struct EarlyLock(Option<NetLock>);
+
+impl Drop for EarlyLock {
+    fn drop(&mut self) {
+        if let Some(lock) = self.0.take() {
+            let _ = lock.unlock();
+        }
+    }
+}
+
+/// Before the freeze, while the processes run: when the container listens
+/// on TCP, locks its network namespace (from now on no handshake
+/// completes, so no connection lands in an accept queue while frozen,
+/// where nothing could take it) and waits, at most [`ACCEPT_DRAIN`], until
+/// every connection already queued was accepted. A queue that does not
+/// drain is refused, naming the listener, and the lock is lifted.
+/// `sockets`: (host pid, fd) of the container's inet sockets.
+pub fn lock_and_drain(init: i32, sockets: &[(i32, i32)]) -> crate::Result<EarlyLock> {
+    let mut listeners = Vec::new();
+    for &(pid, fd) in sockets {
+        // A socket closed since the survey is no listener to wait for.
+        let Ok(p) = probe(pid, fd) else { continue };
+        if p.tcp.is_some_and(|t| t.state == sys::TCP_LISTEN) {
+            listeners.push((pid, fd, p));
+        }
+    }
+    if listeners.is_empty() {
+        return Ok(EarlyLock(None));
+    }
+    let lock = EarlyLock(Some(NetLock::lock(init)?));
+    let deadline = Instant::now() + ACCEPT_DRAIN;
+    loop {
+        let mut waiting = None;
+        for (pid, fd, p) in &listeners {
+            let info = tcp_info(p.sock.as_raw_fd())
+                .map_err(|e| DumpError::proc(*pid, format!("socket fd {fd} (TCP_INFO)"), e))?;
+            if info.unacked > 0 {
+                waiting = Some((*pid, *fd, p, info.unacked));
+                break;
+            }
+        }
+        let Some((pid, fd, p, queued)) = waiting else {
+            return Ok(lock);
+        };
+        if Instant::now() >= deadline {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            return Err(DumpError::Unsupported {
+                pid,
+                comm,
+                what: format!(
+                    "fd {fd} is a TCP socket listening on {} with {queued} connection(s) that were not accepted within {ACCEPT_DRAIN:?} with the network locked; cr does not move an accept queue",
+                    local_addr(&p.sock).map_or("-".into(), |a| a.to_string())
+                ),
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The container's TCP sockets held still for the dump: the network lock
 /// and the connections put in repair mode. Dropped, it resumes them.
 pub struct NetFreeze {
@@ -492,7 +566,12 @@ impl NetFreeze {
     /// Locks the network namespace of host process `init` and puts every
     /// established connection among `sockets` (host pid, fd) in repair
     /// mode. Nothing to do (None) when no TCP socket is among them.
-    pub fn begin(init: i32, sockets: &[(i32, i32)]) -> crate::Result<Option<NetFreeze>> {
+    /// `early`: the lock [`lock_and_drain`] took, used instead of a new one.
+    pub fn begin(
+        init: i32,
+        sockets: &[(i32, i32)],
+        early: &mut EarlyLock,
+    ) -> crate::Result<Option<NetFreeze>> {
         let mut tcp = Vec::new();
         for &(pid, fd) in sockets {
             let p =
@@ -504,8 +583,12 @@ impl NetFreeze {
         if tcp.is_empty() {
             return Ok(None);
         }
+        let lock = match early.0.take() {
+            Some(lock) => lock,
+            None => NetLock::lock(init)?,
+        };
         let mut freeze = NetFreeze {
-            lock: Some(NetLock::lock(init)?),
+            lock: Some(lock),
             repaired: Vec::new(),
         };
         // After the lock no segment moves: the states read now hold.
