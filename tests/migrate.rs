@@ -188,3 +188,78 @@ fn redis_with_100k_keys_moves_there_and_back_with_its_client_connected() {
     }
     assert_eq!(r.get("session"), Some("before".into()));
 }
+
+fn count_of(h: &common::TestHost, name: &str) -> (u64, u64) {
+    let out = h.cr(&["exec", name, "--", "cat", "/root/count"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Two migrations at once, in opposite directions between the same two
+/// hosts: each container arrives whole, with its own address, MAC and
+/// client connection, and neither migration disturbs the other.
+#[test]
+fn two_migrations_at_once_in_opposite_directions_do_not_interfere() {
+    let mut lan = Lan::new();
+    lan.serve(1, None);
+    lan.serve(2, None);
+    let a = start_echo(&lan);
+    lan.h1.run(
+        "echo2",
+        common::TestImage::Python,
+        Some(11),
+        &["--mac", "02:00:00:aa:bb:78", "--memory", "256M"],
+        &["/usr/bin/python3", "-c", ECHO],
+    );
+    let b = lan.h1.net.addr(11);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || count_of(&lan.h1, "echo2").0 > 0),
+        "echo2 did not start"
+    );
+    lan.h1.ok(&["migrate", "echo2", "host2"]);
+    let open = |addr: &str| {
+        let conn = lan.connect(&format!("{addr}:7000"));
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let reader = BufReader::new(conn.try_clone().expect("clone"));
+        (conn, reader)
+    };
+    let (mut ca, mut ra) = open(&a);
+    let (mut cb, mut rb) = open(&b);
+    exchange(&mut ca, &mut ra, 1).expect("echo before");
+    exchange(&mut cb, &mut rb, 1).expect("echo2 before");
+    let sum_a = count_of(&lan.h1, "echo").1;
+    let sum_b = count_of(&lan.h2, "echo2").1;
+    let (h1, h2) = (&lan.h1, &lan.h2);
+    let (ra_out, rb_out) = std::thread::scope(|s| {
+        let one = s.spawn(|| h1.cr(&["migrate", "echo", "host2"]));
+        let two = s.spawn(|| h2.cr(&["migrate", "echo2", "host1"]));
+        (
+            one.join().expect("migrate echo"),
+            two.join().expect("migrate echo2"),
+        )
+    });
+    for (what, out) in [("echo", &ra_out), ("echo2", &rb_out)] {
+        assert!(
+            out.status.success(),
+            "migrating {what}: {}\nhost1: {}\nhost2: {}",
+            String::from_utf8_lossy(&out.stderr),
+            lan.serve_log(1),
+            lan.serve_log(2)
+        );
+    }
+    assert_eq!(lan.names(1), vec!["echo2".to_string()]);
+    assert_eq!(lan.names(2), vec!["echo".to_string()]);
+    for n in 2..6 {
+        exchange(&mut ca, &mut ra, n).expect("echo after");
+        exchange(&mut cb, &mut rb, n).expect("echo2 after");
+    }
+    assert_eq!(count_of(&lan.h2, "echo").1, sum_a, "echo's memory changed");
+    assert_eq!(
+        count_of(&lan.h1, "echo2").1,
+        sum_b,
+        "echo2's memory changed"
+    );
+    assert_eq!(lan.staging_mounts(1) + lan.staging_mounts(2), 0);
+}
