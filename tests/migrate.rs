@@ -263,3 +263,62 @@ fn two_migrations_at_once_in_opposite_directions_do_not_interfere() {
     );
     assert_eq!(lan.staging_mounts(1) + lan.staging_mounts(2), 0);
 }
+
+/// The destination lacks the container's image: it comes along by
+/// content digest, is checked there, and is not sent again on the way
+/// back; an image of the same name with other contents is refused.
+#[test]
+fn the_image_layer_goes_along_only_when_the_peer_lacks_it() {
+    let mut lan = Lan::new();
+    lan.serve(1, None);
+    lan.serve(2, None);
+    lan.h1.run(
+        "echo",
+        common::TestImage::Python,
+        Some(10),
+        &["--mac", "02:00:00:aa:bb:77", "--memory", "256M"],
+        &["/usr/bin/python3", "-c", ECHO],
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(20), || count(&lan.h1).0 > 0),
+        "the echo server did not start"
+    );
+    let image = common::TestImage::Python.name();
+    assert!(!lan.h2.root.join("images").join(image).exists());
+    let phases = |out: &str| -> Vec<String> {
+        let report: serde_json::Value = serde_json::from_str(out).expect("report json");
+        report["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .filter_map(|p| p[0].as_str().map(str::to_string))
+            .collect()
+    };
+    let there = lan.h1.ok(&["migrate", "echo", "host2", "--json"]);
+    assert!(
+        phases(&there).contains(&"image layer".to_string()),
+        "{there}"
+    );
+    assert_eq!(lan.h2.state("echo"), "running");
+    let listed = lan.h2.ok(&["image", "list"]);
+    assert!(listed.contains(image), "{listed}");
+    let back = lan.h2.ok(&["migrate", "echo", "host1", "--json"]);
+    assert!(
+        !phases(&back).contains(&"image layer".to_string()),
+        "{back}"
+    );
+    assert_eq!(lan.h1.state("echo"), "running");
+
+    // host2's image of that name now differs: refused, naming both digests.
+    let rootfs = lan.h2.root.join("images").join(image).join("rootfs");
+    std::fs::write(rootfs.join("etc/changed"), "x").expect("changing the image");
+    let _ = std::fs::remove_file(lan.h2.root.join("images").join(image).join("digest"));
+    let err = lan.h1.fails(&["migrate", "echo", "host2"]);
+    assert!(
+        err.contains("a different image under the same name")
+            && err.matches("sha256:").count() >= 2,
+        "{err}"
+    );
+    assert_eq!(lan.h1.state("echo"), "running");
+    assert!(lan.names(2).is_empty());
+}

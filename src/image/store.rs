@@ -498,7 +498,7 @@ pub(crate) fn unpack_tarball(path: &Path, format: TarFormat, dst: &Path) -> Resu
     unpack(reader, path, dst)
 }
 
-fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn unpack(reader: impl Read, path: &Path, dst: &Path) -> Result<()> {
     let dst = fs::canonicalize(dst).ctx("resolving", dst)?;
     let mut archive = Archive::new(reader);
     archive.set_preserve_permissions(true);

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cr_transport::protocol::{Failed, MigrationRef, Outcome, OutcomeState, Phase};
+use cr_transport::protocol::{Failed, LayerHave, MigrationRef, Outcome, OutcomeState, Phase};
 use cr_transport::{ControlStream, Message, MigrationId, Session};
 use tokio::runtime::Handle;
 
@@ -23,7 +23,9 @@ use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::host::{validate_name, Host};
 use crate::image::store::ImageStore;
-use crate::migrate::{receive_image, staging_size, Control, Record, Role, Staging, STREAMS};
+use crate::migrate::{
+    receive_image, staging_size, Control, LayerTarget, Record, Role, Staging, LAYER_STREAM, STREAMS,
+};
 use crate::restore::{PagesMode, RestoreOptions};
 
 /// What this agent knows of the migrations it took part in (for `Query`).
@@ -101,16 +103,34 @@ pub fn serve_session(
         eprintln!("migration {id}: failed in {phase:?}: {e}");
         e
     };
-    let config = match check_offer(host, &offer) {
+    let (config, layer) = match check_offer(host, &offer) {
         Ok(c) => c,
         Err(e) => return Err(fail(&mut control, Phase::Offer, e)),
     };
     set(outcomes, id, OutcomeState::InProgress);
     control.send(&Message::Accept(MigrationRef { migration: id }))?;
 
-    // The source pre-copies and checkpoints before it opens the streams.
-    match control.recv(Duration::from_secs(600), "StreamsOpen") {
-        Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == STREAMS => {}
+    // The source asks for the layer, then opens the streams (the layer's
+    // too when this host lacks the image).
+    let mut declared = STREAMS.to_vec();
+    if layer.is_some() {
+        declared.push(LAYER_STREAM);
+    }
+    let mut next = control.recv(Duration::from_secs(60), "LayerQuery or StreamsOpen");
+    if let Ok(Message::LayerQuery(q)) = &next {
+        let have = q.migration == id && layer.is_none() && Some(q.digest) == offer.layer;
+        let answer = Message::LayerHave(LayerHave {
+            migration: id,
+            digest: q.digest,
+            have,
+        });
+        if let Err(e) = control.send(&answer) {
+            return Err(fail(&mut control, Phase::Offer, e));
+        }
+        next = control.recv(Duration::from_secs(60), "StreamsOpen");
+    }
+    match next {
+        Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == declared => {}
         Ok(Message::Abort(a)) => {
             set(outcomes, id, OutcomeState::Failed);
             return Err(Error::Invalid(format!("{peer} aborted: {}", a.reason)));
@@ -130,32 +150,40 @@ pub fn serve_session(
         let e = Error::io("creating", staging.image_dir(), e);
         return Err(fail(&mut control, Phase::Transfer, e));
     }
-    let received =
-        receive_image(rt, &session, id, &staging.image_dir(), size).and_then(
-            |totals| match control.recv(Duration::from_secs(60), "Committed")? {
-                Message::Committed(c) if c.migration == id => {
-                    for t in &c.streams {
-                        if !totals.contains(t) {
-                            return Err(Error::Invalid(format!(
-                                "{peer} says its {:?} stream carried {} bytes, {} arrived",
-                                t.kind,
-                                t.bytes,
-                                totals
-                                    .iter()
-                                    .find(|x| x.kind == t.kind && x.index == t.index)
-                                    .map_or(0, |x| x.bytes)
-                            )));
-                        }
+    let received = receive_image(
+        rt,
+        &session,
+        id,
+        &staging.image_dir(),
+        size,
+        &declared,
+        layer.as_ref(),
+    )
+    .and_then(
+        |totals| match control.recv(Duration::from_secs(60), "Committed")? {
+            Message::Committed(c) if c.migration == id => {
+                for t in &c.streams {
+                    if !totals.contains(t) {
+                        return Err(Error::Invalid(format!(
+                            "{peer} says its {:?} stream carried {} bytes, {} arrived",
+                            t.kind,
+                            t.bytes,
+                            totals
+                                .iter()
+                                .find(|x| x.kind == t.kind && x.index == t.index)
+                                .map_or(0, |x| x.bytes)
+                        )));
                     }
-                    Ok(totals.iter().map(|t| t.bytes).sum::<u64>())
                 }
-                Message::Abort(a) => Err(Error::Invalid(format!("{peer} aborted: {}", a.reason))),
-                other => Err(Error::Invalid(format!(
-                    "{peer} sent {} for Committed",
-                    other.name()
-                ))),
-            },
-        );
+                Ok(totals.iter().map(|t| t.bytes).sum::<u64>())
+            }
+            Message::Abort(a) => Err(Error::Invalid(format!("{peer} aborted: {}", a.reason))),
+            other => Err(Error::Invalid(format!(
+                "{peer} sent {} for Committed",
+                other.name()
+            ))),
+        },
+    );
     let received = received.and_then(|b| fault("transfer").map(|()| b));
     let bytes = match received {
         Ok(b) => b,
@@ -236,7 +264,12 @@ pub fn serve_session(
 
 /// The offered container, checked against this host before anything is
 /// accepted.
-fn check_offer(host: &Host, offer: &cr_transport::protocol::Offer) -> Result<ContainerConfig> {
+/// Returns the container's config, and where its image layer goes when
+/// this host lacks it.
+fn check_offer(
+    host: &Host,
+    offer: &cr_transport::protocol::Offer,
+) -> Result<(ContainerConfig, Option<LayerTarget>)> {
     validate_name("container", &offer.container)?;
     if offer.mode == cr_transport::protocol::TransferMode::PostCopy {
         return Err(Error::Invalid(
@@ -259,14 +292,33 @@ fn check_offer(host: &Host, offer: &cr_transport::protocol::Offer) -> Result<Con
             config.name
         )));
     }
-    if !ImageStore::new(host.images_dir()).exists(&config.image) {
-        return Err(Error::Invalid(format!(
-            "image {:?} is not on this host (import or build it here first)",
-            config.image
-        )));
-    }
+    let store = ImageStore::new(host.images_dir());
+    let layer = match (store.exists(&config.image), offer.layer) {
+        (true, Some(theirs)) => {
+            let ours = crate::migrate::layer::digest(&store, &config.image)?;
+            if ours != theirs {
+                return Err(Error::Invalid(format!(
+                    "image {:?} on this host is {ours}, the container's is {theirs}: a different image under the same name",
+                    config.image
+                )));
+            }
+            None
+        }
+        (true, None) => None,
+        (false, Some(digest)) => Some(LayerTarget {
+            store,
+            image: config.image.clone(),
+            digest,
+        }),
+        (false, None) => {
+            return Err(Error::Invalid(format!(
+                "image {:?} is not on this host and the peer did not offer it",
+                config.image
+            )))
+        }
+    };
     if let Some(net) = &config.network {
         crate::container::create::check_address_free(host, net.address)?;
     }
-    Ok(config)
+    Ok((config, layer))
 }

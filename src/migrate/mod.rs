@@ -29,6 +29,7 @@
 //! there.
 
 pub mod destination;
+pub mod layer;
 pub mod progress;
 pub mod source;
 
@@ -372,14 +373,61 @@ fn archive_rest(dir: &Path, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// Receives the three [`STREAMS`] of migration `id` into `dir`, each at
-/// most `cap` bytes; returns what each carried.
+/// The Layer stream's declaration (sent beside [`STREAMS`] when the
+/// destination lacks the container's image).
+pub const LAYER_STREAM: StreamDecl = StreamDecl {
+    kind: StreamKind::Layer,
+    index: 0,
+};
+
+/// Sends image `image` of `store` on the Layer stream of migration `id`
+/// (before the checkpoint: the container runs meanwhile).
+pub fn send_layer(
+    rt: &Handle,
+    session: &Session,
+    id: MigrationId,
+    store: &crate::image::store::ImageStore,
+    image: &str,
+    progress: &progress::Progress,
+) -> Result<StreamTotal> {
+    let peer = session.peer().name.clone();
+    let tx = BlockingSend::open(rt, session, StreamHeader::new(StreamKind::Layer, id, 0))
+        .map_err(|e| Error::Invalid(format!("opening the layer stream to {peer}: {e}")))?;
+    let mut tx = progress::Counted {
+        inner: tx,
+        sent: progress.sent.clone(),
+    };
+    layer::send(store, image, &mut tx)?;
+    let bytes = tx
+        .inner
+        .finish()
+        .map_err(|e| Error::Invalid(format!("sending the layer stream to {peer}: {e}")))?;
+    Ok(StreamTotal {
+        kind: StreamKind::Layer,
+        index: 0,
+        bytes,
+    })
+}
+
+/// Where a received layer goes: image `image` of `store`, if its digest
+/// is `digest`.
+pub struct LayerTarget {
+    pub store: crate::image::store::ImageStore,
+    pub image: String,
+    pub digest: cr_transport::protocol::LayerDigest,
+}
+
+/// Receives the streams `declared` of migration `id` into `dir`, each at
+/// most `cap` bytes (a layer at most [`layer::LAYER_CAP`], into `layer`);
+/// returns what each carried.
 pub fn receive_image(
     rt: &Handle,
     session: &Session,
     id: MigrationId,
     dir: &Path,
     cap: u64,
+    declared: &[StreamDecl],
+    layer: Option<&LayerTarget>,
 ) -> Result<Vec<StreamTotal>> {
     let peer = session.peer().name.clone();
     // Each stream is read from the moment it arrives: the source sends the
@@ -387,11 +435,12 @@ pub fn receive_image(
     let results: Vec<Result<StreamTotal>> = std::thread::scope(|s| {
         let mut handles = Vec::new();
         let mut accepted = Ok(());
-        for _ in 0..STREAMS.len() {
+        for _ in 0..declared.len() {
             match BlockingRecv::accept(rt, session, id) {
                 Ok((header, rx)) => {
                     let peer = peer.clone();
-                    handles.push(s.spawn(move || receive_stream(header, rx, dir, cap, &peer)));
+                    handles
+                        .push(s.spawn(move || receive_stream(header, rx, dir, cap, layer, &peer)));
                 }
                 Err(e) => {
                     accepted = Err(Error::Invalid(format!(
@@ -414,7 +463,7 @@ pub fn receive_image(
         results
     });
     let totals = results.into_iter().collect::<Result<Vec<_>>>()?;
-    for decl in &STREAMS {
+    for decl in declared {
         if !totals
             .iter()
             .any(|t| t.kind == decl.kind && t.index == decl.index)
@@ -454,12 +503,17 @@ fn receive_stream(
     rx: BlockingRecv,
     dir: &Path,
     cap: u64,
+    layer: Option<&LayerTarget>,
     peer: &str,
 ) -> Result<StreamTotal> {
     let mut input = Capped {
         inner: rx,
         read: 0,
-        cap,
+        cap: if header.kind == StreamKind::Layer {
+            layer::LAYER_CAP
+        } else {
+            cap
+        },
     };
     let fail = |what: &str, e: io::Error| {
         Error::Invalid(format!(
@@ -476,6 +530,14 @@ fn receive_stream(
         (StreamKind::Records, 0) => into_file(cr_formats::layout::records_path(dir), &mut input)?,
         (StreamKind::Pages, 0) => into_file(cr_formats::layout::pages_path(dir), &mut input)?,
         (StreamKind::Files, 0) => unpack_rest(&mut input, dir, peer)?,
+        (StreamKind::Layer, 0) => match layer {
+            Some(l) => layer::receive(&l.store, &l.image, l.digest, &mut input, peer)?,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{peer} sent an image layer this host did not ask for"
+                )))
+            }
+        },
         (kind, index) => {
             return Err(Error::Invalid(format!(
                 "{peer} opened a {kind:?} stream {index}, which version 1 does not send"

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cr_transport::protocol::{
-    Abort, ImageSizes, MigrationRef, Offer, OutcomeState, Phase, TransferMode,
+    Abort, ImageSizes, LayerQuery, MigrationRef, Offer, OutcomeState, Phase, TransferMode,
 };
 use cr_transport::{Endpoint, Identity, Message, MigrationId, TrustStore, Tuning};
 use serde::Serialize;
@@ -170,12 +170,14 @@ pub fn migrate(
         disk: 0,
         files: crate::dump::checkpoint::dir_size(&container.dir.join("upper")),
     };
+    let images = crate::image::store::ImageStore::new(host.images_dir());
+    let digest = crate::migrate::layer::digest(&images, &container.config.image)?;
     control.send(&Message::Offer(Offer {
         migration: id,
         container: name.to_string(),
         config,
         sizes,
-        layer: None,
+        layer: Some(digest),
         mode: if opts.pre_copy_rounds > 0 {
             TransferMode::PreCopy
         } else {
@@ -192,6 +194,16 @@ pub fn migrate(
         }
         other => return Err(unexpected(peer, "Accept", &other)),
     }
+    // Does the peer have the image? If not, it goes first, while the
+    // container runs.
+    control.send(&Message::LayerQuery(LayerQuery {
+        migration: id,
+        digest,
+    }))?;
+    let send_layer = match control.recv(Duration::from_secs(30), "LayerHave")? {
+        Message::LayerHave(h) if h.migration == id && h.digest == digest => !h.have,
+        other => return Err(unexpected(peer, "LayerHave", &other)),
+    };
     phases.end("offer");
     check_interrupted("before the checkpoint; nothing was frozen")?;
     progress.phase(if opts.pre_copy_rounds > 0 {
@@ -224,12 +236,31 @@ pub fn migrate(
     // The streams open now: the page store crosses while the checkpoint
     // writes it, pre-copy rounds while the container still runs.
     let streams_at = Instant::now();
+    let mut streams = crate::migrate::STREAMS.to_vec();
+    if send_layer {
+        streams.push(crate::migrate::LAYER_STREAM);
+    }
+    let mut layer_total = None;
     let sender = control
         .send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
             migration: id,
-            streams: crate::migrate::STREAMS.to_vec(),
+            streams,
         }))
-        .and_then(|()| ImageSender::start(rt.handle(), &session, id, &progress));
+        .and_then(|()| {
+            if send_layer {
+                progress.phase(&format!("image {} to {peer}", container.config.image));
+                layer_total = Some(crate::migrate::send_layer(
+                    rt.handle(),
+                    &session,
+                    id,
+                    &images,
+                    &container.config.image,
+                    &progress,
+                )?);
+                phases.end("image layer");
+            }
+            ImageSender::start(rt.handle(), &session, id, &progress)
+        });
     let sender = match sender {
         Ok(s) => s,
         Err(e) => {
@@ -262,7 +293,8 @@ pub fn migrate(
             // (dropping `frozen` thaws it).
             let committed = check_interrupted("during the transfer; the container runs here again")
                 .and_then(|()| sender.finish(&staging.image_dir()))
-                .and_then(|committed| {
+                .and_then(|mut committed| {
+                    committed.streams.extend(layer_total);
                     let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
                     control.send(&Message::Committed(committed))?;
                     Ok(bytes)
