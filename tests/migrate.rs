@@ -178,7 +178,15 @@ fn redis_with_100k_keys_moves_there_and_back_with_its_client_connected() {
     for (i, (from, to, peer)) in [(1, 2, "host2"), (2, 1, "host1")].into_iter().enumerate() {
         lan.host(from).ok(&["migrate", "redis", peer]);
         assert!(lan.names(from).is_empty());
-        assert_eq!(lan.host(to).state("redis"), "running");
+        let state = lan.host(to).state("redis");
+        assert_eq!(
+            state,
+            "running",
+            "redis on host{to} after the migration: {state}\nits log: {}\nstatus: {}\nhost{to}'s agent: {}",
+            String::from_utf8_lossy(&lan.host(to).cr(&["logs", "redis"]).stdout),
+            String::from_utf8_lossy(&lan.host(to).cr(&["status", "redis"]).stdout),
+            lan.serve_log(to)
+        );
         // The same connection: every key, and writes go on.
         assert_eq!(r.cmd(&["DBSIZE"]), Reply::Int(100_001 + i as i64));
         for k in [0, 4242, 99_999] {

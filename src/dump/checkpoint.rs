@@ -776,17 +776,19 @@ fn run(
 struct BackgroundFile {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
+    /// A [`PageSink`] is written directly, without the thread: it has a
+    /// queue of its own (a migration's stream), and a copy less counts.
+    direct: Option<PageSink>,
 }
 
 /// 4 MiB buffers waiting for the writer thread at most (2 GiB).
 const BACKLOG_CHUNKS: usize = 512;
-/// The same for a [`PageSink`] (16 MiB).
-const SINK_BACKLOG_CHUNKS: usize = 4;
 const BACKGROUND_BUF: usize = 4 << 20;
 
 /// The writer thread of a [`BackgroundFile`].
 pub struct PendingWrite {
-    handle: std::thread::JoinHandle<std::io::Result<()>>,
+    /// None: written directly ([`BackgroundFile::direct`]).
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     path: PathBuf,
 }
 
@@ -811,9 +813,26 @@ impl BackgroundFile {
             BackgroundFile {
                 tx: Some(tx),
                 buf: Vec::with_capacity(BACKGROUND_BUF),
+                direct: None,
             },
-            PendingWrite { handle, path },
+            PendingWrite {
+                handle: Some(handle),
+                path,
+            },
         ))
+    }
+
+    /// Writes straight into `sink` on the caller's thread.
+    fn direct(sink: PageSink) -> (Self, PendingWrite) {
+        let path = PathBuf::from(&sink.name);
+        (
+            BackgroundFile {
+                tx: None,
+                buf: Vec::new(),
+                direct: Some(sink),
+            },
+            PendingWrite { handle: None, path },
+        )
     }
 
     fn send(&mut self) -> std::io::Result<()> {
@@ -832,6 +851,10 @@ impl BackgroundFile {
 
 impl Write for BackgroundFile {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(sink) = &mut self.direct {
+            sink.write_all(data)?;
+            return Ok(data.len());
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= BACKGROUND_BUF {
             self.send()?;
@@ -840,6 +863,9 @@ impl Write for BackgroundFile {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(sink) = &mut self.direct {
+            return sink.flush();
+        }
         self.send()
     }
 }
@@ -854,7 +880,10 @@ impl Drop for BackgroundFile {
 impl PendingWrite {
     /// Waits until every byte is written.
     fn wait(self) -> Result<()> {
-        match self.handle.join() {
+        let Some(handle) = self.handle else {
+            return Ok(());
+        };
+        match handle.join() {
             Ok(result) => result.ctx("writing the page store", &self.path),
             Err(_) => Err(Error::Invalid(format!(
                 "the page writer for {} panicked",
@@ -939,11 +968,7 @@ fn open_page_store(
     let (background, pending) = match &opts.page_sink {
         // A stream: a short backlog, so the pre-copy goes at the stream's
         // pace and the frozen window does not start with a queue to send.
-        Some(sink) => BackgroundFile::spawn(
-            Box::new(sink.clone()),
-            PathBuf::from(&sink.name),
-            SINK_BACKLOG_CHUNKS,
-        )?,
+        Some(sink) => BackgroundFile::direct(sink.clone()),
         None => {
             let pages_path = cr_formats::layout::pages_path(dir);
             let pages_file = File::create(&pages_path).ctx("creating", &pages_path)?;

@@ -64,6 +64,25 @@ pub fn serve_session(
     control: ControlStream,
     outcomes: &Outcomes,
 ) -> Result<()> {
+    let served = serve(host, rt, &session, control, outcomes);
+    if served.is_err() {
+        // The Failed just sent must reach the source before the connection
+        // goes (dropping it would discard what is not acknowledged yet):
+        // the source closes it once it has read it.
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(5), session.closed()).await;
+        });
+    }
+    served
+}
+
+fn serve(
+    host: &Host,
+    rt: &Handle,
+    session: &Session,
+    control: ControlStream,
+    outcomes: &Outcomes,
+) -> Result<()> {
     let peer = session.peer().name.clone();
     let mut control = Control::new(rt, control);
     let first = control.recv(Duration::from_secs(30), "Offer or Query")?;
@@ -152,7 +171,7 @@ pub fn serve_session(
     }
     let received = receive_image(
         rt,
-        &session,
+        session,
         id,
         &staging.image_dir(),
         size,

@@ -165,7 +165,7 @@ impl Control {
 /// ```text
 ///  start (before the checkpoint)   open Records, Pages, Files
 ///  checkpoint with page_sink:      the page store is written straight
-///    pre-copy rounds (running)     into the Pages stream (a 16 MiB queue:
+///    pre-copy rounds (running)     into the Pages stream (no queue of its own:
 ///    freeze, dump                  the pre-copy goes at the stream's pace)
 ///  finish (checkpoint done)        end Pages; records.img ──▶ Records,
 ///                                  tar of the rest ──▶ Files, in parallel
