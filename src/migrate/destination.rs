@@ -163,12 +163,7 @@ pub fn serve_session(
     };
     let transferred = started.elapsed();
 
-    let mut record = Record {
-        container: config.name.clone(),
-        role: Role::Destination,
-        pid: std::process::id(),
-        decided: false,
-    };
+    let mut record = Record::new(&config.name, Role::Destination, None);
     if let Err(e) = record.write(host, &id) {
         return Err(fail(&mut control, Phase::Restore, e));
     }

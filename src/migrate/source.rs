@@ -94,11 +94,43 @@ impl Phases {
     }
 }
 
+/// Whether Ctrl-C or SIGTERM came (the stream copy loops stop on it).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 fn check_interrupted(what: &str) -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(Error::Invalid(format!("interrupted {what}")));
+    if interrupted() {
+        return Err(Error::Invalid(format!("cancelled by the user {what}")));
     }
     Ok(())
+}
+
+/// The error of a migration that failed before `Resume`: a cancellation
+/// says so, in the words `docs/cli.md` promises.
+fn before_resume(name: &str, e: Error) -> Error {
+    if interrupted() {
+        Error::Invalid(format!("migration of {name} cancelled: it runs here again"))
+    } else {
+        e
+    }
+}
+
+/// Fault injection for tests of the source's failure paths
+/// (`docs/migration-protocol.md`, section 7): `CR_MIGRATE_FAULT` in `cr
+/// migrate`'s environment makes it die as a `kill -9` would, with no
+/// cleanup: `source-transfer` once half of the image is sent,
+/// `source-after-resume` right after `Resume` went out (before the
+/// answer is read).
+fn source_fault(which: &str) -> bool {
+    std::env::var("CR_MIGRATE_FAULT").is_ok_and(|f| f == which)
+}
+
+fn die(which: &str) -> ! {
+    eprintln!("cr migrate: CR_MIGRATE_FAULT={which}: exiting without cleanup");
+    // SAFETY: _exit ends the process at once (no destructors, no atexit),
+    // as a kill would; nothing is left half-written by it.
+    unsafe { libc::_exit(70) }
 }
 
 /// Migrates container `name` to the trusted peer `peer`.
@@ -183,19 +215,20 @@ pub fn migrate(
         other => return Err(unexpected(peer, "Accept", &other)),
     }
     phases.end("offer");
-    check_interrupted("before the checkpoint; nothing was frozen")?;
+    if let Err(e) = check_interrupted("before the checkpoint") {
+        let _ = control.send(&Message::Abort(Abort {
+            migration: id,
+            reason: e.to_string(),
+        }));
+        return Err(before_resume(name, e));
+    }
     progress.phase(if opts.pre_copy_rounds > 0 {
         "pre-copy, freeze, checkpoint"
     } else {
         "freeze, checkpoint"
     });
 
-    let mut record = Record {
-        container: name.to_string(),
-        role: Role::Source,
-        pid: std::process::id(),
-        decided: false,
-    };
+    let mut record = Record::new(name, Role::Source, Some(peer));
     record.write(host, &id)?;
     let staging = Staging::create(host, &id, staging_size(sizes.memory, sizes.files))?;
     let ckpt = CheckpointOptions {
@@ -229,6 +262,16 @@ pub fn migrate(
             migration: id,
             streams: crate::migrate::STREAMS.to_vec(),
         }))?;
+        if source_fault("source-transfer") {
+            let total = crate::dump::checkpoint::dir_size(&staging.image_dir());
+            let sent = progress.sent.clone();
+            std::thread::spawn(move || loop {
+                if sent.load(Ordering::Relaxed) >= total / 2 {
+                    die("source-transfer");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            });
+        }
         let committed = send_image(rt.handle(), &session, id, &staging.image_dir(), &progress)?;
         let bytes = committed.streams.iter().map(|s| s.bytes).sum();
         control.send(&Message::Committed(committed))?;
@@ -240,7 +283,7 @@ pub fn migrate(
             abort(&mut control, e.to_string());
             frozen.thaw()?;
             Record::remove(host, &id);
-            return Err(e);
+            return Err(before_resume(name, e));
         }
     };
     let transfer_ms = phases.end("transfer");
@@ -260,7 +303,7 @@ pub fn migrate(
         abort(&mut control, e.to_string());
         frozen.thaw()?;
         Record::remove(host, &id);
-        return Err(e);
+        return Err(before_resume(name, e));
     }
     record.decided = true;
     record.write(host, &id)?;
@@ -270,6 +313,13 @@ pub fn migrate(
     progress.phase(&format!("resume on {peer}"));
     let resumed = control
         .send(&Message::Resume(MigrationRef { migration: id }))
+        .inspect(|()| {
+            if source_fault("source-after-resume") {
+                // Let Resume leave this host before dying.
+                std::thread::sleep(Duration::from_millis(300));
+                die("source-after-resume");
+            }
+        })
         .and_then(
             |()| match control.recv(Duration::from_secs(30), "Resumed")? {
                 Message::Resumed(r) if r.migration == id => Ok(true),
@@ -307,6 +357,11 @@ pub fn migrate(
     Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
     phases.end("destroy here");
+    if interrupted() {
+        eprintln!(
+            "cr migrate: the cancellation came too late: {name} was already resuming on {peer}, and runs there now"
+        );
+    }
     drop(staging);
     session.close(0, "done");
     rt.block_on(async {
