@@ -114,7 +114,8 @@ fn assert_settled(lan: &Lan, client: &mut Client, on: usize, sum: u64, what: &st
         logs()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || lan.staging_mounts(on) == 0
+        // A destination waits for Confirm until its idle timeout (15 s).
+        wait_until(Duration::from_secs(20), || lan.staging_mounts(on) == 0
             && records(lan, on).is_empty()),
         "{what}: on host{on}: {} staging mounts, records {:?}\n{}",
         lan.staging_mounts(on),

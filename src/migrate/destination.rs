@@ -72,10 +72,14 @@ pub fn serve_session(
                 .ok()
                 .and_then(|o| o.get(&q.migration).copied())
                 .unwrap_or(OutcomeState::Unknown);
-            return control.send(&Message::Outcome(Outcome {
+            control.send(&Message::Outcome(Outcome {
                 migration: q.migration,
                 state,
-            }));
+            }))?;
+            // Closing now could drop the answer unsent: the asker closes
+            // the session once it has read it.
+            let _ = control.recv(Duration::from_secs(5), "the end of the session");
+            return Ok(());
         }
         Message::Offer(offer) => offer,
         other => {
