@@ -9,6 +9,10 @@
 //!                                      migrate::destination::serve_session
 //! ```
 //!
+//! A thread runs [`crate::migrate::recover`] every second: a `cr migrate`
+//! killed on this host (its container frozen, its network locked) is
+//! settled by the agent without anyone running cr again.
+//!
 //! Several migrations run at once without sharing anything but the
 //! outcome table: each has its own migration id, staging directory,
 //! container and streams.
@@ -25,6 +29,13 @@ use crate::migrate::destination::{serve_session, Outcomes};
 /// The port `cr serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = cr_transport::endpoint::DEFAULT_PORT;
 
+/// How often the agent looks for migrations that a killed process left.
+const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A peer silent this long has lost its session (keep-alives every 5 s
+/// keep a live one open through a long restore).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Runs the agent until the process is stopped.
 pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
     let identity = Identity::load_or_create(host.root())
@@ -36,8 +47,18 @@ pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
     let rt = crate::migrate::runtime()?;
     let endpoint = {
         let _guard = rt.enter();
-        Endpoint::listen(listen, &identity, trust, Tuning::default())
-            .map_err(|e| Error::Invalid(format!("listening on {listen}: {e}")))?
+        Endpoint::listen(
+            listen,
+            &identity,
+            trust,
+            Tuning {
+                // A source silent this long is gone (killed, cut off): its
+                // migration is cleaned up here.
+                idle_timeout: IDLE_TIMEOUT,
+                ..Tuning::default()
+            },
+        )
+        .map_err(|e| Error::Invalid(format!("listening on {listen}: {e}")))?
     };
     let bound = endpoint
         .local_addr()
@@ -48,6 +69,22 @@ pub fn serve(host: &Host, listen: SocketAddr) -> Result<()> {
         identity.fingerprint(),
         host.root().display()
     );
+    // What a `cr migrate` killed on this host leaves (a container frozen,
+    // its network locked) is settled within a second or two, without
+    // anyone running cr again. Migrations in progress, the agent's own
+    // included, are not touched (recovery skips live processes).
+    {
+        let host = host.clone();
+        std::thread::Builder::new()
+            .name("cr-recovery".into())
+            .spawn(move || loop {
+                std::thread::sleep(RECOVERY_INTERVAL);
+                for line in crate::migrate::recover(&host) {
+                    eprintln!("cr serve: {line}");
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("starting the recovery thread: {e}")))?;
+    }
     let outcomes: Outcomes = Arc::default();
     let handle = rt.handle().clone();
     rt.block_on(async move {

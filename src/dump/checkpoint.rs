@@ -408,6 +408,12 @@ pub fn checkpoint_frozen(
     let (summary, frozen) = run(container, &opts)?;
     let frozen =
         frozen.ok_or_else(|| Error::Invalid("the container was not kept frozen".into()))?;
+    // The cgroup freezer holds the tasks too, not only this process's
+    // ptrace stops: should this process die (a killed `cr migrate`), they
+    // stay still, their connections in repair mode and the network
+    // locked, until a recovery resumes them as thaw() would
+    // (migrate::recovery); they never run on a socket left in repair mode.
+    frozen.cgroup.freeze()?;
     Ok((summary, frozen))
 }
 
@@ -474,6 +480,9 @@ impl FrozenContainer {
     /// stopped.
     pub fn stop(mut self, container: &Container) -> Result<()> {
         self.done = true;
+        // Killed tasks die only once the freezer lets them; the ptrace
+        // stops still hold them meanwhile.
+        let _ = self.cgroup.thaw();
         kill_traced(std::mem::take(&mut self.tracees));
         if let Some(net) = self.net.take() {
             net.close_silently();

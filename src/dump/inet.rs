@@ -633,10 +633,7 @@ impl NetFreeze {
     fn leave_repair(&mut self) -> Option<crate::Error> {
         let mut first = None;
         for (sock, reuse) in self.repaired.drain(..) {
-            let s = sock.as_raw_fd();
-            let off = set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0)
-                .and_then(|()| set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse as i32));
-            if let Err(e) = off {
+            if let Err(e) = repair_off(sock.as_raw_fd(), reuse) {
                 first.get_or_insert(crate::Error::Invalid(format!(
                     "taking a TCP connection out of repair mode: {e}"
                 )));
@@ -662,6 +659,65 @@ impl NetFreeze {
         self.repaired.clear();
         self.lock = None;
     }
+}
+
+/// Takes connection `s` out of repair mode, giving it back its
+/// SO_REUSEADDR (leaving repair mode clears it).
+fn repair_off(s: RawFd, reuse: bool) -> io::Result<()> {
+    set_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR, 0)
+        .and_then(|()| set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse as i32))
+}
+
+/// Takes every TCP socket of host processes `pids` that is in repair mode
+/// out of it, as [`NetFreeze::resume`] would have: for the connections of
+/// a container whose checkpointing process died (a killed `cr migrate`),
+/// found through duplicates of the processes' descriptors. Repair mode
+/// left SO_REUSEADDR at the process's value ([`NetFreeze::begin`] set it
+/// back), so it is read before and restored after. Returns how many
+/// connections it took out; the first error, after trying all of them.
+pub fn leave_repair_left(pids: &[i32]) -> crate::Result<usize> {
+    let mut done = 0;
+    let mut first = None;
+    for &pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in fds.flatten() {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            let Ok(p) = probe(pid, fd) else { continue };
+            if p.tcp.is_none() {
+                continue;
+            }
+            let s = p.sock.as_raw_fd();
+            if get_int(s, libc::IPPROTO_TCP, sys::TCP_REPAIR).unwrap_or(0) == 0 {
+                continue;
+            }
+            let off = get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+                .and_then(|reuse| repair_off(s, reuse != 0));
+            match off {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    first.get_or_insert(crate::Error::from(DumpError::proc(
+                        pid,
+                        format!("socket fd {fd} (TCP_REPAIR off)"),
+                        e,
+                    )));
+                }
+            }
+        }
+    }
+    first.map_or(Ok(done), Err)
 }
 
 impl Drop for NetFreeze {

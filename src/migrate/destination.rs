@@ -93,10 +93,14 @@ fn serve(
                 .ok()
                 .and_then(|o| o.get(&q.migration).copied())
                 .unwrap_or(OutcomeState::Unknown);
-            return control.send(&Message::Outcome(Outcome {
+            control.send(&Message::Outcome(Outcome {
                 migration: q.migration,
                 state,
-            }));
+            }))?;
+            // Closing now could drop the answer unsent: the asker closes
+            // the session once it has read it.
+            let _ = control.recv(Duration::from_secs(5), "the end of the session");
+            return Ok(());
         }
         Message::Offer(offer) => offer,
         other => {
@@ -210,12 +214,7 @@ fn serve(
     };
     let transferred = started.elapsed();
 
-    let mut record = Record {
-        container: config.name.clone(),
-        role: Role::Destination,
-        pid: std::process::id(),
-        decided: false,
-    };
+    let mut record = Record::new(&config.name, Role::Destination, None);
     if let Err(e) = record.write(host, &id) {
         return Err(fail(&mut control, Phase::Restore, e));
     }

@@ -31,7 +31,10 @@
 pub mod destination;
 pub mod layer;
 pub mod progress;
+pub mod recovery;
 pub mod source;
+
+pub use recovery::{recover, Record, Role};
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -196,6 +199,13 @@ impl PagesOut {
         &self,
         f: impl FnOnce(&mut progress::Counted<BlockingSend>) -> io::Result<T>,
     ) -> io::Result<T> {
+        // Ctrl-C stops a pre-copy that goes at the stream's pace.
+        if source::interrupted() {
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                "the migration was cancelled",
+            ));
+        }
         let mut tx = self
             .tx
             .lock()
@@ -338,6 +348,9 @@ fn copy_chunks(input: &mut impl Read, out: &mut impl Write) -> io::Result<u64> {
     let mut buf = vec![0u8; cr_transport::blocking::CHUNK];
     let mut total = 0u64;
     loop {
+        if source::interrupted() {
+            return Err(io::Error::other("cancelled by the user (Ctrl-C)"));
+        }
         let n = match input.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
@@ -595,113 +608,4 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .thread_name("cr-quic")
         .build()
         .map_err(|e| Error::Invalid(format!("starting the QUIC runtime: {e}")))
-}
-
-/// Which side of a migration a [`Record`] was left by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Role {
-    Source,
-    Destination,
-}
-
-/// A migration under way on this host (`ROOT/migrations/ID.json`), so that
-/// a later `cr migrate` or `cr serve` can finish what a killed one left:
-/// the source's container frozen with its network locked, the
-/// destination's container restored but never resumed, a staging mount.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Record {
-    pub container: String,
-    pub role: Role,
-    /// The cr process that runs the migration.
-    pub pid: u32,
-    /// Source: Resume was sent, the answer may have been lost (the
-    /// container may run on the peer: never thaw it here unasked).
-    /// Destination: the container was resumed here (keep it).
-    pub decided: bool,
-}
-
-impl Record {
-    fn path(host: &Host, id: &MigrationId) -> PathBuf {
-        host.root().join("migrations").join(format!("{id}.json"))
-    }
-
-    pub fn write(&self, host: &Host, id: &MigrationId) -> Result<()> {
-        let path = Record::path(host, id);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).ctx("creating", dir)?;
-        }
-        let text = serde_json::to_string(self)
-            .map_err(|e| Error::Invalid(format!("encoding a migration record: {e}")))?;
-        crate::container::config::write_atomic(&path, text.as_bytes())
-    }
-
-    pub fn remove(host: &Host, id: &MigrationId) {
-        let _ = fs::remove_file(Record::path(host, id));
-    }
-}
-
-/// Finishes what killed migrations left on this host (see [`Record`]);
-/// returns one line per thing done, for the log.
-pub fn recover(host: &Host) -> Vec<String> {
-    let dir = host.root().join("migrations");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut done = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".json") else {
-            continue;
-        };
-        let Ok(record) = fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<Record>(&t).map_err(|e| e.to_string()))
-        else {
-            continue;
-        };
-        if record.pid != std::process::id() && Path::new(&format!("/proc/{}", record.pid)).exists()
-        {
-            // Still running (another migration of this host).
-            continue;
-        }
-        let staging = dir.join(id);
-        if staging.exists() {
-            let _ = nix::mount::umount2(&staging, nix::mount::MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir_all(&staging);
-        }
-        let container = crate::container::Container::open(host, &record.container).ok();
-        match (record.role, record.decided, container) {
-            (Role::Source, false, Some(c)) => {
-                // Killed before Resume: the container goes on here.
-                if let Ok((_, Some(pid))) = c.status() {
-                    if let Ok(lock) = crate::netlock::NetLock::left_on(pid.as_raw()) {
-                        let _ = lock.unlock();
-                    }
-                }
-                let _ = crate::container::freeze::thaw(&c);
-                done.push(format!(
-                    "migration {id} of {} was cut short: it runs here again",
-                    record.container
-                ));
-            }
-            (Role::Source, true, Some(_)) => {
-                done.push(format!(
-                    "migration {id} of {} is in doubt: it stays frozen here; thaw or destroy it once you know where it runs",
-                    record.container
-                ));
-                continue;
-            }
-            (Role::Destination, false, Some(c)) => {
-                let _ = crate::container::destroy::destroy(&c, Duration::ZERO);
-                done.push(format!(
-                    "migration {id} of {} never resumed here: removed",
-                    record.container
-                ));
-            }
-            _ => {}
-        }
-        let _ = fs::remove_file(&path);
-    }
-    done
 }

@@ -100,11 +100,49 @@ impl Phases {
     }
 }
 
+/// Whether Ctrl-C or SIGTERM came (the stream copy loops stop on it).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 fn check_interrupted(what: &str) -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(Error::Invalid(format!("interrupted {what}")));
+    if interrupted() {
+        return Err(Error::Invalid(format!("cancelled by the user {what}")));
     }
     Ok(())
+}
+
+/// The error of a migration that failed before `Resume`: a cancellation
+/// says so, in the words `docs/cli.md` promises.
+fn before_resume(name: &str, e: Error) -> Error {
+    if interrupted() {
+        return Error::Invalid(format!("migration of {name} cancelled: it runs here again"));
+    }
+    // The QUIC idle timeout: the peer stopped answering (down, cut off).
+    let text = e.to_string();
+    if text.contains("lost: timed out") {
+        return Error::Invalid(format!(
+            "the peer is unreachable ({text}); migration of {name} given up: it runs here again"
+        ));
+    }
+    e
+}
+
+/// Fault injection for tests of the source's failure paths
+/// (`docs/migration-protocol.md`, section 7): `CR_MIGRATE_FAULT` in `cr
+/// migrate`'s environment makes it die as a `kill -9` would, with no
+/// cleanup: `source-transfer` once half of the image is sent,
+/// `source-after-resume` right after `Resume` went out (before the
+/// answer is read).
+fn source_fault(which: &str) -> bool {
+    std::env::var("CR_MIGRATE_FAULT").is_ok_and(|f| f == which)
+}
+
+fn die(which: &str) -> ! {
+    eprintln!("cr migrate: CR_MIGRATE_FAULT={which}: exiting without cleanup");
+    // SAFETY: _exit ends the process at once (no destructors, no atexit),
+    // as a kill would; nothing is left half-written by it.
+    unsafe { libc::_exit(70) }
 }
 
 /// Migrates container `name` to the trusted peer `peer`.
@@ -205,19 +243,20 @@ pub fn migrate(
         other => return Err(unexpected(peer, "LayerHave", &other)),
     };
     phases.end("offer");
-    check_interrupted("before the checkpoint; nothing was frozen")?;
+    if let Err(e) = check_interrupted("before the checkpoint") {
+        let _ = control.send(&Message::Abort(Abort {
+            migration: id,
+            reason: e.to_string(),
+        }));
+        return Err(before_resume(name, e));
+    }
     progress.phase(if opts.pre_copy_rounds > 0 {
         "pre-copy, freeze, checkpoint"
     } else {
         "freeze, checkpoint"
     });
 
-    let mut record = Record {
-        container: name.to_string(),
-        role: Role::Source,
-        pid: std::process::id(),
-        decided: false,
-    };
+    let mut record = Record::new(name, Role::Source, Some(peer));
     record.write(host, &id)?;
     let abort = |control: &mut Control, reason: String| {
         let _ = control.send(&Message::Abort(Abort {
@@ -287,18 +326,40 @@ pub fn migrate(
             }
         });
         let done = (|| {
-            let (checkpointed, frozen) = checkpoint_frozen(&container, &ckpt)?;
+            // An Abort goes out before the streams are reset (when `sender`
+            // is dropped), so the destination logs why.
+            let (checkpointed, frozen) = match checkpoint_frozen(&container, &ckpt) {
+                Ok(done) => done,
+                Err(e) => {
+                    let e = before_resume(name, e);
+                    abort(&mut control, format!("checkpoint failed: {e}"));
+                    return Err(e);
+                }
+            };
             phases.end("checkpoint");
+            if source_fault("source-transfer") {
+                // Frozen, network locked, connections in repair mode, the
+                // page store sent but not the records.
+                die("source-transfer");
+            }
             // Until Resume is sent every error thaws the container
             // (dropping `frozen` thaws it).
-            let committed = check_interrupted("during the transfer; the container runs here again")
-                .and_then(|()| sender.finish(&staging.image_dir()))
-                .and_then(|mut committed| {
-                    committed.streams.extend(layer_total);
-                    let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
-                    control.send(&Message::Committed(committed))?;
-                    Ok(bytes)
-                });
+            let committed = match check_interrupted("during the transfer") {
+                Err(e) => {
+                    let e = before_resume(name, e);
+                    abort(&mut control, e.to_string());
+                    drop(sender);
+                    Err(e)
+                }
+                Ok(()) => sender
+                    .finish(&staging.image_dir())
+                    .and_then(|mut committed| {
+                        committed.streams.extend(layer_total);
+                        let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
+                        control.send(&Message::Committed(committed))?;
+                        Ok(bytes)
+                    }),
+            };
             Ok((checkpointed, frozen, committed))
         })();
         ticking.store(false, Ordering::Relaxed);
@@ -306,7 +367,6 @@ pub fn migrate(
     })
     .map(|(checkpointed, frozen, committed)| (checkpointed, (frozen, committed)))
     .map_err(|e: Error| {
-        abort(&mut control, format!("checkpoint failed: {e}"));
         Record::remove(host, &id);
         e
     })?;
@@ -317,7 +377,7 @@ pub fn migrate(
             abort(&mut control, e.to_string());
             frozen.thaw()?;
             Record::remove(host, &id);
-            return Err(e);
+            return Err(before_resume(name, e));
         }
     };
     let stream_ms = streams_at.elapsed().as_secs_f64() * 1e3;
@@ -338,7 +398,7 @@ pub fn migrate(
         abort(&mut control, e.to_string());
         frozen.thaw()?;
         Record::remove(host, &id);
-        return Err(e);
+        return Err(before_resume(name, e));
     }
     record.decided = true;
     record.write(host, &id)?;
@@ -348,6 +408,13 @@ pub fn migrate(
     progress.phase(&format!("resume on {peer}"));
     let resumed = control
         .send(&Message::Resume(MigrationRef { migration: id }))
+        .inspect(|()| {
+            if source_fault("source-after-resume") {
+                // Let Resume leave this host before dying.
+                std::thread::sleep(Duration::from_millis(300));
+                die("source-after-resume");
+            }
+        })
         .and_then(
             |()| match control.recv(Duration::from_secs(30), "Resumed")? {
                 Message::Resumed(r) if r.migration == id => Ok(true),
@@ -388,6 +455,11 @@ pub fn migrate(
     Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));
     let cleanup_ms = phases.end("destroy here");
+    if interrupted() {
+        eprintln!(
+            "cr migrate: the cancellation came too late: {name} was already resuming on {peer}, and runs there now"
+        );
+    }
     drop(staging);
     session.close(0, "done");
     rt.block_on(async {
