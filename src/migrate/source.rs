@@ -110,10 +110,16 @@ fn check_interrupted(what: &str) -> Result<()> {
 /// says so, in the words `docs/cli.md` promises.
 fn before_resume(name: &str, e: Error) -> Error {
     if interrupted() {
-        Error::Invalid(format!("migration of {name} cancelled: it runs here again"))
-    } else {
-        e
+        return Error::Invalid(format!("migration of {name} cancelled: it runs here again"));
     }
+    // The QUIC idle timeout: the peer stopped answering (down, cut off).
+    let text = e.to_string();
+    if text.contains("lost: timed out") {
+        return Error::Invalid(format!(
+            "the peer is unreachable ({text}); migration of {name} given up: it runs here again"
+        ));
+    }
+    e
 }
 
 /// Fault injection for tests of the source's failure paths
