@@ -255,7 +255,7 @@ pub fn migrate(
         Err(e) => {
             abort(&mut control, format!("checkpoint failed: {e}"));
             Record::remove(host, &id);
-            return Err(e);
+            return Err(before_resume(name, e));
         }
     };
     phases.end("checkpoint");
