@@ -153,8 +153,11 @@ fn a_source_killed_in_the_transfer_is_thawed_by_its_agent_with_its_connections()
         "not recovered by the agent: {}",
         lan.serve_log(1)
     );
+    // The agent logs once it is done.
     assert!(
-        lan.serve_log(1).contains("cut short"),
+        wait_until(Duration::from_secs(3), || lan
+            .serve_log(1)
+            .contains("cut short")),
         "{}",
         lan.serve_log(1)
     );
@@ -177,8 +180,11 @@ fn a_source_killed_after_resume_asks_the_destination_and_keeps_one_copy() {
         "the frozen copy stays on host1: {}",
         lan.serve_log(1)
     );
+    // The agent logs once it is done.
     assert!(
-        lan.serve_log(1).contains("says it runs there"),
+        wait_until(Duration::from_secs(3), || lan
+            .serve_log(1)
+            .contains("says it runs there")),
         "{}",
         lan.serve_log(1)
     );
@@ -195,8 +201,11 @@ fn a_source_killed_after_resume_asks_the_destination_and_keeps_one_copy() {
         "not thawed on host1: {}",
         lan.serve_log(1)
     );
+    // The agent logs once it is done.
     assert!(
-        lan.serve_log(1).contains("failed there"),
+        wait_until(Duration::from_secs(3), || lan
+            .serve_log(1)
+            .contains("failed there")),
         "{}",
         lan.serve_log(1)
     );

@@ -269,7 +269,7 @@ pub fn migrate(
         Err(e) => {
             abort(&mut control, format!("staging failed: {e}"));
             Record::remove(host, &id);
-            return Err(e);
+            return Err(before_resume(name, e));
         }
     };
     // The streams open now: the page store crosses while the checkpoint
