@@ -210,7 +210,15 @@ fn serve(
     let received = received.and_then(|b| fault("transfer").map(|()| b));
     let bytes = match received {
         Ok(b) => b,
-        Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
+        Err(e) => {
+            // A source that gives up sends Abort, then resets its streams;
+            // the resets may arrive first: its reason is the one to log.
+            let e = match control.recv(Duration::from_millis(500), "Abort") {
+                Ok(Message::Abort(a)) => Error::Invalid(format!("{peer} aborted: {}", a.reason)),
+                _ => e,
+            };
+            return Err(fail(&mut control, Phase::Transfer, e));
+        }
     };
     let transferred = started.elapsed();
 

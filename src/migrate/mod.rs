@@ -201,10 +201,7 @@ impl PagesOut {
     ) -> io::Result<T> {
         // Ctrl-C stops a pre-copy that goes at the stream's pace.
         if source::interrupted() {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "the migration was cancelled",
-            ));
+            return Err(io::Error::other("the migration was cancelled"));
         }
         let mut tx = self
             .tx

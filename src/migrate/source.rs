@@ -131,8 +131,8 @@ fn before_resume(name: &str, e: Error) -> Error {
 /// Fault injection for tests of the source's failure paths
 /// (`docs/migration-protocol.md`, section 7): `CR_MIGRATE_FAULT` in `cr
 /// migrate`'s environment makes it die as a `kill -9` would, with no
-/// cleanup: `source-transfer` once half of the image is sent,
-/// `source-after-resume` right after `Resume` went out (before the
+/// cleanup: `source-transfer` once the checkpoint is done (frozen, locked, the
+/// page store sent, not the records), `source-after-resume` right after `Resume` went out (before the
 /// answer is read).
 fn source_fault(which: &str) -> bool {
     std::env::var("CR_MIGRATE_FAULT").is_ok_and(|f| f == which)
@@ -366,10 +366,7 @@ pub fn migrate(
         done
     })
     .map(|(checkpointed, frozen, committed)| (checkpointed, (frozen, committed)))
-    .map_err(|e: Error| {
-        Record::remove(host, &id);
-        e
-    })?;
+    .inspect_err(|_| Record::remove(host, &id))?;
     let (frozen, sent) = sent;
     let bytes = match sent {
         Ok(bytes) => bytes,
