@@ -132,6 +132,40 @@ fn every_failure_on_the_destination_leaves_the_container_running_on_the_source()
         assert!(lan.names(2).is_empty(), "after {fault}: {:?}", lan.names(2));
         assert_eq!(lan.staging_mounts(2), 0, "after {fault}");
     }
+    // A byte of a chunk flipped on the wire, after the source's checksums:
+    // the destination refuses the stream (files) or the restore (pages),
+    // and the container goes on here.
+    lan.serve(2, None);
+    for (fault, says) in [("corrupt-files", "checksum"), ("corrupt-pages", "checksum")] {
+        let out = lan
+            .h1
+            .cr_cmd(&["migrate", "echo", "host2"])
+            .env("CR_MIGRATE_FAULT", fault)
+            .output()
+            .expect("running cr migrate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{fault}: {err}");
+        assert!(
+            err.contains("flipped the byte") && err.contains(says),
+            "{fault}: {err}\n{}",
+            lan.serve_log(2)
+        );
+        assert_eq!(lan.h1.state("echo"), "running", "after {fault}: {err}");
+        let (t0, s) = count(&lan.h1);
+        assert_eq!(s, sum, "after {fault}");
+        assert!(
+            wait_until(Duration::from_secs(5), || count(&lan.h1).0 > t0),
+            "the container does not run after {fault}"
+        );
+        n += 1;
+        exchange(&mut conn, &mut reader, n).unwrap_or_else(|e| panic!("after {fault}: {e}"));
+        assert!(
+            wait_until(Duration::from_secs(10), || lan.names(2).is_empty()
+                && lan.staging_mounts(2) == 0),
+            "after {fault}: {:?}",
+            lan.names(2)
+        );
+    }
     assert_eq!(lan.staging_mounts(1), 0);
 }
 

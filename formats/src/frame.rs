@@ -79,6 +79,9 @@ pub enum StreamKind {
     Records = 1,
     /// Page chunks ([`crate::pages`]).
     Pages = 2,
+    /// Opaque bytes cut into frames ([`crate::blob`]): the archives a
+    /// migration sends beside the image (since 1.5).
+    Blob = 3,
 }
 
 impl StreamKind {
@@ -86,6 +89,7 @@ impl StreamKind {
         match v {
             1 => Some(StreamKind::Records),
             2 => Some(StreamKind::Pages),
+            3 => Some(StreamKind::Blob),
             _ => None,
         }
     }
@@ -214,6 +218,8 @@ impl StreamHeader {
 pub enum FrameKind {
     Record = 1,
     PageChunk = 2,
+    /// A piece of a blob stream.
+    Blob = 3,
     Trailer = 255,
 }
 
@@ -222,6 +228,7 @@ impl FrameKind {
         match v {
             1 => Some(FrameKind::Record),
             2 => Some(FrameKind::PageChunk),
+            3 => Some(FrameKind::Blob),
             255 => Some(FrameKind::Trailer),
             _ => None,
         }
@@ -277,6 +284,7 @@ fn label(kind: FrameKind, tag: u16) -> Option<&'static str> {
     match kind {
         FrameKind::Record => RecordKind::from_tag(tag).map(RecordKind::name),
         FrameKind::PageChunk => Some("page chunk"),
+        FrameKind::Blob => Some("blob chunk"),
         FrameKind::Trailer => Some("trailer"),
     }
 }
@@ -380,7 +388,12 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// Writes the trailer and flushes.
-    pub fn finish(mut self) -> Result<StreamStats> {
+    pub fn finish(self) -> Result<StreamStats> {
+        self.finish_into_inner().map(|(stats, _)| stats)
+    }
+
+    /// [`FrameWriter::finish`], handing back the writer underneath.
+    pub fn finish_into_inner(mut self) -> Result<(StreamStats, W)> {
         let mut t = [0u8; TRAILER_LEN];
         t[0..8].copy_from_slice(&u64::from(self.next_seq).to_le_bytes());
         t[8..16].copy_from_slice(&self.offset.to_le_bytes());
@@ -401,11 +414,14 @@ impl<W: Write> FrameWriter<W> {
         self.w
             .flush()
             .map_err(|source| FormatError::Io { offset, source })?;
-        Ok(StreamStats {
-            frames: self.next_seq,
-            bytes: self.offset,
-            digest: self.digest,
-        })
+        Ok((
+            StreamStats {
+                frames: self.next_seq,
+                bytes: self.offset,
+                digest: self.digest,
+            },
+            self.w,
+        ))
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
@@ -476,8 +492,11 @@ impl<R: Read> FrameReader<R> {
         if fr.header.kind != kind {
             return Err(FormatError::BadHeader {
                 what: match kind {
-                    StreamKind::Records => "a pages stream where a records stream was expected",
-                    StreamKind::Pages => "a records stream where a pages stream was expected",
+                    StreamKind::Records => {
+                        "another kind of stream where a records stream was expected"
+                    }
+                    StreamKind::Pages => "another kind of stream where a pages stream was expected",
+                    StreamKind::Blob => "another kind of stream where a blob stream was expected",
                 },
             });
         }
@@ -751,6 +770,7 @@ fn check_frame_header(stream: &StreamHeader, info: &FrameInfo, flags: u8) -> Res
     let allowed = match stream.kind {
         StreamKind::Records => FrameKind::Record,
         StreamKind::Pages => FrameKind::PageChunk,
+        StreamKind::Blob => FrameKind::Blob,
     };
     if info.kind != allowed && info.kind != FrameKind::Trailer {
         return Err(format!(

@@ -27,6 +27,7 @@
 //!
 //! `docs/image-format.md` is the specification of the checkpoint image.
 
+pub mod blob;
 pub mod disk;
 pub mod error;
 pub mod frame;
@@ -36,6 +37,7 @@ pub mod records;
 pub mod schema;
 pub mod version;
 
+pub use blob::{BlobReader, BlobWriter, CompressGate, GateFigures, BLOB_FRAME};
 pub use disk::{
     check_chain, check_delta, Chain, ChainDir, ChainManifest, CheckReport, DeltaEntry, DeltaId,
     DiskError, FsDir, Mark, MemDir, MergeOutcome, MergeProgress, Storage, DEFAULT_CLUSTER_SIZE,

@@ -40,7 +40,8 @@ pub struct Version {
 /// 1.3: the `TimeNamespace` record, `FileKind::Netlink` and
 /// `InetState::HalfClosed`.
 /// 1.4: the `Nftables` record.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 4 };
+/// 1.5: blob streams (stream kind 3, frame kind 3).
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 5 };
 
 impl Version {
     pub const fn new(major: u16, minor: u16) -> Self {

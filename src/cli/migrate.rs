@@ -54,9 +54,21 @@ pub struct MigrateArgs {
     /// while the container is frozen).
     #[arg(long)]
     pub cold: bool,
+    /// zstd on the data streams: `auto` compresses frame by frame while
+    /// zstd outruns the link and the data shrinks, `always` on every
+    /// frame, `never` not at all.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
     /// Print the phases and figures as JSON at the end.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompressArg {
+    Auto,
+    Always,
+    Never,
 }
 
 pub fn identity(host: &Host, args: IdentityArgs) -> anyhow::Result<i32> {
@@ -121,6 +133,11 @@ pub fn serve(host: &Host, args: ServeArgs) -> anyhow::Result<i32> {
 pub fn run(host: &Host, args: MigrateArgs) -> anyhow::Result<i32> {
     let opts = MigrateOptions {
         pre_copy_rounds: if args.cold { 0 } else { 2 },
+        compress: match args.compress {
+            CompressArg::Auto => crate::migrate::Compress::Auto,
+            CompressArg::Always => crate::migrate::Compress::Always,
+            CompressArg::Never => crate::migrate::Compress::Never,
+        },
         ..MigrateOptions::default()
     };
     let report = migrate(host, &args.name, &args.peer, &opts)?;

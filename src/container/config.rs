@@ -64,8 +64,8 @@ pub struct ContainerConfig {
 /// A container whose root filesystem is an ext4 on a ploop-like disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
-    /// The size the disk was created with, in bytes (`cr disk grow` grows
-    /// the chain; `cr disk list` shows the current size).
+    /// The disk's size in bytes (`cr disk grow` updates it); a migration's
+    /// destination refuses a chain larger than this.
     pub size: u64,
 }
 

@@ -55,6 +55,9 @@ pub struct PageSink {
     /// What the bytes go to, for error messages.
     pub name: String,
     pub out: std::sync::Arc<dyn SinkWrite>,
+    /// Decides chunk by chunk whether the checkpoint's compression is used
+    /// (`cr migrate --compress auto`).
+    pub gate: Option<std::sync::Arc<cr_formats::CompressGate>>,
 }
 
 /// Where a [`PageSink`] writes (shared with its owner, hence `&self`).
@@ -984,7 +987,11 @@ fn open_page_store(
             BackgroundFile::spawn(Box::new(pages_file), pages_path, BACKLOG_CHUNKS)?
         }
     };
-    Ok((PageWriter::new(background, page_opts)?, pending))
+    let mut writer = PageWriter::new(background, page_opts)?;
+    if let Some(gate) = opts.page_sink.as_ref().and_then(|s| s.gate.clone()) {
+        writer.set_gate(gate);
+    }
+    Ok((writer, pending))
 }
 
 /// What the frozen window continues from.

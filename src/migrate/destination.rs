@@ -136,6 +136,9 @@ fn serve(
     // The source asks for the layer, then opens the streams (the layer's
     // too when this host lacks the image).
     let mut declared = STREAMS.to_vec();
+    if config.disk.is_some() {
+        declared.push(crate::migrate::disk::DISK_STREAM);
+    }
     if layer.is_some() {
         declared.push(LAYER_STREAM);
     }
@@ -173,17 +176,32 @@ fn serve(
         let e = Error::io("creating", staging.image_dir(), e);
         return Err(fail(&mut control, Phase::Transfer, e));
     }
-    let received = receive_image(
-        rt,
-        session,
-        id,
-        &staging.image_dir(),
-        size,
-        &declared,
-        layer.as_ref(),
-    )
-    .and_then(
-        |totals| match control.recv(Duration::from_secs(60), "Committed")? {
+    // A disk goes straight to its place in the container's directory
+    // (not to the tmpfs); until the restore owns that directory, a failure
+    // removes it, and a record lets the next agent remove it if this one
+    // dies first.
+    let mut record = Record::new(&config.name, Role::Destination, None);
+    if let Err(e) = record.write(host, &id) {
+        return Err(fail(&mut control, Phase::Transfer, e));
+    }
+    let container_dir = host.container_dir(&config.name);
+    let partial = PartialDisk {
+        dir: config.disk.is_some().then(|| container_dir.clone()),
+    };
+    let disk_target = config.disk.map(|d| crate::migrate::disk::DiskTarget {
+        chain: crate::storage::DiskPaths::new(&container_dir).chain,
+        max_virtual: d.size,
+        cap: disk_cap(offer.sizes.disk, d.size),
+    });
+    let image_dir = staging.image_dir();
+    let targets = crate::migrate::Targets {
+        dir: &image_dir,
+        cap: size,
+        layer: layer.as_ref(),
+        disk: disk_target.as_ref(),
+    };
+    let received = receive_image(rt, session, id, &declared, targets).and_then(|totals| {
+        match control.recv(Duration::from_secs(60), "Committed")? {
             Message::Committed(c) if c.migration == id => {
                 for t in &c.streams {
                     if !totals.contains(t) {
@@ -205,8 +223,8 @@ fn serve(
                 "{peer} sent {} for Committed",
                 other.name()
             ))),
-        },
-    );
+        }
+    });
     let received = received.and_then(|b| fault("transfer").map(|()| b));
     let bytes = match received {
         Ok(b) => b,
@@ -217,15 +235,12 @@ fn serve(
                 Ok(Message::Abort(a)) => Error::Invalid(format!("{peer} aborted: {}", a.reason)),
                 _ => e,
             };
+            drop(partial);
+            Record::remove(host, &id);
             return Err(fail(&mut control, Phase::Transfer, e));
         }
     };
     let transferred = started.elapsed();
-
-    let mut record = Record::new(&config.name, Role::Destination, None);
-    if let Err(e) = record.write(host, &id) {
-        return Err(fail(&mut control, Phase::Restore, e));
-    }
     let how = RestoreOptions {
         pages: PagesMode::Lazy,
         frozen: true,
@@ -235,9 +250,12 @@ fn serve(
         crate::restore::container::restore(host, &name, Some(&staging.image_dir()), how)
     });
     if let Err(e) = restored {
+        drop(partial);
         Record::remove(host, &id);
         return Err(fail(&mut control, Phase::Restore, e));
     }
+    // The restored container owns its directory now (destroy removes it).
+    std::mem::forget(partial);
     fault("crash")?;
     let container = Container::open(host, &name)?;
     // Nothing runs here before the source says so.
@@ -286,6 +304,29 @@ fn serve(
     drop(staging);
     Record::remove(host, &id);
     Ok(())
+}
+
+/// A disk chain received for a container not restored yet: removed when
+/// dropped (see [`crate::migrate::disk::remove_partial`]).
+struct PartialDisk {
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for PartialDisk {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            crate::migrate::disk::remove_partial(dir);
+        }
+    }
+}
+
+/// Bytes a disk stream may carry: what the source announced, plus what the
+/// container may write meanwhile (the two snapshots of a migration each
+/// start a delta, each at most the disk's size), plus headers.
+fn disk_cap(announced: u64, size: u64) -> u64 {
+    announced
+        .saturating_add(size.saturating_mul(2))
+        .saturating_add(64 << 20)
 }
 
 /// The offered container, checked against this host before anything is
@@ -345,6 +386,21 @@ fn check_offer(
     };
     if let Some(net) = &config.network {
         crate::container::create::check_address_free(host, net.address)?;
+    }
+    if config.disk.is_some() {
+        // The chain goes to this host's disk: there must be room for it.
+        let need = offer.sizes.disk.saturating_add(64 << 20);
+        let root = host.root();
+        let stat = nix::sys::statvfs::statvfs(root)
+            .map_err(|e| Error::sys(format!("statvfs of {}", root.display()), e))?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if free < need {
+            return Err(Error::Invalid(format!(
+                "no room for the disk of {:?}: {need} bytes needed, {free} free under {}",
+                config.name,
+                root.display()
+            )));
+        }
     }
     Ok((config, layer))
 }

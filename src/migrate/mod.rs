@@ -29,6 +29,7 @@
 //! there.
 
 pub mod destination;
+pub mod disk;
 pub mod layer;
 pub mod progress;
 pub mod recovery;
@@ -39,7 +40,7 @@ pub use recovery::{recover, Record, Role};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,6 +121,111 @@ pub fn staging_size(memory: u64, files: u64) -> u64 {
         .saturating_add(256 << 20)
 }
 
+/// Whether the data streams are compressed (`cr migrate --compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compress {
+    /// zstd frame by frame while it outruns the link and the data shrinks
+    /// ([`cr_formats::CompressGate`]).
+    #[default]
+    Auto,
+    /// zstd on every frame (a frame that does not shrink is sent raw).
+    Always,
+    /// No compression.
+    Never,
+}
+
+/// How the source writes its data streams: the compression, its gate,
+/// and (fault injection for tests) a stream to corrupt on the wire.
+#[derive(Clone)]
+pub struct WireOptions {
+    pub compression: cr_formats::Compression,
+    pub gate: Option<Arc<cr_formats::CompressGate>>,
+    /// Flip a byte of this stream after its checksums were computed
+    /// (`CR_MIGRATE_FAULT=corrupt-pages|corrupt-files|corrupt-disk`).
+    pub corrupt: Option<StreamKind>,
+}
+
+impl WireOptions {
+    pub fn new(compress: Compress) -> WireOptions {
+        let corrupt = match std::env::var("CR_MIGRATE_FAULT").as_deref() {
+            Ok("corrupt-pages") => Some(StreamKind::Pages),
+            Ok("corrupt-files") => Some(StreamKind::Files),
+            Ok("corrupt-disk") => Some(StreamKind::DiskClusters),
+            _ => None,
+        };
+        let zstd = cr_formats::Compression::Zstd { level: 1 };
+        let (compression, gate) = match compress {
+            Compress::Auto => (zstd, Some(cr_formats::CompressGate::new())),
+            Compress::Always => (zstd, None),
+            Compress::Never => (cr_formats::Compression::None, None),
+        };
+        WireOptions {
+            compression,
+            gate,
+            corrupt,
+        }
+    }
+
+    fn wire(&self, kind: StreamKind, inner: BlockingSend, sent: Arc<AtomicU64>) -> Wire {
+        Wire {
+            inner,
+            sent,
+            gate: self.gate.clone(),
+            // Past the stream header and the first frame header: a byte of
+            // the first payload.
+            corrupt_at: (self.corrupt == Some(kind)).then_some(32 + 24 + 100),
+            written: 0,
+        }
+    }
+}
+
+/// A data stream as the source writes it: counts bytes for the progress
+/// bar, times how long the link keeps the writer waiting (for the
+/// compression gate), and for fault injection flips one byte.
+pub struct Wire {
+    inner: BlockingSend,
+    sent: Arc<AtomicU64>,
+    gate: Option<Arc<cr_formats::CompressGate>>,
+    corrupt_at: Option<u64>,
+    written: u64,
+}
+
+impl Wire {
+    /// Ends the stream (see [`BlockingSend::finish`]).
+    pub fn finish(self) -> io::Result<u64> {
+        self.inner.finish()
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let start = std::time::Instant::now();
+        let n = match self.corrupt_at {
+            Some(at) if at >= self.written && at < self.written + data.len() as u64 => {
+                let mut bad = data.to_vec();
+                bad[(at - self.written) as usize] ^= 0x5a;
+                let n = self.inner.write(&bad)?;
+                if at < self.written + n as u64 {
+                    eprintln!("cr migrate: CR_MIGRATE_FAULT: flipped the byte at {at} of a stream");
+                    self.corrupt_at = None;
+                }
+                n
+            }
+            _ => self.inner.write(data)?,
+        };
+        if let Some(g) = &self.gate {
+            g.sent(n, start.elapsed());
+        }
+        self.written += n as u64;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The control stream from synchronous code, with a deadline on every
 /// receive.
 pub struct Control {
@@ -183,22 +289,21 @@ pub struct ImageSender {
     id: MigrationId,
     peer: String,
     pages: Arc<PagesOut>,
-    records: Option<BlockingSend>,
-    files: Option<BlockingSend>,
-    sent: Arc<AtomicU64>,
+    records: Option<Wire>,
+    files: Option<Wire>,
+    /// A container on a disk: its chain (the read-only part sent already).
+    disk: Option<disk::DiskSender>,
+    wire: WireOptions,
 }
 
 /// The Pages stream, shared by the checkpoint's page writer and the sender.
 struct PagesOut {
-    tx: Mutex<Option<progress::Counted<BlockingSend>>>,
+    tx: Mutex<Option<Wire>>,
     peer: String,
 }
 
 impl PagesOut {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut progress::Counted<BlockingSend>) -> io::Result<T>,
-    ) -> io::Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Wire) -> io::Result<T>) -> io::Result<T> {
         // Ctrl-C stops a pre-copy that goes at the stream's pace.
         if source::interrupted() {
             return Err(io::Error::other("the migration was cancelled"));
@@ -228,43 +333,56 @@ impl crate::dump::checkpoint::SinkWrite for PagesOut {
 }
 
 impl ImageSender {
-    /// Opens the three streams of migration `id`.
+    /// Opens the three streams of migration `id`, written as `wire` says,
+    /// and for a container on a disk (`disk`) the disk stream, on which it
+    /// sends the chain's read-only deltas now (the container runs).
     pub fn start(
         rt: &Handle,
         session: &Session,
         id: MigrationId,
         progress: &progress::Progress,
+        wire: &WireOptions,
+        disk: Option<&crate::container::Container>,
     ) -> Result<ImageSender> {
         let peer = session.peer().name.clone();
         let open = |kind: StreamKind| {
             BlockingSend::open(rt, session, StreamHeader::new(kind, id, 0))
+                .map(|tx| wire.wire(kind, tx, progress.sent.clone()))
                 .map_err(|e| Error::Invalid(format!("opening a data stream to {peer}: {e}")))
         };
         let records = open(StreamKind::Records)?;
         let pages = open(StreamKind::Pages)?;
         let files = open(StreamKind::Files)?;
-        let sent = progress.sent.clone();
+        let disk = match disk {
+            Some(container) => Some(disk::DiskSender::start(
+                container,
+                open(StreamKind::DiskClusters)?,
+                wire,
+                &peer,
+            )?),
+            None => None,
+        };
         Ok(ImageSender {
+            disk,
             id,
             pages: Arc::new(PagesOut {
-                tx: Mutex::new(Some(progress::Counted {
-                    inner: pages,
-                    sent: sent.clone(),
-                })),
+                tx: Mutex::new(Some(pages)),
                 peer: peer.clone(),
             }),
             peer,
             records: Some(records),
             files: Some(files),
-            sent,
+            wire: wire.clone(),
         })
     }
 
-    /// Where the checkpoint writes its page store.
+    /// Where the checkpoint writes its page store (compressed as the
+    /// options given to [`ImageSender::start`] say).
     pub fn page_sink(&self) -> crate::dump::checkpoint::PageSink {
         crate::dump::checkpoint::PageSink {
             name: format!("the page stream to {}", self.peer),
             out: self.pages.clone(),
+            gate: self.wire.gate.clone(),
         }
     }
 
@@ -281,9 +399,10 @@ impl ImageSender {
             .ok_or_else(|| Error::Invalid("the page stream is gone".into()))?;
         let records = self.records.take();
         let files = self.files.take();
+        let disk = self.disk.take();
         let peer = self.peer.clone();
-        let sent = self.sent.clone();
-        let end = |kind: StreamKind, tx: BlockingSend| -> Result<StreamTotal> {
+        let wire = self.wire.clone();
+        let end = |kind: StreamKind, tx: Wire| -> Result<StreamTotal> {
             let bytes = tx.finish().map_err(|e| {
                 Error::Invalid(format!("sending the {kind:?} stream to {peer}: {e}"))
             })?;
@@ -293,34 +412,59 @@ impl ImageSender {
                 bytes,
             })
         };
-        let send = |kind: StreamKind, tx: Option<BlockingSend>| -> Result<StreamTotal> {
-            let tx = tx.ok_or_else(|| Error::Invalid(format!("the {kind:?} stream is gone")))?;
-            let mut tx = progress::Counted {
-                inner: tx,
-                sent: sent.clone(),
-            };
+        let send = |kind: StreamKind, tx: Option<Wire>| -> Result<StreamTotal> {
+            let mut tx =
+                tx.ok_or_else(|| Error::Invalid(format!("the {kind:?} stream is gone")))?;
             match kind {
                 StreamKind::Records => copy_file(&cr_formats::layout::records_path(dir), &mut tx)?,
-                _ => archive_rest(dir, &mut tx)?,
+                _ => {
+                    tx = blob(tx, &wire, &format!("the files stream to {peer}"), |out| {
+                        archive_rest(dir, out)
+                    })?
+                }
             }
-            end(kind, tx.inner)
+            end(kind, tx)
         };
-        let (records, pages, files) = std::thread::scope(|s| {
+        let (records, pages, files, disk) = std::thread::scope(|s| {
             let r = s.spawn(|| send(StreamKind::Records, records));
-            let p = s.spawn(|| end(StreamKind::Pages, pages.inner));
+            let p = s.spawn(|| end(StreamKind::Pages, pages));
+            let d = s.spawn(|| {
+                disk.map(|d| d.finish().and_then(|tx| end(StreamKind::DiskClusters, tx)))
+            });
             let f = send(StreamKind::Files, files);
             let panicked = |what: &str| Err(Error::Invalid(format!("the {what} sender panicked")));
             (
                 r.join().unwrap_or_else(|_| panicked("records")),
                 p.join().unwrap_or_else(|_| panicked("pages")),
                 f,
+                d.join().unwrap_or_else(|_| Some(panicked("disk"))),
             )
         });
+        let mut streams = vec![records?, pages?, files?];
+        if let Some(disk) = disk {
+            streams.push(disk?);
+        }
         Ok(Committed {
             migration: self.id,
-            streams: vec![records?, pages?, files?],
+            streams,
         })
     }
+}
+
+/// Writes a blob stream (checksummed frames, compressed as `wire` says)
+/// with `fill` onto `tx`; hands `tx` back for its FIN.
+fn blob(
+    tx: Wire,
+    wire: &WireOptions,
+    what: &str,
+    fill: impl FnOnce(&mut cr_formats::BlobWriter<Wire>) -> Result<()>,
+) -> Result<Wire> {
+    let framing = |e: cr_formats::FormatError| Error::Invalid(format!("{what}: {e}"));
+    let mut out =
+        cr_formats::BlobWriter::new(tx, wire.compression, wire.gate.clone()).map_err(framing)?;
+    fill(&mut out)?;
+    let (_, tx) = out.finish().map_err(framing)?;
+    Ok(tx)
 }
 
 impl Drop for ImageSender {
@@ -399,17 +543,16 @@ pub fn send_layer(
     store: &crate::image::store::ImageStore,
     image: &str,
     progress: &progress::Progress,
+    wire: &WireOptions,
 ) -> Result<StreamTotal> {
     let peer = session.peer().name.clone();
     let tx = BlockingSend::open(rt, session, StreamHeader::new(StreamKind::Layer, id, 0))
         .map_err(|e| Error::Invalid(format!("opening the layer stream to {peer}: {e}")))?;
-    let mut tx = progress::Counted {
-        inner: tx,
-        sent: progress.sent.clone(),
-    };
-    layer::send(store, image, &mut tx)?;
+    let tx = wire.wire(StreamKind::Layer, tx, progress.sent.clone());
+    let tx = blob(tx, wire, &format!("the layer stream to {peer}"), |out| {
+        layer::send(store, image, out)
+    })?;
     let bytes = tx
-        .inner
         .finish()
         .map_err(|e| Error::Invalid(format!("sending the layer stream to {peer}: {e}")))?;
     Ok(StreamTotal {
@@ -427,17 +570,27 @@ pub struct LayerTarget {
     pub digest: cr_transport::protocol::LayerDigest,
 }
 
-/// Receives the streams `declared` of migration `id` into `dir`, each at
-/// most `cap` bytes (a layer at most [`layer::LAYER_CAP`], into `layer`);
+/// Where the streams of a migration go on the destination.
+#[derive(Clone, Copy)]
+pub struct Targets<'a> {
+    /// The staging image directory (records, pages, the files archive).
+    pub dir: &'a Path,
+    /// Bytes each of those streams may carry.
+    pub cap: u64,
+    /// Where a layer goes (at most [`layer::LAYER_CAP`]), if one is wanted.
+    pub layer: Option<&'a LayerTarget>,
+    /// Where a disk chain goes, for a container on a disk.
+    pub disk: Option<&'a disk::DiskTarget>,
+}
+
+/// Receives the streams `declared` of migration `id` as `targets` say;
 /// returns what each carried.
 pub fn receive_image(
     rt: &Handle,
     session: &Session,
     id: MigrationId,
-    dir: &Path,
-    cap: u64,
     declared: &[StreamDecl],
-    layer: Option<&LayerTarget>,
+    targets: Targets<'_>,
 ) -> Result<Vec<StreamTotal>> {
     let peer = session.peer().name.clone();
     // Each stream is read from the moment it arrives: the source sends the
@@ -449,8 +602,7 @@ pub fn receive_image(
             match BlockingRecv::accept(rt, session, id) {
                 Ok((header, rx)) => {
                     let peer = peer.clone();
-                    handles
-                        .push(s.spawn(move || receive_stream(header, rx, dir, cap, layer, &peer)));
+                    handles.push(s.spawn(move || receive_stream(header, rx, targets, &peer)));
                 }
                 Err(e) => {
                     accepted = Err(Error::Invalid(format!(
@@ -472,7 +624,18 @@ pub fn receive_image(
         }
         results
     });
-    let totals = results.into_iter().collect::<Result<Vec<_>>>()?;
+    // The cause, not its echo: once one stream fails the source resets the
+    // others, and those resets are not worth reporting.
+    let (errors, totals): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_err());
+    let mut errors: Vec<Error> = errors.into_iter().filter_map(|r| r.err()).collect();
+    if !errors.is_empty() {
+        let cause = errors
+            .iter()
+            .position(|e| !e.to_string().contains("reset the data stream"))
+            .unwrap_or(0);
+        return Err(errors.swap_remove(cause));
+    }
+    let totals: Vec<StreamTotal> = totals.into_iter().filter_map(|r| r.ok()).collect();
     for decl in declared {
         if !totals
             .iter()
@@ -511,18 +674,22 @@ impl<R: Read> Read for Capped<R> {
 fn receive_stream(
     header: StreamHeader,
     rx: BlockingRecv,
-    dir: &Path,
-    cap: u64,
-    layer: Option<&LayerTarget>,
+    targets: Targets<'_>,
     peer: &str,
 ) -> Result<StreamTotal> {
+    let Targets {
+        dir,
+        cap,
+        layer,
+        disk,
+    } = targets;
     let mut input = Capped {
         inner: rx,
         read: 0,
-        cap: if header.kind == StreamKind::Layer {
-            layer::LAYER_CAP
-        } else {
-            cap
+        cap: match (header.kind, disk) {
+            (StreamKind::Layer, _) => layer::LAYER_CAP,
+            (StreamKind::DiskClusters, Some(d)) => d.cap,
+            _ => cap,
         },
     };
     let fail = |what: &str, e: io::Error| {
@@ -539,12 +706,32 @@ fn receive_stream(
     match (header.kind, header.index) {
         (StreamKind::Records, 0) => into_file(cr_formats::layout::records_path(dir), &mut input)?,
         (StreamKind::Pages, 0) => into_file(cr_formats::layout::pages_path(dir), &mut input)?,
-        (StreamKind::Files, 0) => unpack_rest(&mut input, dir, peer)?,
+        (StreamKind::Files, 0) => {
+            let mut blob = blob_reader(&mut input, "files", peer)?;
+            unpack_rest(&mut blob, dir, peer)?;
+            blob_end(blob, "files", peer)?;
+        }
         (StreamKind::Layer, 0) => match layer {
-            Some(l) => layer::receive(&l.store, &l.image, l.digest, &mut input, peer)?,
+            Some(l) => {
+                let mut blob = blob_reader(&mut input, "layer", peer)?;
+                layer::receive(&l.store, &l.image, l.digest, &mut blob, peer)?;
+                blob_end(blob, "layer", peer)?;
+            }
             None => {
                 return Err(Error::Invalid(format!(
                     "{peer} sent an image layer this host did not ask for"
+                )))
+            }
+        },
+        (StreamKind::DiskClusters, 0) => match disk {
+            Some(d) => {
+                let mut blob = blob_reader(&mut input, "disk", peer)?;
+                disk::receive(&mut blob, d, peer)?;
+                blob_end(blob, "disk", peer)?;
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{peer} sent a disk for a container without one"
                 )))
             }
         },
@@ -562,6 +749,19 @@ fn receive_stream(
         index: header.index,
         bytes: input.read,
     })
+}
+
+fn blob_reader<R: Read>(input: R, what: &str, peer: &str) -> Result<cr_formats::BlobReader<R>> {
+    cr_formats::BlobReader::new(input)
+        .map_err(|e| Error::Invalid(format!("the {what} stream from {peer}: {e}")))
+}
+
+/// Reads a blob stream to its verified trailer (an archive reader may stop
+/// before it).
+fn blob_end<R: Read>(mut blob: cr_formats::BlobReader<R>, what: &str, peer: &str) -> Result<()> {
+    io::copy(&mut blob, &mut io::sink())
+        .map_err(|e| Error::Invalid(format!("the {what} stream from {peer}: {e}")))?;
+    Ok(())
 }
 
 /// Unpacks the tar of the image's other files into `dir`, refusing any

@@ -270,6 +270,13 @@ fn settle(
                 "migration {id} of {name} never resumed here: removed"
             ))
         }
+        // Cut short while its disk arrived: the chain has no container yet.
+        (Role::Destination, false, None) if host.container_dir(name).exists() => {
+            crate::migrate::disk::remove_partial(&host.container_dir(name));
+            Some(format!(
+                "migration {id} of {name} cut short while its disk arrived: removed"
+            ))
+        }
         _ => None,
     };
     let _ = fs::remove_file(path);

@@ -39,6 +39,8 @@ pub struct MigrateOptions {
     pub pre_copy_rounds: u32,
     /// How long the destination may take to restore.
     pub restore_timeout: Duration,
+    /// Compression of the data streams.
+    pub compress: crate::migrate::Compress,
 }
 
 impl Default for MigrateOptions {
@@ -46,6 +48,7 @@ impl Default for MigrateOptions {
         MigrateOptions {
             pre_copy_rounds: 2,
             restore_timeout: Duration::from_secs(120),
+            compress: crate::migrate::Compress::Auto,
         }
     }
 }
@@ -73,6 +76,9 @@ pub struct MigrationReport {
     pub transfer_bytes_per_s: f64,
     /// The checkpoint taken for it (pre-copy, frozen window, pages).
     pub checkpoint: crate::dump::checkpoint::CheckpointSummary,
+    /// `--compress auto`: how many frames the gate compressed and the
+    /// speeds it went by.
+    pub compression: Option<cr_formats::GateFigures>,
 }
 
 struct Phases {
@@ -157,11 +163,6 @@ pub fn migrate(
     }
     let container = Container::open(host, name)?;
     container.require_running("migrate")?;
-    if container.config.disk.is_some() {
-        return Err(Error::Invalid(format!(
-            "{name} runs on a ploop-like disk (cr run --disk), which cr migrate does not move yet; it keeps running here"
-        )));
-    }
     let identity = Identity::load_or_create(host.root())
         .map_err(|e| Error::Invalid(format!("this host's identity: {e}")))?;
     let trust = TrustStore::load(host.root()).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -205,7 +206,11 @@ pub fn migrate(
         .map_err(|e| Error::io("reading", container.dir.join("config.toml"), e))?;
     let sizes = ImageSizes {
         memory: memory_of(&container)?,
-        disk: 0,
+        disk: if container.config.disk.is_some() {
+            crate::migrate::disk::size_of(&container)
+        } else {
+            0
+        },
         files: crate::dump::checkpoint::dir_size(&container.dir.join("upper")),
     };
     let images = crate::image::store::ImageStore::new(host.images_dir());
@@ -276,10 +281,14 @@ pub fn migrate(
     // writes it, pre-copy rounds while the container still runs.
     let streams_at = Instant::now();
     let mut streams = crate::migrate::STREAMS.to_vec();
+    if container.config.disk.is_some() {
+        streams.push(crate::migrate::disk::DISK_STREAM);
+    }
     if send_layer {
         streams.push(crate::migrate::LAYER_STREAM);
     }
     let mut layer_total = None;
+    let wire = crate::migrate::WireOptions::new(opts.compress);
     let sender = control
         .send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
             migration: id,
@@ -295,25 +304,33 @@ pub fn migrate(
                     &images,
                     &container.config.image,
                     &progress,
+                    &wire,
                 )?);
                 phases.end("image layer");
             }
-            ImageSender::start(rt.handle(), &session, id, &progress)
+            let disk = container.config.disk.is_some().then_some(&container);
+            ImageSender::start(rt.handle(), &session, id, &progress, &wire, disk)
         });
     let sender = match sender {
         Ok(s) => s,
         Err(e) => {
+            let e = peer_reason(&mut control, peer, e);
             abort(&mut control, e.to_string());
             Record::remove(host, &id);
             return Err(e);
         }
     };
-    progress.transfer(sizes.memory.saturating_add(sizes.files));
+    progress.transfer(
+        sizes
+            .memory
+            .saturating_add(sizes.files)
+            .saturating_add(sizes.disk),
+    );
     let ckpt = CheckpointOptions {
         image_dir: staging.image_dir(),
         leave_running: false,
         keep_frozen: true,
-        compression: cr_formats::Compression::None,
+        compression: wire.compression,
         pre_copy_rounds: opts.pre_copy_rounds,
         page_sink: Some(sender.page_sink()),
     };
@@ -371,6 +388,7 @@ pub fn migrate(
     let bytes = match sent {
         Ok(bytes) => bytes,
         Err(e) => {
+            let e = peer_reason(&mut control, peer, e);
             abort(&mut control, e.to_string());
             frozen.thaw()?;
             Record::remove(host, &id);
@@ -474,6 +492,7 @@ pub fn migrate(
         transfer_bytes_per_s: bytes as f64 / (stream_ms / 1e3).max(1e-9),
         phases: phases.list,
         checkpoint: checkpointed,
+        compression: wire.gate.as_ref().map(|g| g.figures()),
     })
 }
 
@@ -509,6 +528,23 @@ fn query(
         std::thread::sleep(Duration::from_millis(500));
     }
     None
+}
+
+/// A data stream failed because the peer stopped reading it: the peer
+/// says why in a `Failed` on the control stream, which is the error to
+/// report (a corrupt frame, a stream too large, a disk that does not
+/// check).
+fn peer_reason(control: &mut Control, peer: &str, e: Error) -> Error {
+    if !e.to_string().contains("reset the data stream") {
+        return e;
+    }
+    match control.recv(Duration::from_secs(2), "Failed") {
+        Ok(Message::Failed(f)) => Error::Invalid(format!(
+            "{peer} failed the migration ({:?}): {}",
+            f.phase, f.reason
+        )),
+        _ => e,
+    }
 }
 
 fn unexpected(peer: &str, expected: &str, got: &Message) -> Error {

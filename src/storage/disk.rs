@@ -430,6 +430,11 @@ impl ContainerDisk {
             Reply::Done => {}
             other => return Err(unexpected(&req, &other)),
         }
+        // The config says the disk's size (a migration's destination holds
+        // the chain to it).
+        let mut config = self.container.config.clone();
+        config.disk = Some(crate::container::config::DiskConfig { size });
+        config.save(&self.container.dir.join("config.toml"))?;
         let Some((_, root)) = self.running_root()? else {
             return Ok(Grown {
                 size,

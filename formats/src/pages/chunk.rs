@@ -92,6 +92,8 @@ pub struct ChunkEncoder {
     compression: Compression,
     cctx: Option<zstd::bulk::Compressor<'static>>,
     out: Vec<u8>,
+    /// Decides per chunk whether compressing pays (adaptive compression).
+    gate: Option<std::sync::Arc<crate::blob::CompressGate>>,
 }
 
 impl ChunkEncoder {
@@ -108,11 +110,18 @@ impl ChunkEncoder {
             compression,
             cctx,
             out: Vec::new(),
+            gate: None,
         })
     }
 
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    /// From now on `gate` decides chunk by chunk whether this encoder's
+    /// compression is used.
+    pub fn set_gate(&mut self, gate: std::sync::Arc<crate::blob::CompressGate>) {
+        self.gate = Some(gate);
     }
 
     /// Encodes one chunk from its index and the pages of its `Data` runs.
@@ -171,12 +180,19 @@ impl ChunkEncoder {
         let Some(cctx) = self.cctx.as_mut() else {
             return Ok(false);
         };
+        if !self.gate.as_ref().is_none_or(|g| g.should_compress()) {
+            return Ok(false);
+        }
+        let start = std::time::Instant::now();
         self.out.clear();
         self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
         cctx.compress_to_buffer(&raw[..], &mut self.out)
             .map_err(|e| FormatError::Compress {
                 reason: e.to_string(),
             })?;
+        if let Some(g) = &self.gate {
+            g.compressed(raw.len(), self.out.len(), start.elapsed());
+        }
         Ok(self.out.len() < raw.len())
     }
 

@@ -105,6 +105,12 @@ impl<W: Write> PageWriter<W> {
         self.frames.header()
     }
 
+    /// Lets `gate` decide chunk by chunk whether the stream's compression
+    /// is used (adaptive compression, [`crate::CompressGate`]).
+    pub fn set_gate(&mut self, gate: std::sync::Arc<crate::blob::CompressGate>) {
+        self.encoder.set_gate(gate);
+    }
+
     /// Adds whole pages starting at page-aligned `vaddr`. All-zero pages
     /// become `Zero` runs unless the options say otherwise.
     pub fn write_pages(&mut self, owner: PageOwner, vaddr: u64, data: &[u8]) -> Result<()> {
