@@ -271,9 +271,7 @@ impl Drop for Lan {
         }
         // Containers go while their namespaces still exist.
         for h in [&self.h1, &self.h2] {
-            for name in ["echo", "echo2", "redis"] {
-                let _ = h.cr(&["destroy", name]);
-            }
+            h.destroy_all();
             let root = h.root.join("migrations");
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {

@@ -295,8 +295,9 @@ impl TestHost {
     }
 }
 
-impl Drop for TestHost {
-    fn drop(&mut self) {
+impl TestHost {
+    /// Destroys every container of this host (while its namespaces exist).
+    pub fn destroy_all(&self) {
         if let Ok(out) = self.cr_cmd(&["list", "--json"]).output() {
             if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
                 for c in list {
@@ -306,6 +307,12 @@ impl Drop for TestHost {
                 }
             }
         }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.destroy_all();
         let mut del = Command::new("ip");
         if let Some(ns) = &self.netns {
             del.args(["-n", ns]);
