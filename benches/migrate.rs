@@ -168,6 +168,15 @@ fn main() {
             ms("stream_ms"),
             ms("cleanup_ms"),
         );
+        let z = &r["compression"];
+        println!(
+            "      compression (--compress auto): {} frames compressed, {} raw; zstd {:.2} GB/s, link {:.2} GB/s, ratio {:.2}",
+            z["compressed_frames"].as_u64().unwrap_or(0),
+            z["raw_frames"].as_u64().unwrap_or(0),
+            z["zstd_bytes_per_s"].as_f64().unwrap_or(f64::NAN) / 1e9,
+            z["link_bytes_per_s"].as_f64().unwrap_or(f64::NAN) / 1e9,
+            z["ratio"].as_f64().unwrap_or(f64::NAN),
+        );
         println!(
             "      destination: {}",
             dest.split_once(": ").map_or(dest.as_str(), |(_, l)| l)

@@ -49,9 +49,9 @@ pub use frame::{
     FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
 };
 pub use pages::{
-    encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, OwnedPageChunk, PageChunk, PageOwner,
-    PageRanges, PageReader, PageRun, PageRunRef, PageSlice, PageStats, PageWriter,
-    PageWriterOptions, RunKind, PAGE_SIZE,
+    decompress_stream, encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, OwnedPageChunk,
+    PageChunk, PageOwner, PageRanges, PageReader, PageRun, PageRunRef, PageSlice, PageStats,
+    PageWriter, PageWriterOptions, RunKind, PAGE_SIZE,
 };
 pub use records::{read_records, RecordEntry, RecordImage, RecordReader, RecordWriter};
 pub use schema::*;

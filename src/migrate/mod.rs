@@ -705,7 +705,7 @@ fn receive_stream(
     };
     match (header.kind, header.index) {
         (StreamKind::Records, 0) => into_file(cr_formats::layout::records_path(dir), &mut input)?,
-        (StreamKind::Pages, 0) => into_file(cr_formats::layout::pages_path(dir), &mut input)?,
+        (StreamKind::Pages, 0) => receive_pages(&mut input, dir, peer)?,
         (StreamKind::Files, 0) => {
             let mut blob = blob_reader(&mut input, "files", peer)?;
             unpack_rest(&mut blob, dir, peer)?;
@@ -749,6 +749,30 @@ fn receive_stream(
         index: header.index,
         bytes: input.read,
     })
+}
+
+/// Writes the page store as it arrives; chunks the source compressed are
+/// stored raw (the lazy restore serves pages from the mapped file, which
+/// only a raw store allows), verified on the way.
+fn receive_pages(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
+    let path = cr_formats::layout::pages_path(dir);
+    let fail = |e: String| Error::Invalid(format!("the Pages stream from {peer}: {e}"));
+    let mut head = [0u8; cr_formats::STREAM_HEADER_LEN];
+    input
+        .read_exact(&mut head)
+        .map_err(|e| fail(format!("its header: {e}")))?;
+    let header = cr_formats::StreamHeader::decode(&head, cr_formats::FORMAT_VERSION)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut f = File::create(&path).ctx("creating", &path)?;
+    if header.codec == cr_formats::Codec::None {
+        f.write_all(&head).ctx("writing", &path)?;
+        copy_chunks(input, &mut f).map_err(|e| fail(format!("writing: {e}")))?;
+    } else {
+        let input = io::Cursor::new(head).chain(input);
+        cr_formats::decompress_stream(input, io::BufWriter::with_capacity(1 << 20, f))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn blob_reader<R: Read>(input: R, what: &str, peer: &str) -> Result<cr_formats::BlobReader<R>> {

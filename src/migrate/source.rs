@@ -348,6 +348,14 @@ pub fn migrate(
             let (checkpointed, frozen) = match checkpoint_frozen(&container, &ckpt) {
                 Ok(done) => done,
                 Err(e) => {
+                    // The peer stopped a stream: the others go now, so that it
+                    // stops waiting for them and says why.
+                    let e = if e.to_string().contains("reset the data stream") {
+                        drop(sender);
+                        peer_reason(&mut control, peer, e)
+                    } else {
+                        e
+                    };
                     let e = before_resume(name, e);
                     abort(&mut control, format!("checkpoint failed: {e}"));
                     return Err(e);

@@ -48,7 +48,7 @@ pub use chunk::{encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk};
 pub use ranges::PageRanges;
 pub use reader::{OwnedPageChunk, PageChunk, PageReader, PageRunRef, PageRuns};
 pub use slice::PageSlice;
-pub use writer::{PageStats, PageWriter, PageWriterOptions};
+pub use writer::{decompress_stream, PageStats, PageWriter, PageWriterOptions};
 
 /// Bytes per page (x86-64).
 pub const PAGE_SIZE: usize = 4096;

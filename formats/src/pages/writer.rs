@@ -300,3 +300,82 @@ fn is_zero(page: &[u8]) -> bool {
     page.chunks(64)
         .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
+
+/// Copies the pages stream `r` to `w` with every chunk stored raw (a
+/// stream of codec `None`), verifying each frame, the trailer and the end
+/// of the input on the way; returns the figures of what was written.
+///
+/// A migration sends chunks compressed when that pays, but the lazy
+/// restore maps the page store and serves pages where they lie, which only
+/// a raw stream allows: the destination undoes the compression as the
+/// stream arrives. Chunk indexes are not parsed here (the restore checks
+/// them); a raw frame's payload checksum is carried over, a decompressed
+/// one's computed.
+pub fn decompress_stream<R: std::io::Read, W: Write>(r: R, w: W) -> Result<StreamStats> {
+    let mut frames = crate::frame::FrameReader::new(r, StreamKind::Pages)?;
+    let header = StreamHeader::new(
+        StreamKind::Pages,
+        crate::frame::Codec::None,
+        frames.header().image_id,
+    );
+    let mut out = FrameWriter::new(w, header)?;
+    while let Some(info) = frames.next_frame()? {
+        let payload = frames.payload();
+        let sum = if info.compressed {
+            crate::frame::checksum(payload)
+        } else {
+            info.checksum
+        };
+        out.write_frame(
+            crate::frame::FrameKind::PageChunk,
+            0,
+            false,
+            payload.len(),
+            payload,
+            sum,
+        )?;
+    }
+    out.finish()
+}
+
+#[cfg(test)]
+mod decompress_tests {
+    use super::*;
+    use crate::pages::{PageSlice, PAGE_SIZE};
+
+    #[test]
+    fn a_compressed_stream_comes_out_raw_and_usable_in_place() {
+        let mut opts = PageWriterOptions::new(7);
+        opts.compression = Compression::Zstd { level: 1 };
+        opts.chunk_size = 16 * PAGE_SIZE;
+        let mut bytes = Vec::new();
+        let mut w = PageWriter::new(&mut bytes, opts).unwrap();
+        let data: Vec<u8> = (0..64 * PAGE_SIZE).map(|i| (i / 512) as u8 | 1).collect();
+        w.write_pages(PageOwner::Mm { pid: 1 }, 0x10000, &data)
+            .unwrap();
+        w.finish().unwrap();
+        assert!(
+            PageSlice::open(&bytes).is_err(),
+            "compressed chunks are not usable in place"
+        );
+
+        let mut raw = Vec::new();
+        let stats = decompress_stream(bytes.as_slice(), &mut raw).unwrap();
+        assert_eq!(stats.bytes, raw.len() as u64);
+        let slice = PageSlice::open(&raw).unwrap();
+        let chunks = slice.verify(0..slice.len()).unwrap();
+        let mut back = Vec::new();
+        for c in &chunks {
+            for run in c.runs() {
+                back.extend_from_slice(run.data);
+            }
+        }
+        assert_eq!(back, data);
+
+        let mut bad = bytes.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 1;
+        assert!(decompress_stream(bad.as_slice(), &mut Vec::new()).is_err());
+        assert!(decompress_stream(&bytes[..bytes.len() - 3], &mut Vec::new()).is_err());
+    }
+}
