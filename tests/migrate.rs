@@ -364,3 +364,66 @@ fn the_image_layer_goes_along_only_when_the_peer_lacks_it() {
     assert_eq!(lan.h1.state("echo"), "running");
     assert!(lan.names(2).is_empty());
 }
+
+/// `GET /file` over HTTP/1.0 from the client namespace: the body.
+fn http_get(lan: &Lan, addr: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut conn = lan.try_connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /file HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply)?;
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("a reply without headers"))?;
+    if !reply.starts_with(b"HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!(
+            "{}",
+            String::from_utf8_lossy(&reply[..split])
+        )));
+    }
+    Ok(reply[split + 4..].to_vec())
+}
+
+/// Python's http.server moves there and back; a client on the lan gets
+/// the same file from the same address before and after each move, from
+/// the same server process.
+#[test]
+fn a_python_http_server_moves_there_and_back_and_serves_the_same_file() {
+    let mut lan = Lan::new();
+    lan.serve(1, None);
+    lan.serve(2, None);
+    lan.h2.with_image(common::TestImage::Python);
+    lan.h1.run(
+        "web",
+        common::TestImage::Python,
+        Some(10),
+        &["--mac", "02:00:00:aa:bb:78"],
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /srv && head -c 300000 /dev/urandom > /srv/file && cd /srv && exec /usr/bin/python3 -m http.server 8000",
+        ],
+    );
+    let addr = format!("{}:8000", lan.h1.net.addr(10));
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(&lan, &addr).is_ok()),
+        "the http server does not answer: {}",
+        lan.h1.ok(&["logs", "web"])
+    );
+    let file = http_get(&lan, &addr).expect("GET before");
+    assert_eq!(file.len(), 300000);
+    for (from, to, peer) in [(1, 2, "host2"), (2, 1, "host1")] {
+        lan.host(from).ok(&["migrate", "web", peer]);
+        assert_eq!(lan.host(to).state("web"), "running");
+        let got =
+            http_get(&lan, &addr).unwrap_or_else(|e| panic!("GET after the move to {peer}: {e}"));
+        assert!(got == file, "the file served on {peer} differs");
+        assert!(lan
+            .host(to)
+            .exec("web", &["cat", "/proc/1/cmdline"])
+            .contains("http.server"));
+        assert!(lan.names(from).is_empty());
+    }
+}

@@ -301,3 +301,46 @@ fn the_link_going_down_in_the_transfer_thaws_the_source_within_its_timeout() {
     link("up");
     assert_settled(&lan, &mut client, 1, sum, "link down");
 }
+
+/// host2's agent dies once the container runs there, before it could say
+/// `Resumed`; it is started again. The source, in doubt, asks the new
+/// agent, which knows from disk that the container resumed: the copy on
+/// host1 is removed, never thawed (that would run it on both hosts).
+#[test]
+fn a_destination_agent_that_dies_after_the_resume_still_answers_when_back() {
+    let mut lan = Lan::new();
+    lan.serve(1, None);
+    lan.serve(2, Some("crash-after-resume"));
+    let addr = start_big_echo(&lan, 32);
+    let mut client = Client::new(&lan, &addr);
+    let (_, sum) = count(&lan.h1);
+    let migrate = lan
+        .h1
+        .cr_cmd(&["migrate", "echo", "host2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running cr migrate");
+    assert!(
+        wait_until(Duration::from_secs(60), || lan
+            .serve_log(2)
+            .contains("CR_MIGRATE_FAULT=crash-after-resume: exiting")),
+        "{}",
+        lan.serve_log(2)
+    );
+    lan.serve(2, None);
+    let out = migrate.wait_with_output().expect("cr migrate");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lan.serve_log(2)
+    );
+    assert_settled(
+        &lan,
+        &mut client,
+        2,
+        sum,
+        "destination agent died after the resume",
+    );
+}

@@ -69,6 +69,30 @@ pub fn stop(container: &Container, grace: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Stops a container that may already be stopping (its processes were just
+/// killed, as a checkpoint does): when it is stopped already, waits until
+/// its supervisor has finished (cgroups removed, veth gone), so that a
+/// restore right after finds nothing of it in the way.
+pub fn stop_killed(container: &Container) -> Result<()> {
+    match stop(container, Duration::ZERO) {
+        Ok(()) => Ok(()),
+        Err(e) => match container.status() {
+            Ok((Status::Stopped, _)) => {
+                if let Some(state) = container.runtime_state()? {
+                    wait_gone(Pid::from_raw(state.supervisor_pid), SUPERVISOR_GRACE);
+                }
+                let cgroup = container.cgroup()?;
+                cleanup_runtime(&container.config, &cgroup);
+                if cgroup.exists() {
+                    cgroup.remove()?;
+                }
+                Ok(())
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 fn supervisor_missed_exit(container: &Container) -> Result<bool> {
     Ok(container.runtime_state()?.is_some_and(|s| s.exit.is_none()))
 }

@@ -20,7 +20,6 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::container::cgroups::ContainerCgroup;
-use crate::container::state::Status;
 use crate::container::Container;
 use crate::dump::mm::{self, PAGE_SIZE};
 use crate::dump::procfs::{self, FdEntry, TaskStatus};
@@ -491,12 +490,7 @@ impl FrozenContainer {
             net.close_silently();
         }
         self.precopy.take();
-        crate::container::stop::stop(container, Duration::ZERO).or_else(|e| {
-            match container.status() {
-                Ok((Status::Stopped, _)) => Ok(()),
-                _ => Err(e),
-            }
-        })
+        crate::container::stop::stop_killed(container)
     }
 }
 
@@ -749,12 +743,7 @@ fn run(
             }
             frozen_ms = ms(frozen_at.elapsed());
             drop(precopy);
-            crate::container::stop::stop(container, Duration::ZERO).or_else(|e| match container
-                .status()
-            {
-                Ok((Status::Stopped, _)) => Ok(()),
-                _ => Err(e),
-            })?;
+            crate::container::stop::stop_killed(container)?;
         }
     }
     // A container left running was thawed before the image was synced: the

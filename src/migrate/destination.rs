@@ -35,12 +35,14 @@ pub type Outcomes = Arc<Mutex<HashMap<MigrationId, OutcomeState>>>;
 /// (`docs/migration-protocol.md`, section 7): `CR_MIGRATE_FAULT=PHASE` in
 /// `cr serve`'s environment makes that phase of every migration fail here
 /// as a real error there would: `transfer` (the streams arrived but are
-/// refused), `restore` (the restore fails), `resume` (the thaw fails) or
-/// `crash` (the agent dies right after the restore, before `Resume`).
+/// refused), `restore` (the restore fails), `resume` (the thaw fails),
+/// `crash` (the agent dies right after the restore, before `Resume`) or
+/// `crash-after-resume` (it dies once the container runs, before it said
+/// `Resumed`).
 fn fault(phase: &str) -> Result<()> {
     match std::env::var("CR_MIGRATE_FAULT") {
-        Ok(p) if p == phase && phase == "crash" => {
-            eprintln!("cr serve: CR_MIGRATE_FAULT=crash: exiting after the restore");
+        Ok(p) if p == phase && phase.starts_with("crash") => {
+            eprintln!("cr serve: CR_MIGRATE_FAULT={phase}: exiting");
             std::process::exit(70)
         }
         Ok(p) if p == phase => Err(Error::Invalid(format!(
@@ -50,9 +52,70 @@ fn fault(phase: &str) -> Result<()> {
     }
 }
 
-fn set(outcomes: &Outcomes, id: MigrationId, state: OutcomeState) {
+fn set(host: &Host, outcomes: &Outcomes, id: MigrationId, state: OutcomeState) {
     if let Ok(mut o) = outcomes.lock() {
         o.insert(id, state);
+    }
+    if matches!(state, OutcomeState::Resumed | OutcomeState::Failed) {
+        if let Err(e) = store_outcome(host, id, state) {
+            eprintln!("migration {id}: keeping its outcome on disk: {e}");
+        }
+    }
+}
+
+/// How long a settled outcome is kept on disk for a source that asks.
+const OUTCOME_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn outcome_path(host: &Host, id: MigrationId) -> std::path::PathBuf {
+    host.root()
+        .join("migrations")
+        .join("outcomes")
+        .join(id.to_string())
+}
+
+/// A settled outcome survives the agent (a restarted `cr serve` must not
+/// answer "unknown" for a container it resumed: the source would thaw its
+/// copy). Older ones are pruned on the way.
+fn store_outcome(host: &Host, id: MigrationId, state: OutcomeState) -> Result<()> {
+    let path = outcome_path(host, id);
+    let dir = path.parent().unwrap_or(host.root());
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    let text = match state {
+        OutcomeState::Resumed => "resumed",
+        _ => "failed",
+    };
+    crate::container::config::write_atomic(&path, text.as_bytes())?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > OUTCOME_KEPT);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What this host remembers of migration `id`: the agent's table, else
+/// what an earlier agent kept on disk.
+fn outcome_of(host: &Host, outcomes: &Outcomes, id: MigrationId) -> OutcomeState {
+    if let Some(state) = outcomes.lock().ok().and_then(|o| o.get(&id).copied()) {
+        return state;
+    }
+    stored_outcome(host, id).unwrap_or(OutcomeState::Unknown)
+}
+
+/// The settled outcome of migration `id` kept on disk, if any.
+pub fn stored_outcome(host: &Host, id: MigrationId) -> Option<OutcomeState> {
+    match std::fs::read_to_string(outcome_path(host, id)).as_deref() {
+        Ok("resumed") => Some(OutcomeState::Resumed),
+        Ok("failed") => Some(OutcomeState::Failed),
+        _ => None,
     }
 }
 
@@ -88,11 +151,7 @@ fn serve(
     let first = control.recv(Duration::from_secs(30), "Offer or Query")?;
     let offer = match first {
         Message::Query(q) => {
-            let state = outcomes
-                .lock()
-                .ok()
-                .and_then(|o| o.get(&q.migration).copied())
-                .unwrap_or(OutcomeState::Unknown);
+            let state = outcome_of(host, outcomes, q.migration);
             control.send(&Message::Outcome(Outcome {
                 migration: q.migration,
                 state,
@@ -122,7 +181,7 @@ fn serve(
             phase,
             reason: e.to_string(),
         }));
-        set(outcomes, id, OutcomeState::Failed);
+        set(host, outcomes, id, OutcomeState::Failed);
         eprintln!("migration {id}: failed in {phase:?}: {e}");
         e
     };
@@ -130,7 +189,7 @@ fn serve(
         Ok(c) => c,
         Err(e) => return Err(fail(&mut control, Phase::Offer, e)),
     };
-    set(outcomes, id, OutcomeState::InProgress);
+    set(host, outcomes, id, OutcomeState::InProgress);
     control.send(&Message::Accept(MigrationRef { migration: id }))?;
 
     // The source asks for the layer, then opens the streams (the layer's
@@ -158,7 +217,7 @@ fn serve(
     match next {
         Ok(Message::StreamsOpen(o)) if o.migration == id && o.streams == declared => {}
         Ok(Message::Abort(a)) => {
-            set(outcomes, id, OutcomeState::Failed);
+            set(host, outcomes, id, OutcomeState::Failed);
             return Err(Error::Invalid(format!("{peer} aborted: {}", a.reason)));
         }
         Ok(other) => {
@@ -273,7 +332,7 @@ fn serve(
             };
             let _ = crate::container::destroy::destroy(&container, Duration::ZERO);
             Record::remove(host, &id);
-            set(outcomes, id, OutcomeState::Failed);
+            set(host, outcomes, id, OutcomeState::Failed);
             eprintln!("migration {id}: no Resume ({why}); {name} removed");
             return Err(Error::Invalid(why));
         }
@@ -283,9 +342,12 @@ fn serve(
         Record::remove(host, &id);
         return Err(fail(&mut control, Phase::Resume, e));
     }
-    set(outcomes, id, OutcomeState::Resumed);
+    // The outcome first: recovery keeps a container whose outcome on disk
+    // says it resumed, even if the record could not say so any more.
+    set(host, outcomes, id, OutcomeState::Resumed);
     record.decided = true;
     let _ = record.write(host, &id);
+    fault("crash-after-resume")?;
     if let Some(net) = &config.network {
         if let Err(e) = crate::container::network::announce(&container, net) {
             eprintln!("migration {id}: announcing {}: {e}", net.address.addr);

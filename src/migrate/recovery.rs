@@ -264,6 +264,13 @@ fn settle(
                 }
             }
         }
+        // Resumed here, and said so on disk before the record could.
+        (Role::Destination, false, Some(_))
+            if crate::migrate::destination::stored_outcome(host, *id)
+                == Some(OutcomeState::Resumed) =>
+        {
+            None
+        }
         (Role::Destination, false, Some(c)) => {
             let _ = crate::container::destroy::destroy(&c, Duration::ZERO);
             Some(format!(
