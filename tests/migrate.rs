@@ -415,7 +415,13 @@ fn a_python_http_server_moves_there_and_back_and_serves_the_same_file() {
     let file = http_get(&lan, &addr).expect("GET before");
     assert_eq!(file.len(), 300000);
     for (from, to, peer) in [(1, 2, "host2"), (2, 1, "host1")] {
-        lan.host(from).ok(&["migrate", "web", peer]);
+        // The first move keeps the image sent as a checkpoint on host1.
+        let keep = if from == 1 {
+            "--keep-image"
+        } else {
+            "--compress=never"
+        };
+        lan.host(from).ok(&["migrate", "web", peer, keep]);
         assert_eq!(lan.host(to).state("web"), "running");
         let got =
             http_get(&lan, &addr).unwrap_or_else(|e| panic!("GET after the move to {peer}: {e}"));
@@ -426,4 +432,16 @@ fn a_python_http_server_moves_there_and_back_and_serves_the_same_file() {
             .contains("http.server"));
         assert!(lan.names(from).is_empty());
     }
+    // The kept image is a checkpoint host1 can restore: the same server
+    // with the same file (and nothing half-written beside it).
+    let kept = lan.h1.ok(&["checkpoint", "list", "web"]);
+    assert_eq!(
+        kept.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{kept}"
+    );
+    lan.h1.ok(&["stop", "web"]);
+    lan.h1.ok(&["restore", "web"]);
+    let got = http_get(&lan, &addr).expect("GET after restoring the kept image");
+    assert!(got == file, "the restored kept image serves another file");
 }

@@ -163,7 +163,7 @@ pub fn run(host: &Host, args: CheckpointArgs) -> anyhow::Result<i32> {
     }
 }
 
-fn timestamp_id() -> String {
+pub fn timestamp_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -59,6 +59,11 @@ pub struct MigrateArgs {
     /// frame, `never` not at all.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
+    /// Also keep the image sent as a checkpoint of the container on this
+    /// host (`cr checkpoint list NAME`); it is written to disk beside the
+    /// stream.
+    #[arg(long)]
+    pub keep_image: bool,
     /// Print the phases and figures as JSON at the end.
     #[arg(long)]
     pub json: bool,
@@ -133,6 +138,10 @@ pub fn serve(host: &Host, args: ServeArgs) -> anyhow::Result<i32> {
 pub fn run(host: &Host, args: MigrateArgs) -> anyhow::Result<i32> {
     let opts = MigrateOptions {
         pre_copy_rounds: if args.cold { 0 } else { 2 },
+        keep_image: args.keep_image.then(|| {
+            host.checkpoints_dir(&args.name)
+                .join(crate::cli::checkpoint::timestamp_id())
+        }),
         compress: match args.compress {
             CompressArg::Auto => crate::migrate::Compress::Auto,
             CompressArg::Always => crate::migrate::Compress::Always,

@@ -226,7 +226,7 @@ fn serve(
         }
         Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
     }
-    let size = staging_size(offer.sizes.memory, offer.sizes.files);
+    let size = staging_size(memory_bound(&config, offer.sizes.memory), offer.sizes.files);
     let staging = match Staging::create(host, &id, size) {
         Ok(s) => s,
         Err(e) => return Err(fail(&mut control, Phase::Transfer, e)),
@@ -368,6 +368,29 @@ fn serve(
     Ok(())
 }
 
+/// The memory a container's image may take: what the source announced
+/// (its processes' resident sets), but never more than the config's limit
+/// (resident sets count shared pages once per process).
+fn memory_bound(config: &ContainerConfig, announced: u64) -> u64 {
+    config
+        .limits
+        .memory
+        .map_or(announced, |limit| announced.min(limit))
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// A disk chain received for a container not restored yet: removed when
 /// dropped (see [`crate::migrate::disk::remove_partial`]).
 struct PartialDisk {
@@ -448,6 +471,19 @@ fn check_offer(
     };
     if let Some(net) = &config.network {
         crate::container::create::check_address_free(host, net.address)?;
+    }
+    // The image is staged in memory (tmpfs) before it is restored: there
+    // must be room for it.
+    let need = memory_bound(&config, offer.sizes.memory)
+        .saturating_add(offer.sizes.files)
+        .saturating_add(64 << 20);
+    if let Some(available) = mem_available() {
+        if need > available {
+            return Err(Error::Invalid(format!(
+                "not enough memory on this host to receive {:?}: {need} bytes needed, {available} available",
+                config.name
+            )));
+        }
     }
     if config.disk.is_some() {
         // The chain goes to this host's disk: there must be room for it.

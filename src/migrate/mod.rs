@@ -294,12 +294,17 @@ pub struct ImageSender {
     /// A container on a disk: its chain (the read-only part sent already).
     disk: Option<disk::DiskSender>,
     wire: WireOptions,
+    /// `--keep-image`: the checkpoint directory the image is kept in, and
+    /// the directory it is written to until it is complete.
+    keep: Option<(PathBuf, PathBuf)>,
 }
 
 /// The Pages stream, shared by the checkpoint's page writer and the sender.
 struct PagesOut {
     tx: Mutex<Option<Wire>>,
     peer: String,
+    /// `--keep-image`: the page store is written here too.
+    tee: Mutex<Option<(File, PathBuf)>>,
 }
 
 impl PagesOut {
@@ -324,7 +329,16 @@ impl PagesOut {
 
 impl crate::dump::checkpoint::SinkWrite for PagesOut {
     fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        self.with(|tx| tx.write_all(data))
+        self.with(|tx| tx.write_all(data))?;
+        let mut tee = self
+            .tee
+            .lock()
+            .map_err(|_| io::Error::other("a writer of the kept page store panicked"))?;
+        if let Some((file, path)) = tee.as_mut() {
+            file.write_all(data)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -368,12 +382,32 @@ impl ImageSender {
             pages: Arc::new(PagesOut {
                 tx: Mutex::new(Some(pages)),
                 peer: peer.clone(),
+                tee: Mutex::new(None),
             }),
+            keep: None,
             peer,
             records: Some(records),
             files: Some(files),
             wire: wire.clone(),
         })
+    }
+
+    /// Keeps a copy of the image in `dir` (a checkpoint directory): the
+    /// page store is written there as it is sent, the other files once the
+    /// checkpoint is done; `dir` appears only complete and synced.
+    pub fn keep(mut self, dir: &Path) -> Result<ImageSender> {
+        if dir.exists() {
+            return Err(Error::Invalid(format!("{} exists already", dir.display())));
+        }
+        let partial = dir.with_extension("partial");
+        fs::create_dir_all(&partial).ctx("creating", &partial)?;
+        let path = cr_formats::layout::pages_path(&partial);
+        let file = File::create(&path).ctx("creating", &path)?;
+        if let Ok(mut tee) = self.pages.tee.lock() {
+            *tee = Some((file, path));
+        }
+        self.keep = Some((dir.to_path_buf(), partial));
+        Ok(self)
     }
 
     /// Where the checkpoint writes its page store (compressed as the
@@ -400,6 +434,10 @@ impl ImageSender {
         let records = self.records.take();
         let files = self.files.take();
         let disk = self.disk.take();
+        if let Some((kept, partial)) = &self.keep {
+            let tee = self.pages.tee.lock().ok().and_then(|mut t| t.take());
+            keep_image(tee, dir, partial, kept)?;
+        }
         let peer = self.peer.clone();
         let wire = self.wire.clone();
         let end = |kind: StreamKind, tx: Wire| -> Result<StreamTotal> {
@@ -467,8 +505,42 @@ fn blob(
     Ok(tx)
 }
 
+/// Completes a kept image: the page store written beside the stream is
+/// synced, the other files of the checkpoint in `dir` are copied, and the
+/// directory is moved into place.
+fn keep_image(tee: Option<(File, PathBuf)>, dir: &Path, partial: &Path, kept: &Path) -> Result<()> {
+    if let Some((file, path)) = tee {
+        file.sync_all().ctx("syncing", &path)?;
+    }
+    for entry in fs::read_dir(dir).ctx("reading", dir)?.flatten() {
+        let from = entry.path();
+        let to = partial.join(entry.file_name());
+        if entry.file_name() == cr_formats::layout::PAGES_FILE {
+            continue;
+        }
+        if from.is_dir() {
+            fs::create_dir(&to).ctx("creating", &to)?;
+            crate::image::store::copy_tree(&from, &to).map_err(Error::from)?;
+        } else {
+            fs::copy(&from, &to).ctx("copying", &from)?;
+            File::open(&to)
+                .and_then(|f| f.sync_all())
+                .ctx("syncing", &to)?;
+        }
+    }
+    File::open(partial)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", partial)?;
+    fs::rename(partial, kept).ctx("moving the kept image into place", kept)?;
+    Ok(())
+}
+
 impl Drop for ImageSender {
     fn drop(&mut self) {
+        if let Some((_, partial)) = &self.keep {
+            // Not finished: the kept copy would be incomplete.
+            let _ = fs::remove_dir_all(partial);
+        }
         // Unfinished, the page stream is dropped now (and so reset) even if
         // a writer thread of a failed checkpoint still holds the sink.
         if let Ok(mut tx) = self.pages.tx.lock() {

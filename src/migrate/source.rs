@@ -41,6 +41,9 @@ pub struct MigrateOptions {
     pub restore_timeout: Duration,
     /// Compression of the data streams.
     pub compress: crate::migrate::Compress,
+    /// `--keep-image`: where to keep a copy of the image sent, as a
+    /// checkpoint of the container.
+    pub keep_image: Option<std::path::PathBuf>,
 }
 
 impl Default for MigrateOptions {
@@ -49,6 +52,7 @@ impl Default for MigrateOptions {
             pre_copy_rounds: 2,
             restore_timeout: Duration::from_secs(120),
             compress: crate::migrate::Compress::Auto,
+            keep_image: None,
         }
     }
 }
@@ -309,7 +313,12 @@ pub fn migrate(
                 phases.end("image layer");
             }
             let disk = container.config.disk.is_some().then_some(&container);
-            ImageSender::start(rt.handle(), &session, id, &progress, &wire, disk)
+            ImageSender::start(rt.handle(), &session, id, &progress, &wire, disk).and_then(
+                |sender| match &opts.keep_image {
+                    Some(dir) => sender.keep(dir),
+                    None => Ok(sender),
+                },
+            )
         });
     let sender = match sender {
         Ok(s) => s,
