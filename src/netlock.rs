@@ -75,13 +75,34 @@ const TOOLS: [&str; 2] = ["iptables-restore", "ip6tables-restore"];
 impl NetLock {
     /// Locks the network namespace of host process `pid`.
     pub fn lock(pid: i32) -> Result<NetLock, NetLockError> {
+        NetLock::install(pid, "-j DROP")
+    }
+
+    /// Locks new TCP connections out of the network namespace of host
+    /// process `pid` (their SYNs are dropped; the peer sends them again a
+    /// second later) while everything else still flows, so handshakes
+    /// already under way complete; [`NetLock::tighten`] then locks it all.
+    pub fn lock_new_connections(pid: i32) -> Result<NetLock, NetLockError> {
+        NetLock::install(pid, "-p tcp --syn -j DROP")
+    }
+
+    /// From locking new connections out to locking everything.
+    pub fn tighten(&self) -> Result<(), NetLockError> {
+        let rules = format!("*filter\n-A {CHAIN} -j DROP\nCOMMIT\n");
+        for tool in TOOLS {
+            self.run(tool, "lock", &rules)?;
+        }
+        Ok(())
+    }
+
+    fn install(pid: i32, drop: &str) -> Result<NetLock, NetLockError> {
         let netns = File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|source| NetLockError::Netns { pid, source })?;
         let lock = NetLock {
             netns: netns.into(),
         };
         let rules = format!(
-            "*filter\n:{CHAIN} - [0:0]\n-A {CHAIN} -m mark --mark {BYPASS_MARK:#x} -j RETURN\n-A {CHAIN} -j DROP\n-I INPUT 1 -j {CHAIN}\n-I OUTPUT 1 -j {CHAIN}\nCOMMIT\n"
+            "*filter\n:{CHAIN} - [0:0]\n-A {CHAIN} -m mark --mark {BYPASS_MARK:#x} -j RETURN\n-A {CHAIN} {drop}\n-I INPUT 1 -j {CHAIN}\n-I OUTPUT 1 -j {CHAIN}\nCOMMIT\n"
         );
         for (i, tool) in TOOLS.iter().enumerate() {
             if let Err(e) = lock.run(tool, "lock", &rules) {

@@ -488,6 +488,11 @@ fn peek(s: RawFd, len: usize) -> io::Result<Vec<u8>> {
 /// queues.
 const ACCEPT_DRAIN: Duration = Duration::from_secs(1);
 
+/// How long the accept queues must stay empty, with new connections locked
+/// out, before everything is locked: time for the handshakes under way
+/// (a SYN-ACK sent, its ACK in flight) to complete and be accepted.
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(20);
+
 /// The network lock taken before the freeze ([`lock_and_drain`]), handed
 /// to [`NetFreeze::begin`]; dropped unused, it lifts the lock.
 #[derive(Debug, Default)]
@@ -502,10 +507,12 @@ impl Drop for EarlyLock {
 }
 
 /// Before the freeze, while the processes run: when the container listens
-/// on TCP, locks its network namespace (from now on no handshake
-/// completes, so no connection lands in an accept queue while frozen,
-/// where nothing could take it) and waits, at most [`ACCEPT_DRAIN`], until
-/// every connection already queued was accepted. A queue that does not
+/// on TCP, locks new connections out of its network namespace, waits, at
+/// most [`ACCEPT_DRAIN`], until every connection already queued or being
+/// handshaken was accepted (the queues empty for [`HANDSHAKE_GRACE`]),
+/// then locks it all (from now on no handshake completes, so no
+/// connection lands in an accept queue while frozen, where nothing could
+/// take it, and none is left half-open). A queue that does not
 /// drain is refused, naming the listener, and the lock is lifted.
 /// `sockets`: (host pid, fd) of the container's inet sockets.
 pub fn lock_and_drain(init: i32, sockets: &[(i32, i32)]) -> crate::Result<EarlyLock> {
@@ -520,8 +527,14 @@ pub fn lock_and_drain(init: i32, sockets: &[(i32, i32)]) -> crate::Result<EarlyL
     if listeners.is_empty() {
         return Ok(EarlyLock(None));
     }
-    let lock = EarlyLock(Some(NetLock::lock(init)?));
+    // New connections are kept out first while handshakes under way
+    // complete (a half-open one would meet no socket after the restore and
+    // be reset); once the queues stayed empty for HANDSHAKE_GRACE, all is
+    // locked and they are checked once more.
+    let lock = EarlyLock(Some(NetLock::lock_new_connections(init)?));
     let deadline = Instant::now() + ACCEPT_DRAIN;
+    let mut empty_since: Option<Instant> = None;
+    let mut tight = false;
     loop {
         let mut waiting = None;
         for (pid, fd, p) in &listeners {
@@ -533,8 +546,21 @@ pub fn lock_and_drain(init: i32, sockets: &[(i32, i32)]) -> crate::Result<EarlyL
             }
         }
         let Some((pid, fd, p, queued)) = waiting else {
-            return Ok(lock);
+            if tight {
+                return Ok(lock);
+            }
+            let since = *empty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= HANDSHAKE_GRACE {
+                if let Some(l) = &lock.0 {
+                    l.tighten()?;
+                }
+                tight = true;
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            continue;
         };
+        empty_since = None;
         if Instant::now() >= deadline {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.trim().to_string())
