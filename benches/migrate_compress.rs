@@ -25,9 +25,10 @@ use common::cr_binary;
 use common::lan::Lan;
 
 const TEXT: &str = "import time\n\
-lines = [b'2026-12-03T07:%02d:%02d host1 web1[%d]: GET /index.html 200 %d bytes\\n' % (i // 60 % 60, i % 60, 1000 + i % 7, i % 9000) for i in range(4000000)]\n\
-blob = bytearray(b''.join(lines)[: 192 << 20])\n\
-del lines\n\
+def block(k):\n    return b''.join(b'2026-12-03T07:%02d:%02d host1 web1[%d]: GET /page/%d 200 %d bytes\\n' % (k % 60, i % 60, 1000 + i % 7, (i * 7919 + k) % 100000, i % 9000) for i in range(16000))\n\
+blob = bytearray()\n\
+k = 0\n\
+while len(blob) < 192 << 20:\n    blob += block(k)\n    k += 1\n\
 open('/root/ready', 'w').write(str(len(blob)))\n\
 while True:\n    time.sleep(1)\n";
 

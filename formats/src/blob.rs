@@ -233,6 +233,7 @@ struct GateState {
     link: Option<f64>,
     window_bytes: u64,
     window_time: Duration,
+    window_start: Option<Instant>,
     skipped: u32,
     /// Frames compressed and left raw, for reports.
     on: u64,
@@ -317,14 +318,32 @@ impl CompressGate {
 
     /// A writer spent `took` handing `bytes` to the link.
     pub fn sent(&self, bytes: usize, took: Duration) {
+        self.sent_at(bytes, took, Instant::now());
+    }
+
+    /// [`CompressGate::sent`] at `now`: in a window where the writers were
+    /// blocked most of the time the link is the bottleneck, and its speed
+    /// is the window's bytes over its wall time; otherwise the link kept
+    /// up, and bytes over blocked time says by how much.
+    fn sent_at(&self, bytes: usize, took: Duration, now: Instant) {
         let mut s = self.lock();
+        let start = *s.window_start.get_or_insert(now - took);
         s.window_bytes += bytes as u64;
         s.window_time += took;
         if s.window_bytes >= LINK_WINDOW {
-            let rate = s.window_bytes as f64 / s.window_time.as_secs_f64().max(1e-7);
-            s.link = Some(smooth(s.link, rate));
+            let wall = now.saturating_duration_since(start).max(s.window_time);
+            let busy = s.window_time.as_secs_f64() / wall.as_secs_f64().max(1e-7);
+            let over = if busy > 0.5 { wall } else { s.window_time };
+            let rate = s.window_bytes as f64 / over.as_secs_f64().max(1e-7);
+            // A link that slows down is believed at once; one that speeds
+            // up, gradually.
+            s.link = Some(match s.link {
+                Some(old) if rate < old => rate,
+                old => smooth(old, rate),
+            });
             s.window_bytes = 0;
             s.window_time = Duration::ZERO;
+            s.window_start = None;
         }
     }
 
@@ -431,6 +450,25 @@ mod tests {
         assert!(!gate.should_compress());
         let f = gate.figures();
         assert_eq!(f.raw_frames, 1);
+    }
+
+    #[test]
+    fn a_link_that_keeps_its_writer_waiting_is_measured_by_wall_time() {
+        let gate = CompressGate::new();
+        gate.compressed(1 << 20, 1 << 18, Duration::from_micros(2500));
+        // 8 MiB in 320 ms of wall time (25 MB/s), the writer blocked 80% of
+        // it in many short waits: the link is 25 MB/s, slower than zstd.
+        let t0 = Instant::now();
+        for i in 1..=64u32 {
+            gate.sent_at(
+                128 << 10,
+                Duration::from_millis(4),
+                t0 + Duration::from_millis(5 * i as u64),
+            );
+        }
+        let link = gate.figures().link_bytes_per_s.unwrap();
+        assert!((20e6..35e6).contains(&link), "{link}");
+        assert!(gate.should_compress());
     }
 
     #[test]
