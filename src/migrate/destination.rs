@@ -244,7 +244,7 @@ fn serve(
         return Err(fail(&mut control, Phase::Transfer, e));
     }
     let container_dir = host.container_dir(&config.name);
-    let partial = PartialDisk {
+    let mut partial = PartialDisk {
         dir: config.disk.is_some().then(|| container_dir.clone()),
     };
     let disk_target = config.disk.map(|d| crate::migrate::disk::DiskTarget {
@@ -314,7 +314,7 @@ fn serve(
         return Err(fail(&mut control, Phase::Restore, e));
     }
     // The restored container owns its directory now (destroy removes it).
-    std::mem::forget(partial);
+    partial.dir = None;
     fault("crash")?;
     let container = Container::open(host, &name)?;
     // Nothing runs here before the source says so.
