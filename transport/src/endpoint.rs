@@ -32,7 +32,10 @@
 //! by the receiver with [`Session::accept_stream`] (which checks it).
 //!
 //! [`Tuning`] sets the windows for bulk transfer on a LAN: a stream may
-//! have 64 MiB in flight, a connection 256 MiB, and UDP socket buffers are
+//! have 16 MiB in flight (more than a 1 Gbit/s path with 100 ms of RTT
+//! needs, and little enough that a migration's pre-copy does not run
+//! seconds ahead of a slow link: what is still unsent at the freeze
+//! crosses while frozen), a connection 256 MiB, and UDP socket buffers are
 //! raised to 16 MiB so bursts are not dropped by the kernel; quinn sends
 //! with GSO (10 segments per send) when the kernel offers it, and MTU
 //! discovery goes up to [`MAX_MTU`] where the path allows.
@@ -107,7 +110,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            stream_receive_window: 64 << 20,
+            stream_receive_window: 16 << 20,
             receive_window: 256 << 20,
             send_window: 256 << 20,
             socket_buffer: 16 << 20,
