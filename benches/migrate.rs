@@ -63,18 +63,7 @@ fn main() {
     lan.serve(1);
     let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
     // The image, built once on host1 and shared read-only with host2.
-    h1.run(&[
-        "image",
-        "build-minimal",
-        "py",
-        "--with",
-        "/usr/bin/python3",
-        "--tree",
-        "/usr/lib/python3.11",
-    ]);
-    fs::create_dir_all(h2.root.join("images")).expect("host2 images");
-    std::os::unix::fs::symlink(h1.root.join("images/py"), h2.root.join("images/py"))
-        .expect("sharing the image");
+    lan.python_image();
 
     let mut runs = Vec::new();
     for cold in [false, true, false] {

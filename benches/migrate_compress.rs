@@ -44,18 +44,8 @@ fn main() {
     let mut lan = Lan::new(&cr);
     lan.serve(1);
     let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
-    h1.run(&[
-        "image",
-        "build-minimal",
-        "py",
-        "--with",
-        "/usr/bin/python3",
-        "--tree",
-        "/usr/lib/python3.11",
-    ]);
-    std::fs::create_dir_all(h2.root.join("images")).expect("host2 images");
-    std::os::unix::fs::symlink(h1.root.join("images/py"), h2.root.join("images/py"))
-        .expect("sharing the image");
+    // The image, built once on host1 and shared read-only with host2.
+    lan.python_image();
     let tc = |args: &[&str]| {
         let out = Command::new("ip")
             .args(["netns", "exec", &h1.netns, "tc", "qdisc"])

@@ -99,6 +99,26 @@ fn a_peer_that_is_not_trusted_is_refused_and_nothing_moves() {
     assert!(err.contains("nowhere"), "{err}");
 }
 
+/// The echo server runs on host1 with its memory intact, and the client's
+/// connection exchanges line `n`.
+fn still_on_host1(
+    lan: &Lan,
+    sum: u64,
+    conn: &mut std::net::TcpStream,
+    reader: &mut BufReader<std::net::TcpStream>,
+    n: u32,
+    what: &str,
+) {
+    assert_eq!(lan.h1.state("echo"), "running", "{what}");
+    let (t0, s) = count(&lan.h1);
+    assert_eq!(s, sum, "{what}");
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&lan.h1).0 > t0),
+        "the container does not run: {what}"
+    );
+    exchange(conn, reader, n).unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 #[test]
 fn every_failure_on_the_destination_leaves_the_container_running_on_the_source() {
     let mut lan = Lan::new();
@@ -114,15 +134,15 @@ fn every_failure_on_the_destination_leaves_the_container_running_on_the_source()
         let err = lan.h1.fails(&["migrate", "echo", "host2"]);
         assert!(!err.is_empty(), "{fault}");
         // Running here, memory intact, the connection alive.
-        assert_eq!(lan.h1.state("echo"), "running", "after {fault}: {err}");
-        let (t0, s) = count(&lan.h1);
-        assert_eq!(s, sum, "after {fault}");
-        assert!(
-            wait_until(Duration::from_secs(5), || count(&lan.h1).0 > t0),
-            "the container does not run after {fault}"
-        );
         n += 1;
-        exchange(&mut conn, &mut reader, n).unwrap_or_else(|e| panic!("after {fault}: {e}"));
+        still_on_host1(
+            &lan,
+            sum,
+            &mut conn,
+            &mut reader,
+            n,
+            &format!("after {fault}: {err}"),
+        );
         if fault == "crash" {
             // The agent died with the restored container frozen: its next
             // start removes it.
@@ -150,15 +170,15 @@ fn every_failure_on_the_destination_leaves_the_container_running_on_the_source()
             "{fault}: {err}\n{}",
             lan.serve_log(2)
         );
-        assert_eq!(lan.h1.state("echo"), "running", "after {fault}: {err}");
-        let (t0, s) = count(&lan.h1);
-        assert_eq!(s, sum, "after {fault}");
-        assert!(
-            wait_until(Duration::from_secs(5), || count(&lan.h1).0 > t0),
-            "the container does not run after {fault}"
-        );
         n += 1;
-        exchange(&mut conn, &mut reader, n).unwrap_or_else(|e| panic!("after {fault}: {e}"));
+        still_on_host1(
+            &lan,
+            sum,
+            &mut conn,
+            &mut reader,
+            n,
+            &format!("after {fault}: {err}"),
+        );
         assert!(
             wait_until(Duration::from_secs(10), || lan.names(2).is_empty()
                 && lan.staging_mounts(2) == 0),

@@ -281,6 +281,24 @@ impl Lan {
     pub fn serve_log(&self, i: usize) -> String {
         fs::read_to_string(self.hosts[i].serve_log()).unwrap_or_default()
     }
+
+    /// Image `py` (python3 and its library) built on host1 and shared
+    /// read-only with host2, for workloads that migrate.
+    pub fn python_image(&self) {
+        let (h1, h2) = (&self.hosts[0], &self.hosts[1]);
+        h1.run(&[
+            "image",
+            "build-minimal",
+            "py",
+            "--with",
+            "/usr/bin/python3",
+            "--tree",
+            "/usr/lib/python3.11",
+        ]);
+        fs::create_dir_all(h2.root.join("images")).expect("host2 images");
+        std::os::unix::fs::symlink(h1.root.join("images/py"), h2.root.join("images/py"))
+            .expect("sharing the image");
+    }
 }
 
 impl Drop for Lan {
