@@ -59,7 +59,12 @@ impl<W: Write> BlobWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let (compressed, payload) = self.packer.pack(&self.buf)?;
+        let compressed = self.packer.compress(&self.buf)?;
+        let payload = if compressed {
+            self.packer.output()
+        } else {
+            &self.buf
+        };
         self.frames.write_frame(
             FrameKind::Blob,
             0,
@@ -103,15 +108,17 @@ impl<W: Write> Write for BlobWriter<W> {
     }
 }
 
-/// Compresses frames that shrink, when the gate says it pays.
-struct Packer {
+/// zstd with a [`CompressGate`]: compresses a payload when the gate says
+/// it pays, and keeps the result only when it is smaller. Shared by the
+/// blob writer and the page store's chunk encoder.
+pub(crate) struct Packer {
     cctx: Option<zstd::bulk::Compressor<'static>>,
     gate: Option<Arc<CompressGate>>,
     out: Vec<u8>,
 }
 
 impl Packer {
-    fn new(compression: Compression, gate: Option<Arc<CompressGate>>) -> Result<Self> {
+    pub(crate) fn new(compression: Compression, gate: Option<Arc<CompressGate>>) -> Result<Self> {
         let cctx = match compression {
             Compression::None => None,
             Compression::Zstd { level } => Some(zstd::bulk::Compressor::new(level).map_err(
@@ -127,13 +134,18 @@ impl Packer {
         })
     }
 
-    /// The payload for `raw`: compressed when that was tried and shrank it.
-    fn pack<'a>(&'a mut self, raw: &'a [u8]) -> Result<(bool, &'a [u8])> {
+    pub(crate) fn set_gate(&mut self, gate: Arc<CompressGate>) {
+        self.gate = Some(gate);
+    }
+
+    /// Compresses `raw` into [`Packer::output`] if the stream compresses
+    /// and the gate agrees; true when that output is smaller than `raw`.
+    pub(crate) fn compress(&mut self, raw: &[u8]) -> Result<bool> {
         let Some(cctx) = self.cctx.as_mut() else {
-            return Ok((false, raw));
+            return Ok(false);
         };
         if !self.gate.as_ref().is_none_or(|g| g.should_compress()) {
-            return Ok((false, raw));
+            return Ok(false);
         }
         let start = Instant::now();
         self.out.clear();
@@ -145,11 +157,17 @@ impl Packer {
         if let Some(g) = &self.gate {
             g.compressed(raw.len(), self.out.len(), start.elapsed());
         }
-        if self.out.len() < raw.len() {
-            Ok((true, &self.out))
-        } else {
-            Ok((false, raw))
-        }
+        Ok(self.out.len() < raw.len())
+    }
+
+    /// What the last [`Packer::compress`] that returned true made.
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// [`Packer::output`], handed over.
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
     }
 }
 

@@ -294,9 +294,61 @@ pub struct ImageSender {
     /// A container on a disk: its chain (the read-only part sent already).
     disk: Option<disk::DiskSender>,
     wire: WireOptions,
-    /// `--keep-image`: the checkpoint directory the image is kept in, and
-    /// the directory it is written to until it is complete.
-    keep: Option<(PathBuf, PathBuf)>,
+    /// `--keep-image`: where the image is kept.
+    keep: Option<KeptImage>,
+}
+
+/// `--keep-image`: a copy of the image being sent, in `partial` until
+/// [`KeptImage::complete`] moves it to `kept`; dropped before, it is
+/// removed (an incomplete copy is no checkpoint).
+pub struct KeptImage {
+    kept: PathBuf,
+    partial: PathBuf,
+    done: bool,
+}
+
+impl KeptImage {
+    /// Completes the copy once the migration is settled (outside the
+    /// frozen window): the page store written beside the stream is synced,
+    /// the other files of the checkpoint in `dir` are copied, and the
+    /// directory is moved into place. Returns where it is.
+    pub fn complete(mut self, dir: &Path) -> Result<PathBuf> {
+        let pages = cr_formats::layout::pages_path(&self.partial);
+        File::open(&pages)
+            .and_then(|f| f.sync_all())
+            .ctx("syncing", &pages)?;
+        for entry in fs::read_dir(dir).ctx("reading", dir)?.flatten() {
+            let from = entry.path();
+            let to = self.partial.join(entry.file_name());
+            if entry.file_name() == cr_formats::layout::PAGES_FILE {
+                continue;
+            }
+            if from.is_dir() {
+                fs::create_dir(&to).ctx("creating", &to)?;
+                crate::image::store::copy_tree(&from, &to).map_err(Error::from)?;
+            } else {
+                fs::copy(&from, &to).ctx("copying", &from)?;
+                File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .ctx("syncing", &to)?;
+            }
+        }
+        File::open(&self.partial)
+            .and_then(|d| d.sync_all())
+            .ctx("syncing", &self.partial)?;
+        fs::rename(&self.partial, &self.kept)
+            .ctx("moving the kept image into place", &self.kept)?;
+        self.done = true;
+        Ok(self.kept.clone())
+    }
+}
+
+impl Drop for KeptImage {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
 }
 
 /// The Pages stream, shared by the checkpoint's page writer and the sender.
@@ -393,8 +445,8 @@ impl ImageSender {
     }
 
     /// Keeps a copy of the image in `dir` (a checkpoint directory): the
-    /// page store is written there as it is sent, the other files once the
-    /// checkpoint is done; `dir` appears only complete and synced.
+    /// page store is written there as it is sent, the other files by
+    /// [`KeptImage::complete`]; `dir` appears only complete and synced.
     pub fn keep(mut self, dir: &Path) -> Result<ImageSender> {
         if dir.exists() {
             return Err(Error::Invalid(format!("{} exists already", dir.display())));
@@ -406,8 +458,22 @@ impl ImageSender {
         if let Ok(mut tee) = self.pages.tee.lock() {
             *tee = Some((file, path));
         }
-        self.keep = Some((dir.to_path_buf(), partial));
+        self.keep = Some(KeptImage {
+            kept: dir.to_path_buf(),
+            partial,
+            done: false,
+        });
         Ok(self)
+    }
+
+    /// The kept copy (`--keep-image`), once the checkpoint is done: its
+    /// page store is written; the rest is for [`KeptImage::complete`].
+    pub fn take_kept(&mut self) -> Option<KeptImage> {
+        // The page store's file closes here; complete() syncs it by path.
+        if let Ok(mut tee) = self.pages.tee.lock() {
+            tee.take();
+        }
+        self.keep.take()
     }
 
     /// Where the checkpoint writes its page store (compressed as the
@@ -434,10 +500,6 @@ impl ImageSender {
         let records = self.records.take();
         let files = self.files.take();
         let disk = self.disk.take();
-        if let Some((kept, partial)) = &self.keep {
-            let tee = self.pages.tee.lock().ok().and_then(|mut t| t.take());
-            keep_image(tee, dir, partial, kept)?;
-        }
         let peer = self.peer.clone();
         let wire = self.wire.clone();
         let end = |kind: StreamKind, tx: Wire| -> Result<StreamTotal> {
@@ -505,42 +567,8 @@ fn blob(
     Ok(tx)
 }
 
-/// Completes a kept image: the page store written beside the stream is
-/// synced, the other files of the checkpoint in `dir` are copied, and the
-/// directory is moved into place.
-fn keep_image(tee: Option<(File, PathBuf)>, dir: &Path, partial: &Path, kept: &Path) -> Result<()> {
-    if let Some((file, path)) = tee {
-        file.sync_all().ctx("syncing", &path)?;
-    }
-    for entry in fs::read_dir(dir).ctx("reading", dir)?.flatten() {
-        let from = entry.path();
-        let to = partial.join(entry.file_name());
-        if entry.file_name() == cr_formats::layout::PAGES_FILE {
-            continue;
-        }
-        if from.is_dir() {
-            fs::create_dir(&to).ctx("creating", &to)?;
-            crate::image::store::copy_tree(&from, &to).map_err(Error::from)?;
-        } else {
-            fs::copy(&from, &to).ctx("copying", &from)?;
-            File::open(&to)
-                .and_then(|f| f.sync_all())
-                .ctx("syncing", &to)?;
-        }
-    }
-    File::open(partial)
-        .and_then(|d| d.sync_all())
-        .ctx("syncing", partial)?;
-    fs::rename(partial, kept).ctx("moving the kept image into place", kept)?;
-    Ok(())
-}
-
 impl Drop for ImageSender {
     fn drop(&mut self) {
-        if let Some((_, partial)) = &self.keep {
-            // Not finished: the kept copy would be incomplete.
-            let _ = fs::remove_dir_all(partial);
-        }
         // Unfinished, the page stream is dropped now (and so reset) even if
         // a writer thread of a failed checkpoint still holds the sink.
         if let Ok(mut tx) = self.pages.tx.lock() {

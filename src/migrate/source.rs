@@ -320,7 +320,7 @@ pub fn migrate(
                 },
             )
         });
-    let sender = match sender {
+    let mut sender = match sender {
         Ok(s) => s,
         Err(e) => {
             let e = peer_reason(&mut control, peer, e);
@@ -344,6 +344,7 @@ pub fn migrate(
         page_sink: Some(sender.page_sink()),
     };
     let ticking = AtomicBool::new(true);
+    let mut kept = None;
     let (checkpointed, sent) = std::thread::scope(|s| {
         s.spawn(|| {
             while ticking.load(Ordering::Relaxed) {
@@ -385,14 +386,19 @@ pub fn migrate(
                     drop(sender);
                     Err(e)
                 }
-                Ok(()) => sender
-                    .finish(&staging.image_dir())
-                    .and_then(|mut committed| {
-                        committed.streams.extend(layer_total);
-                        let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
-                        control.send(&Message::Committed(committed))?;
-                        Ok(bytes)
-                    }),
+                Ok(()) => {
+                    // Completed once the container runs on the peer, not
+                    // in the frozen window.
+                    kept = sender.take_kept();
+                    sender
+                        .finish(&staging.image_dir())
+                        .and_then(|mut committed| {
+                            committed.streams.extend(layer_total);
+                            let bytes: u64 = committed.streams.iter().map(|s| s.bytes).sum();
+                            control.send(&Message::Committed(committed))?;
+                            Ok(bytes)
+                        })
+                }
             };
             Ok((checkpointed, frozen, committed))
         })();
@@ -491,6 +497,12 @@ pub fn migrate(
         eprintln!(
             "cr migrate: the cancellation came too late: {name} was already resuming on {peer}, and runs there now"
         );
+    }
+    if let Some(kept) = kept {
+        match kept.complete(&staging.image_dir()) {
+            Ok(dir) => eprintln!("cr migrate: the image sent is kept in {}", dir.display()),
+            Err(e) => eprintln!("cr migrate: {name} runs on {peer}; keeping its image failed: {e}"),
+        }
     }
     drop(staging);
     session.close(0, "done");

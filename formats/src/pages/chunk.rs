@@ -90,27 +90,15 @@ impl EncodedChunk {
 /// thread.
 pub struct ChunkEncoder {
     compression: Compression,
-    cctx: Option<zstd::bulk::Compressor<'static>>,
-    out: Vec<u8>,
-    /// Decides per chunk whether compressing pays (adaptive compression).
-    gate: Option<std::sync::Arc<crate::blob::CompressGate>>,
+    /// zstd, with the gate that decides per chunk whether it pays.
+    packer: crate::blob::Packer,
 }
 
 impl ChunkEncoder {
     pub fn new(compression: Compression) -> Result<Self> {
-        let cctx = match compression {
-            Compression::None => None,
-            Compression::Zstd { level } => Some(zstd::bulk::Compressor::new(level).map_err(
-                |e| FormatError::Compress {
-                    reason: e.to_string(),
-                },
-            )?),
-        };
         Ok(ChunkEncoder {
             compression,
-            cctx,
-            out: Vec::new(),
-            gate: None,
+            packer: crate::blob::Packer::new(compression, None)?,
         })
     }
 
@@ -121,7 +109,7 @@ impl ChunkEncoder {
     /// From now on `gate` decides chunk by chunk whether this encoder's
     /// compression is used.
     pub fn set_gate(&mut self, gate: std::sync::Arc<crate::blob::CompressGate>) {
-        self.gate = Some(gate);
+        self.packer.set_gate(gate);
     }
 
     /// Encodes one chunk from its index and the pages of its `Data` runs.
@@ -141,7 +129,7 @@ impl ChunkEncoder {
         let compressed = self.seal(header, &mut raw)?;
         let raw_len = raw.len();
         let payload = if compressed {
-            std::mem::take(&mut self.out)
+            self.packer.take_output()
         } else {
             raw
         };
@@ -177,28 +165,12 @@ impl ChunkEncoder {
                 max: u64::from(MAX_FRAME_LEN),
             });
         }
-        let Some(cctx) = self.cctx.as_mut() else {
-            return Ok(false);
-        };
-        if !self.gate.as_ref().is_none_or(|g| g.should_compress()) {
-            return Ok(false);
-        }
-        let start = std::time::Instant::now();
-        self.out.clear();
-        self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        cctx.compress_to_buffer(&raw[..], &mut self.out)
-            .map_err(|e| FormatError::Compress {
-                reason: e.to_string(),
-            })?;
-        if let Some(g) = &self.gate {
-            g.compressed(raw.len(), self.out.len(), start.elapsed());
-        }
-        Ok(self.out.len() < raw.len())
+        self.packer.compress(&raw[..])
     }
 
     /// The output of the last [`ChunkEncoder::seal`] that compressed.
     pub(crate) fn compressed(&self) -> &[u8] {
-        &self.out
+        self.packer.output()
     }
 }
 
