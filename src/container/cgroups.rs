@@ -1005,8 +1005,15 @@ impl ContainerCgroup {
             let path = dir.join("cgroup.procs");
             let text = match fs::read_to_string(&path) {
                 Ok(t) => t,
-                // A child cgroup removed while we walk.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // A cgroup removed while we walk (its directory gone, or
+                // its files answering ENODEV while the removal completes):
+                // it holds no process.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENODEV) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(CgroupError::io("reading", &path, e)),
             };
             for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
