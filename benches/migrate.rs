@@ -58,6 +58,8 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the benchmark runs as root"
     );
+    // The bare stream runs with the allocator settings of `cr serve`.
+    cr::keep_freed_memory();
     let cr = cr_binary();
     let mut lan = Lan::new(&cr);
     lan.serve(1);
@@ -65,9 +67,21 @@ fn main() {
     // The image, built once on host1 and shared read-only with host2.
     lan.python_image();
 
+    // CR_BENCH_MODES=pre,cold,... picks the runs (default: pre,cold,pre).
+    let modes: Vec<bool> = std::env::var("CR_BENCH_MODES")
+        .unwrap_or_else(|_| "pre,cold,pre".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "pre" => false,
+            "cold" => true,
+            other => panic!("CR_BENCH_MODES: {other:?} is neither pre nor cold"),
+        })
+        .collect();
+    let serve_pid = lan.serve_pid(1).expect("host2 serves");
     let mut runs = Vec::new();
-    for cold in [false, true, false] {
+    for cold in modes {
         let rss = start_workload(&lan);
+        let (src0, dst0) = (children_cpu(), process_cpu(serve_pid));
         let t = Instant::now();
         let mut args = vec!["migrate", "mem", "host2", "--json"];
         if cold {
@@ -75,6 +89,7 @@ fn main() {
         }
         let out = h1.run(&args);
         let wall = t.elapsed().as_secs_f64();
+        let cpu = (children_cpu() - src0, process_cpu(serve_pid) - dst0);
         let report: serde_json::Value = serde_json::from_str(&out).expect("report json");
         // It runs on host2 only.
         assert!(h1.containers().is_empty(), "left on host1");
@@ -91,18 +106,23 @@ fn main() {
         h2.run(&["destroy", "mem"]);
         // The limit, right after: the same bytes on one bare stream.
         let bytes = report["bytes"].as_u64().expect("bytes in the report");
+        let self0 = self_cpu();
         let bare = bare_stream(&lan, bytes);
-        runs.push((
+        let bare_cpu = self_cpu() - self0;
+        runs.push(Run {
             cold,
             rss,
             wall,
             report,
             dest,
-            bytes as f64 / bare.as_secs_f64(),
-        ));
+            adjacent: bytes as f64 / bare.as_secs_f64(),
+            cpu,
+            bare_cpu,
+            bare_s: bare.as_secs_f64(),
+        });
     }
-    let bytes = runs[0].3["bytes"].as_u64().unwrap_or(0);
-    let bare_bps = runs.iter().map(|r| r.5).fold(0.0, f64::max);
+    let bytes = runs[0].report["bytes"].as_u64().unwrap_or(0);
+    let bare_bps = runs.iter().map(|r| r.adjacent).fold(0.0, f64::max);
 
     println!(
         "migration host1 -> host2 (network namespaces on a bridge, veth MTU 1500) of 1 GiB touched memory (512 MiB random, 512 MiB zero pages)"
@@ -111,9 +131,20 @@ fn main() {
         "  limit: bare QUIC stream of the same bytes ({:.0} MiB) host1 -> host2 (BlockingSend/BlockingRecv), measured after each migration: best {:.3} GB/s, each {:.3?} GB/s",
         bytes as f64 / (1 << 20) as f64,
         bare_bps / 1e9,
-        runs.iter().map(|r| r.5 / 1e9).collect::<Vec<_>>()
+        runs.iter().map(|r| r.adjacent / 1e9).collect::<Vec<_>>()
     );
-    for (cold, rss, wall, r, dest, adjacent) in &runs {
+    for run in &runs {
+        let Run {
+            cold,
+            rss,
+            wall,
+            report: r,
+            dest,
+            adjacent,
+            cpu,
+            bare_cpu,
+            bare_s,
+        } = run;
         let ms = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let total = ms("total_ms") / 1e3;
         let frozen = ms("frozen_ms") / 1e3;
@@ -170,7 +201,69 @@ fn main() {
             "      destination: {}",
             dest.split_once(": ").map_or(dest.as_str(), |(_, l)| l)
         );
+        println!(
+            "      CPU (user+system): source cr migrate {:.2} s, destination cr serve {:.2} s, in {wall:.2} s of wall on {} cores; the bare stream after it: {bare_cpu:.2} s (both ends) in {bare_s:.2} s",
+            cpu.0,
+            cpu.1,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
     }
+}
+
+/// One migration's figures.
+struct Run {
+    cold: bool,
+    rss: u64,
+    wall: f64,
+    report: serde_json::Value,
+    /// The destination's log line for it.
+    dest: String,
+    /// The bare stream measured right after it, bytes/s.
+    adjacent: f64,
+    /// CPU seconds (user + system) of the source's `cr migrate` and of the
+    /// destination's `cr serve` during it.
+    cpu: (f64, f64),
+    /// CPU seconds of both ends of the bare stream (this process), and its
+    /// duration.
+    bare_cpu: f64,
+    bare_s: f64,
+}
+
+/// CPU seconds (user + system) of this process's waited-for children.
+fn children_cpu() -> f64 {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds (user + system) of this process so far.
+fn self_cpu() -> f64 {
+    rusage(libc::RUSAGE_SELF)
+}
+
+fn rusage(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// CPU seconds (user + system, its threads) of process `pid` so far.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat of cr serve");
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("stat number"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[0] + f[1]) as f64 / hz
 }
 
 fn met(ok: bool) -> &'static str {

@@ -10,6 +10,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    cr::keep_freed_memory();
     let cli = cr::cli::Cli::parse();
     match cr::cli::dispatch(cli) {
         Ok(code) => std::process::exit(code),

@@ -278,6 +278,15 @@ impl Lan {
         }
     }
 
+    /// The PID of host `i`'s `cr serve` (`nsenter` without `--fork` execs
+    /// `cr` in its own process), if it was started.
+    pub fn serve_pid(&self, i: usize) -> Option<u32> {
+        self.serves
+            .iter()
+            .find(|(h, _)| *h == i)
+            .map(|(_, c)| c.id())
+    }
+
     pub fn serve_log(&self, i: usize) -> String {
         fs::read_to_string(self.hosts[i].serve_log()).unwrap_or_default()
     }

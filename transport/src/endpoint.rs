@@ -38,7 +38,11 @@
 //! crosses while frozen), a connection 256 MiB, and UDP socket buffers are
 //! raised to 16 MiB so bursts are not dropped by the kernel; quinn sends
 //! with GSO (10 segments per send) when the kernel offers it, and MTU
-//! discovery goes up to [`MAX_MTU`] where the path allows.
+//! discovery goes up to [`MAX_MTU`] where the path allows. The receiver is
+//! asked (QUIC's ACK frequency extension) to acknowledge every 32nd packet
+//! or after 5 ms rather than every second one: on a 1500-byte LAN a bulk
+//! stream is about 370,000 packets per 512 MiB, and the acknowledgements
+//! were a packet, a send and a receive each, on both hosts' CPUs.
 
 use std::fmt;
 use std::net::{SocketAddr, UdpSocket};
@@ -97,6 +101,12 @@ pub struct Tuning {
     /// at 1472; on loopback or a veth/bridge with a larger MTU, bigger
     /// packets halve the per-byte cost (measured: `benches/quic_stream.rs`).
     pub mtu_upper_bound: u16,
+    /// The peer acknowledges after this many packets that ask for it
+    /// (QUIC ACK frequency extension; 1 is plain QUIC's every second one).
+    pub ack_eliciting_threshold: u32,
+    /// ... or at the latest this long after the first unacknowledged one
+    /// (quinn clamps it to at most the path's RTT or 25 ms).
+    pub max_ack_delay: Duration,
     /// Data streams the peer may open at once.
     pub max_streams: u32,
     /// A connection with no packet for this long is dead.
@@ -115,6 +125,8 @@ impl Default for Tuning {
             send_window: 256 << 20,
             socket_buffer: 16 << 20,
             mtu_upper_bound: MAX_MTU,
+            ack_eliciting_threshold: 31,
+            max_ack_delay: Duration::from_millis(5),
             max_streams: 64,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
@@ -1052,6 +1064,10 @@ fn transport_config(tuning: &Tuning) -> Result<quinn::TransportConfig, EndpointE
     .keep_alive_interval(Some(tuning.keep_alive))
     .datagram_receive_buffer_size(None)
     .enable_segmentation_offload(true);
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(tuning.ack_eliciting_threshold))
+        .max_ack_delay(Some(tuning.max_ack_delay));
+    t.ack_frequency_config(Some(ack));
     let mut mtu = MtuDiscoveryConfig::default();
     mtu.upper_bound(tuning.mtu_upper_bound.clamp(1200, MAX_MTU));
     t.mtu_discovery_config(Some(mtu));
