@@ -28,6 +28,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cr_formats::disk::manifest::CHAIN_MANIFEST;
@@ -143,6 +144,40 @@ pub struct DiskTarget {
     pub cap: u64,
 }
 
+/// Copies `input` into the new, empty file `out`, leaving every 4 KiB
+/// block of zeros a hole: a delta's unwritten clusters stay unallocated on
+/// the destination as they were on the source (the stream carries them as
+/// zeros or as a GNU sparse entry's gaps, which read back as zeros).
+/// Returns the bytes copied.
+fn copy_sparse(input: &mut impl Read, out: &mut File) -> io::Result<u64> {
+    const BLOCK: usize = 4096;
+    let mut buf = vec![0u8; 64 * BLOCK];
+    let mut at = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        for block in buf[..filled].chunks(BLOCK) {
+            if block.iter().any(|&b| b != 0) {
+                out.write_all_at(block, at)?;
+            }
+            at += block.len() as u64;
+        }
+    }
+    // A trailing hole still counts toward the file's length.
+    out.set_len(at)?;
+    Ok(at)
+}
+
 /// Whether `name` may be a file of a chain directory.
 fn allowed_name(name: &str) -> bool {
     name == CHAIN_MANIFEST
@@ -186,7 +221,7 @@ pub fn receive(input: &mut impl Read, target: &DiskTarget, peer: &str) -> Result
             .create_new(true)
             .open(&dest)
             .map_err(|e| bad(format!("{name}: {e}")))?;
-        io::copy(&mut entry, &mut out).map_err(|e| bad(format!("{name}: {e}")))?;
+        copy_sparse(&mut entry, &mut out).map_err(|e| bad(format!("{name}: {e}")))?;
         out.sync_all().ctx("syncing", &dest)?;
     }
     if !manifest {
@@ -248,6 +283,32 @@ mod tests {
         ] {
             assert!(!allowed_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn zero_blocks_stay_holes_and_the_bytes_read_back_the_same() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // 1 MiB of data, 8 MiB of zeros, one odd-sized tail with data,
+        // then 2 MiB of zeros at the end (the length must still count).
+        let mut data = vec![0x5au8; 1 << 20];
+        data.extend(std::iter::repeat_n(0u8, 8 << 20));
+        data.extend_from_slice(&[1, 2, 3]);
+        data.extend(std::iter::repeat_n(0u8, 2 << 20));
+        let path = dir.path().join("x.delta");
+        let mut out = File::create_new(&path).unwrap();
+        let n = copy_sparse(&mut data.as_slice(), &mut out).unwrap();
+        drop(out);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(fs::read(&path).unwrap(), data);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), data.len() as u64);
+        // The data blocks only (1 MiB and one 4 KiB block), not 11 MiB.
+        let allocated = meta.blocks() * 512;
+        assert!(
+            allocated <= (1 << 20) + (64 << 10),
+            "{allocated} bytes allocated for 1 MiB of data"
+        );
     }
 
     fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
