@@ -166,12 +166,23 @@ fn copy_sparse(input: &mut impl Read, out: &mut File) -> io::Result<u64> {
         if filled == 0 {
             break;
         }
-        for block in buf[..filled].chunks(BLOCK) {
-            if block.iter().any(|&b| b != 0) {
-                out.write_all_at(block, at)?;
+        // One write per run of blocks holding data, not one per block.
+        let mut run: Option<usize> = None;
+        for (i, block) in buf[..filled].chunks(BLOCK).enumerate() {
+            let data = block.iter().any(|&b| b != 0);
+            match (data, run) {
+                (true, None) => run = Some(i * BLOCK),
+                (false, Some(start)) => {
+                    out.write_all_at(&buf[start..i * BLOCK], at + start as u64)?;
+                    run = None;
+                }
+                _ => {}
             }
-            at += block.len() as u64;
         }
+        if let Some(start) = run {
+            out.write_all_at(&buf[start..filled], at + start as u64)?;
+        }
+        at += filled as u64;
     }
     // A trailing hole still counts toward the file's length.
     out.set_len(at)?;
