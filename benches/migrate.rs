@@ -179,10 +179,11 @@ fn main() {
         let ck = &r["checkpoint"];
         let pc = &ck["pre_copy"];
         println!(
-            "      pre-copy {:.0} ms while running ({} rounds, {} pages), frozen dump {:.0} ms ({} pages), stream {:.0} ms, cleanup after {:.0} ms",
+            "      pre-copy {:.0} ms while running ({} rounds, {} pages), then {:.0} ms until the stream carried it; frozen dump {:.0} ms ({} pages), stream {:.0} ms, cleanup after {:.0} ms",
             pc["ms"].as_f64().unwrap_or(0.0),
             pc["rounds"].as_u64().unwrap_or(0),
             pc["pages_written"].as_u64().unwrap_or(0),
+            pc["drain_ms"].as_f64().unwrap_or(0.0),
             ck["frozen_ms"].as_f64().unwrap_or(0.0),
             ck["frozen_pages_written"].as_u64().unwrap_or(0),
             ms("stream_ms"),

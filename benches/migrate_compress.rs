@@ -112,10 +112,14 @@ fn main() {
                 )
             };
             println!(
-                "  link {:>9}, --compress {compress:<5}: total {:.2} s, frozen {:.2} s, {:.0} MiB on the wire; {gate}",
+                "  link {:>9}, --compress {compress:<5}: total {:.2} s, frozen {:.2} s (after {:.2} s waiting for the pre-copy to cross), {:.0} MiB on the wire; {gate}",
                 if slow { SLOW } else { "veth" },
                 r["total_ms"].as_f64().unwrap_or(f64::NAN) / 1e3,
                 r["frozen_ms"].as_f64().unwrap_or(f64::NAN) / 1e3,
+                r["checkpoint"]["pre_copy"]["drain_ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+                    / 1e3,
                 r["bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
             );
         }

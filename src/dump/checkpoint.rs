@@ -63,6 +63,10 @@ pub struct PageSink {
 pub trait SinkWrite: Send + Sync {
     fn write_all(&self, data: &[u8]) -> std::io::Result<()>;
     fn flush(&self) -> std::io::Result<()>;
+    /// Waits until what was written is nearly all delivered (a stream's
+    /// backlog on a slow link): called after the pre-copy, before the
+    /// freeze, so that the backlog does not cross in the frozen window.
+    fn drain(&self) -> std::io::Result<()>;
 }
 
 impl std::fmt::Debug for PageSink {
@@ -583,6 +587,21 @@ fn run(
     let init_pid = surveyed.first().map(|t| t.host_pid);
     drop(surveyed);
     let mut precopy = precopy;
+    if let (Some(pc), Some(sink)) = (precopy.as_mut(), &opts.page_sink) {
+        // What the pre-copy wrote into a stream crosses now, while the
+        // container runs, not in the frozen window.
+        let at = Instant::now();
+        let drained = pages
+            .flush_chunk()
+            .map_err(Error::from)
+            .and_then(|()| sink.out.drain().ctx("sending the pre-copy to", &sink.name));
+        if let Err(e) = drained {
+            drop(pages);
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        pc.stats.drain_ms = at.elapsed().as_secs_f64() * 1e3;
+    }
     let pre_copy_stats = precopy.as_ref().map(|pc| pc.stats.clone());
     if (!opts.leave_running || opts.keep_frozen) && precopy.is_some() && opts.page_sink.is_none() {
         // The container will be stopped once its image is durable: what

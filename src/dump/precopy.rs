@@ -76,6 +76,9 @@ pub struct PreCopyStats {
     /// From the start of tracking until the last round was copied (the
     /// container runs all along).
     pub ms: f64,
+    /// After the last round, until a migration's stream had carried the
+    /// pre-copy (the container runs all along): see `SinkWrite::drain`.
+    pub drain_ms: f64,
     pub rounds: u32,
     /// Pages stored with their contents before the freeze.
     pub pages_written: u64,

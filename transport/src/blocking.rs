@@ -7,6 +7,8 @@
 //!   BlockingSend::write ─ fills a 1 MiB chunk
 //!        │ full / flush: blocking_send(Bytes) ─▶ [bounded queue, 4 chunks] ─▶ pump task:
 //!        │                                                       write_chunk(..) on the SendStream
+//!   drain(): send window capped, Barrier ───────────────────────▶ answered once QUIC took
+//!        ◀──────────────────────────────────────────────────────── every piece before it
 //!   finish(): last chunk + Finish ─────────────────────────────▶ finish(); stopped() = all acked
 //!        ◀────────────────────────── oneshot: Ok(bytes) | Err(why) ──┘
 //!
@@ -32,6 +34,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::VarInt;
@@ -53,6 +57,8 @@ const READ_BATCH: usize = 64;
 
 enum Piece {
     Data(Bytes),
+    /// Answered once QUIC has taken every piece before it.
+    Barrier(std::sync::mpsc::SyncSender<()>),
     Finish,
 }
 
@@ -62,7 +68,13 @@ pub struct BlockingSend {
     tx: Option<mpsc::Sender<Piece>>,
     done: Option<oneshot::Receiver<Result<u64, SessionError>>>,
     peer: String,
+    /// The connection and its usual send window, for [`BlockingSend::drain`]
+    /// (None for a control stream).
+    window: Option<(quinn::Connection, u64)>,
 }
+
+/// How often [`BlockingSend::drain`] asks whether to give up.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 impl BlockingSend {
     /// Opens a data stream on `session` (writing its header) and wraps it.
@@ -77,7 +89,10 @@ impl BlockingSend {
 
     /// Wraps a send stream of `session`.
     pub fn new(handle: &Handle, session: &Session, stream: quinn::SendStream) -> BlockingSend {
-        BlockingSend::spawn(handle, stream, session.peer().name.clone(), session.ours())
+        let mut send =
+            BlockingSend::spawn(handle, stream, session.peer().name.clone(), session.ours());
+        send.window = Some((session.connection().clone(), session.send_window()));
+        send
     }
 
     fn spawn(
@@ -99,6 +114,46 @@ impl BlockingSend {
             tx: Some(tx),
             done: Some(done_rx),
             peer,
+            window: None,
+        }
+    }
+
+    /// Hands QUIC what is buffered and waits until it has taken every byte
+    /// written so far, with at most `backlog` bytes of the whole connection
+    /// left unacknowledged: what the link still has to carry is then at
+    /// most `backlog`. A migration calls it before the freeze, so that a
+    /// slow link's backlog crosses while the container still runs.
+    ///
+    /// The connection's send window is capped at `backlog` meanwhile and
+    /// put back after. `cancelled` is asked every 100 ms; when it says so
+    /// the wait ends with an `Interrupted` error.
+    pub fn drain(&mut self, backlog: u64, cancelled: &dyn Fn() -> bool) -> io::Result<()> {
+        let _cap = self.window.as_ref().map(|(conn, usual)| {
+            conn.set_send_window(backlog);
+            WindowCap {
+                conn: conn.clone(),
+                usual: *usual,
+            }
+        });
+        self.send_buffer()?;
+        let (taken_tx, taken) = std::sync::mpsc::sync_channel(1);
+        self.send_piece(Piece::Barrier(taken_tx))?;
+        loop {
+            match taken.recv_timeout(DRAIN_POLL) {
+                Ok(()) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) if cancelled() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        format!("waiting for the stream to peer {} to drain", self.peer),
+                    ))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The pump stopped: it has the reason.
+                    self.tx = None;
+                    return Err(self.outcome_error());
+                }
+            }
         }
     }
 
@@ -200,6 +255,10 @@ async fn pump_send(
                     .await
                     .map_err(|e| write_error(peer, ours, e, WHAT))?;
             }
+            Some(Piece::Barrier(taken)) => {
+                // The writer may have given up waiting.
+                let _ = taken.try_send(());
+            }
             Some(Piece::Finish) => {
                 stream.finish().map_err(|_| SessionError::Closed {
                     peer: peer.to_string(),
@@ -230,6 +289,18 @@ async fn pump_send(
                 });
             }
         }
+    }
+}
+
+/// Puts a connection's send window back when dropped.
+struct WindowCap {
+    conn: quinn::Connection,
+    usual: u64,
+}
+
+impl Drop for WindowCap {
+    fn drop(&mut self) {
+        self.conn.set_send_window(self.usual);
     }
 }
 

@@ -34,8 +34,8 @@
 //! [`Tuning`] sets the windows for bulk transfer on a LAN: a stream may
 //! have 16 MiB in flight (more than a 1 Gbit/s path with 100 ms of RTT
 //! needs, and little enough that a migration's pre-copy does not run
-//! seconds ahead of a slow link: what is still unsent at the freeze
-//! crosses while frozen), a connection 256 MiB, and UDP socket buffers are
+//! seconds ahead of a slow link; before the freeze the migration waits for
+//! that backlog with `BlockingSend::drain`), a connection 256 MiB, and UDP socket buffers are
 //! raised to 16 MiB so bursts are not dropped by the kernel; quinn sends
 //! with GSO (10 segments per send) when the kernel offers it, and MTU
 //! discovery goes up to [`MAX_MTU`] where the path allows. The receiver is
@@ -492,6 +492,7 @@ impl Endpoint {
             peer: peer.clone(),
             ours: self.identity.fingerprint(),
             version: 0,
+            send_window: self.tuning.send_window,
         };
         // With TLS 1.3 the client finishes its handshake before the server
         // has checked the client's certificate, so a refusal shows up on the
@@ -624,6 +625,7 @@ impl IncomingSession {
             peer: peer.clone(),
             ours: self.endpoint.identity.fingerprint(),
             version: 0,
+            send_window: self.endpoint.tuning.send_window,
         };
         let timeout = self.endpoint.tuning.hello_timeout;
         let timed_out = || SessionError::Timeout {
@@ -697,6 +699,9 @@ pub struct Session {
     peer: Peer,
     ours: Fingerprint,
     version: u16,
+    /// [`Tuning::send_window`], which [`crate::BlockingSend::drain`] caps
+    /// for a while and then puts back.
+    send_window: u64,
 }
 
 impl fmt::Debug for Session {
@@ -732,6 +737,12 @@ impl Session {
     /// The underlying quinn connection (statistics, RTT).
     pub fn connection(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// The bytes the connection may have unacknowledged, as set up
+    /// ([`Tuning::send_window`]).
+    pub fn send_window(&self) -> u64 {
+        self.send_window
     }
 
     /// Opens a data stream and writes its header.

@@ -38,6 +38,11 @@ struct Pair {
 /// A server trusting the client as "client1", a client trusting the server
 /// as "server1".
 fn pair(rt: &Runtime) -> Pair {
+    pair_tuned(rt, Tuning::default())
+}
+
+/// [`pair`] with the server's windows as `server_tuning` says.
+fn pair_tuned(rt: &Runtime, server_tuning: Tuning) -> Pair {
     let _guard = rt.enter();
     let server_id = Identity::generate().unwrap();
     let client_id = Identity::generate().unwrap();
@@ -48,7 +53,7 @@ fn pair(rt: &Runtime) -> Pair {
     )
     .unwrap()])
     .unwrap();
-    let server = Endpoint::listen(any(), &server_id, server_trust, Tuning::default()).unwrap();
+    let server = Endpoint::listen(any(), &server_id, server_trust, server_tuning).unwrap();
     let addr = server.local_addr().unwrap();
     let server_peer = Peer::new("server1", &addr.to_string(), server_id.fingerprint()).unwrap();
     let client_trust = TrustStore::from_peers(vec![server_peer.clone()]).unwrap();
@@ -481,4 +486,75 @@ fn blocking_control_exchanges_messages() {
         })
     );
     assert!(matches!(closed, Err(ProtocolError::Closed)), "{closed:?}");
+}
+
+/// A reader that takes 128 KiB every 10 ms (about 13 MB/s) through a 2 MiB
+/// stream window: after `drain(1 MiB)` the writer may have at most that
+/// unacknowledged, and the receiver at most its window unread, so all but
+/// 3 MiB of what was written has been read. Without the drain the writer's
+/// own queue (about 5 MiB) and the window would still be on their way.
+#[test]
+fn drain_waits_until_little_is_left_to_carry() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const MIB: u64 = 1 << 20;
+    const WRITTEN: u64 = 12 * MIB;
+    const BACKLOG: u64 = MIB;
+    const WINDOW: u64 = 2 * MIB;
+    let rt = runtime();
+    let tuning = Tuning {
+        stream_receive_window: WINDOW,
+        ..Tuning::default()
+    };
+    let p = pair_tuned(&rt, tuning);
+    let migration = MigrationId([8; 16]);
+    let server = p.server.clone();
+    let ss = rt.spawn(async move { server.accept().await.unwrap().establish().await.unwrap() });
+    let (cs, _cc) = rt.block_on(p.client.connect("server1")).unwrap();
+    let (ss, _sc) = rt.block_on(ss).unwrap();
+    let read = Arc::new(AtomicU64::new(0));
+    let counted = read.clone();
+    let reader = rt.spawn(async move {
+        let (_, mut recv) = ss.accept_stream(migration).await.unwrap();
+        let mut buf = vec![0u8; 128 << 10];
+        loop {
+            match recv.read(&mut buf).await.unwrap() {
+                Some(n) => counted.fetch_add(n as u64, Ordering::SeqCst),
+                None => break,
+            };
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ss
+    });
+    let mut w = BlockingSend::open(
+        rt.handle(),
+        &cs,
+        StreamHeader::new(StreamKind::Pages, migration, 0),
+    )
+    .unwrap();
+    w.write_all(&vec![7u8; WRITTEN as usize]).unwrap();
+    w.drain(BACKLOG, &|| false).unwrap();
+    let at_drain = read.load(Ordering::SeqCst);
+    assert!(
+        at_drain >= WRITTEN - BACKLOG - WINDOW,
+        "drained with only {at_drain} of {WRITTEN} bytes read"
+    );
+    // The window is back: the rest goes, and the stream ends complete.
+    w.write_all(&vec![7u8; MIB as usize]).unwrap();
+    assert_eq!(w.finish().unwrap(), WRITTEN + MIB);
+    let _ss = rt.block_on(reader).unwrap();
+    assert_eq!(read.load(Ordering::SeqCst), WRITTEN + MIB);
+
+    // A drain that is cancelled gives up with Interrupted.
+    let stop = AtomicBool::new(false);
+    let mut w = BlockingSend::open(
+        rt.handle(),
+        &cs,
+        StreamHeader::new(StreamKind::Pages, migration, 1),
+    )
+    .unwrap();
+    w.write_all(&vec![7u8; 4 * MIB as usize]).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let err = w.drain(1, &|| stop.load(Ordering::SeqCst)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "{err}");
 }
