@@ -174,8 +174,19 @@ fn snapshots_show_their_moment_and_merge_keeps_the_view() {
         }
     }
 
-    // Merge online: one delta left, the same files and contents.
+    // Merge the top into s2 only: s1 stays a snapshot, s2 is the top again.
     let before = h.exec("snap", &["sh", "-c", "md5sum /user-*"]);
+    h.ok(&["disk", "merge", "snap", "--into", &s2]);
+    let list = disk_list(&h, "snap");
+    let ids: Vec<&str> = list.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [s1.as_str(), s2.as_str()], "{list:?}");
+    assert_eq!(list[0]["read_only"], true, "{list:?}");
+    assert_eq!(list[1]["read_only"], false, "{list:?}");
+    assert_eq!(h.exec("snap", &["sh", "-c", "md5sum /user-*"]), before);
+    let err = h.fails(&["disk", "merge", "snap", "--into", "nonsense"]);
+    assert!(err.contains("not a delta id"), "{err}");
+
+    // Merge online: one delta left, the same files and contents.
     h.ok(&["disk", "merge", "snap"]);
     assert_eq!(disk_list(&h, "snap").len(), 1);
     assert_eq!(h.exec("snap", &["sh", "-c", "md5sum /user-*"]), before);

@@ -115,6 +115,7 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
     lan.serve(1, None);
     lan.serve(2, None);
     let big = start(&lan);
+    let chain_before = deltas(&lan.h1);
     // A byte of the disk stream flipped on the wire.
     let out = lan
         .h1
@@ -136,11 +137,23 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
         &[("/root/a", "before")],
         "after a corrupt disk stream",
     );
+    // The migration's two snapshots were folded back: the chain is as it was.
+    assert_eq!(deltas(&lan.h1), chain_before, "after a corrupt disk stream");
     // The destination refuses what arrived, then the restore fails there.
     for fault in ["transfer", "restore"] {
         lan.serve(2, Some(fault));
         let err = lan.h1.fails(&["migrate", "dk", "host2"]);
         assert!(err.contains("fault injected"), "{fault}: {err}");
         assert_on(&lan, 1, &big, &[("/root/a", "before")], fault);
+        assert_eq!(deltas(&lan.h1), chain_before, "{fault}");
     }
+}
+
+/// The ids of the chain's deltas on host `h`, bottom first.
+fn deltas(h: &TestHost) -> Vec<String> {
+    let out = h.ok(&["disk", "list", "dk", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("disk list json");
+    list.iter()
+        .map(|d| d["id"].as_str().expect("a delta id").to_string())
+        .collect()
 }

@@ -20,7 +20,7 @@ pub enum DiskCommand {
     /// List the deltas of a container's disk, bottom first.
     List(ListArgs),
     /// Fold every delta into the bottom one (online while the container runs).
-    Merge(NameArg),
+    Merge(MergeArgs),
     /// Grow the disk (and its filesystem) to SIZE.
     Grow(GrowArgs),
     /// Verify a disk: a container's, a chain directory or one delta file.
@@ -38,6 +38,16 @@ pub enum DiskCommand {
 pub struct NameArg {
     /// Container name.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Container name.
+    pub name: String,
+    /// Fold only the deltas above this one (a delta id from `cr disk
+    /// list`) into it: undoes the snapshots taken since it was the top.
+    #[arg(long, value_name = "ID")]
+    pub into: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +144,13 @@ pub fn run(host: &Host, cmd: DiskCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DiskCommand::Merge(a) => {
-            let reply = request(host, &a.name, &Request::Merge)?;
+            let req = match &a.into {
+                Some(delta) => Request::MergeInto {
+                    delta: delta.clone(),
+                },
+                None => Request::Merge,
+            };
+            let reply = request(host, &a.name, &req)?;
             if let Reply::Merged {
                 removed,
                 clusters_copied,

@@ -127,6 +127,60 @@ impl DiskSender {
     }
 }
 
+/// A container's disk chain as it was before a migration snapshotted it.
+/// Dropped while armed (the migration failed and the container stays
+/// here), it folds every delta above the top of then back into it, so
+/// the chain is as before, not two snapshots longer; [`DiskUndo::keep`]
+/// disarms it (the container went, or may have).
+pub struct DiskUndo {
+    container: Container,
+    /// The top delta's id before the migration; None: nothing to undo.
+    base: Option<String>,
+}
+
+impl DiskUndo {
+    /// Remembers the chain's top now (nothing for a container without a
+    /// disk).
+    pub fn new(container: &Container) -> Result<DiskUndo> {
+        let base = match container.config.disk {
+            Some(_) => {
+                let chain = DiskPaths::new(&container.dir).chain;
+                let manifest = read_manifest(&chain)?;
+                let top = manifest.top().ok_or_else(|| {
+                    Error::Invalid(format!("{}: the chain has no delta", chain.display()))
+                })?;
+                Some(top.id.to_string())
+            }
+            None => None,
+        };
+        Ok(DiskUndo {
+            container: container.clone(),
+            base,
+        })
+    }
+
+    /// The snapshots stay.
+    pub fn keep(mut self) {
+        self.base = None;
+    }
+}
+
+impl Drop for DiskUndo {
+    fn drop(&mut self) {
+        let Some(base) = self.base.take() else {
+            return;
+        };
+        let name = &self.container.name;
+        let folded = ContainerDisk::open(&self.container).and_then(|d| d.merge_into(&base));
+        if let Err(e) = folded {
+            // Nothing is lost: the snapshots hold the same files.
+            eprintln!(
+                "cr migrate: the disk of {name} keeps the migration's snapshots (folding them back failed: {e}); `cr disk merge {name}` folds them"
+            );
+        }
+    }
+}
+
 fn read_manifest(chain: &Path) -> Result<ChainManifest> {
     let path = chain.join(CHAIN_MANIFEST);
     let bytes = fs::read(&path).ctx("reading", &path)?;

@@ -292,6 +292,16 @@ pub fn migrate(
         streams.push(crate::migrate::LAYER_STREAM);
     }
     let mut layer_total = None;
+    // Dropped before the end (the migration failed), it undoes the disk's
+    // snapshots; declared before `frozen`, it drops after the thaw.
+    let disk_undo = match crate::migrate::disk::DiskUndo::new(&container) {
+        Ok(undo) => undo,
+        Err(e) => {
+            abort(&mut control, format!("reading the disk chain failed: {e}"));
+            Record::remove(host, &id);
+            return Err(before_resume(name, e));
+        }
+    };
     let wire = crate::migrate::WireOptions::new(opts.compress);
     let sender = control
         .send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {
@@ -466,6 +476,7 @@ pub fn migrate(
             Some(OutcomeState::Resumed) => true,
             Some(OutcomeState::Failed) | Some(OutcomeState::Unknown) => false,
             Some(OutcomeState::InProgress) | None => {
+                disk_undo.keep();
                 frozen.hold()?;
                 return Err(Error::Invalid(format!(
                     "{name} may be running on {peer} now: the answer to Resume was lost ({e}) \
@@ -489,6 +500,7 @@ pub fn migrate(
     // the frozen copy here is reported apart.
     let total_ms = phases.start.elapsed().as_secs_f64() * 1e3;
     progress.phase("removing the copy here");
+    disk_undo.keep();
     finish_here(&container, frozen)?;
     Record::remove(host, &id);
     let _ = control.send(&Message::Confirm(MigrationRef { migration: id }));

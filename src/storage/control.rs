@@ -51,6 +51,9 @@ pub enum Request {
     List,
     /// Fold every delta into the bottom one, online.
     Merge,
+    /// Fold every delta above `delta` (an id) into it, online: undoes the
+    /// snapshots taken since `delta` was the top (a failed migration's).
+    MergeInto { delta: String },
     /// Grow the virtual disk to `size` bytes.
     Grow { size: u64 },
     /// Close the current write generation.
@@ -278,7 +281,8 @@ pub fn handle(shared: &Shared, req: &Request, out: &mut Vec<u8>) -> Result<Reply
                 .collect();
             Ok(Reply::List { deltas })
         }
-        Request::Merge => merge_all(shared),
+        Request::Merge => merge_above(shared, None),
+        Request::MergeInto { delta } => merge_above(shared, Some(parse_delta_id(delta)?)),
         Request::Grow { size } => {
             let mut c = shared.lock();
             if *size < c.virtual_size() {
@@ -326,17 +330,27 @@ pub fn handle(shared: &Shared, req: &Request, out: &mut Vec<u8>) -> Result<Reply
     }
 }
 
-/// Folds delta 1 into delta 0 until one delta is left, in short steps.
-fn merge_all(shared: &Shared) -> Result<Reply> {
+/// Folds the delta above `base` (the bottom one when None) into it until
+/// `base` is the top, in short steps.
+fn merge_above(shared: &Shared, base: Option<DeltaId>) -> Result<Reply> {
     let mut removed = 0u32;
     let mut copied = 0u64;
     loop {
         {
             let mut c = shared.lock();
-            if c.deltas().len() < 2 {
+            let at = match base {
+                None => 0,
+                Some(id) => c
+                    .manifest()
+                    .deltas
+                    .iter()
+                    .position(|d| d.id == id)
+                    .ok_or_else(|| Error::Invalid(format!("the chain has no delta {id}")))?,
+            };
+            if c.deltas().len() < at + 2 {
                 break;
             }
-            c.merge_begin(1).map_err(disk)?;
+            c.merge_begin(at + 1).map_err(disk)?;
         }
         loop {
             let p = shared.lock().merge_step(MERGE_STEP).map_err(disk)?;

@@ -33,7 +33,7 @@ use cr_formats::disk::{check_chain, check_delta, Chain, FsDir, DEFAULT_CLUSTER_S
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use super::control::{self, CheckView, Reply, Request, Shared};
+use super::control::{self, CheckView, DeltaView, Reply, Request, Shared};
 use super::loopdev::{self, LoopDevice, LoopOptions};
 use super::serve::{self, ServerHealth};
 use super::DiskPaths;
@@ -477,6 +477,27 @@ impl ContainerDisk {
             device: Some((device, device_size)),
             filesystem_online,
         })
+    }
+
+    /// The chain's deltas, bottom first.
+    pub fn deltas(&self) -> Result<Vec<DeltaView>> {
+        match self.request(&Request::List, &mut Vec::new())? {
+            Reply::List { deltas } => Ok(deltas),
+            other => Err(unexpected(&Request::List, &other)),
+        }
+    }
+
+    /// Folds every delta above `delta` (an id) into it, online: undoes the
+    /// snapshots taken since `delta` was the top. Returns how many deltas
+    /// went.
+    pub fn merge_into(&self, delta: &str) -> Result<u32> {
+        let req = Request::MergeInto {
+            delta: delta.to_string(),
+        };
+        match self.request(&req, &mut Vec::new())? {
+            Reply::Merged { removed, .. } => Ok(removed),
+            other => Err(unexpected(&req, &other)),
+        }
     }
 
     /// Closes the current write generation: what is written from now on is

@@ -341,7 +341,9 @@ pub fn reap(pid: Pid) {
 /// The timeout for a request: merges and exports scale with the disk.
 pub fn call_timeout(req: &Request) -> Duration {
     match req {
-        Request::Merge | Request::Export { .. } | Request::Check => Duration::from_secs(3600),
+        Request::Merge | Request::MergeInto { .. } | Request::Export { .. } | Request::Check => {
+            Duration::from_secs(3600)
+        }
         _ => CONTROL_TIMEOUT,
     }
 }
