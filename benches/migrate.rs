@@ -103,6 +103,8 @@ fn main() {
             .find(|l| l.contains("runs here"))
             .unwrap_or("(no line in the destination's log)")
             .to_string();
+        // The lazy fill after the resume ends before the bare stream runs.
+        let fill = lazy_fill(h2);
         h2.run(&["destroy", "mem"]);
         // The limit, right after: the same bytes on one bare stream.
         let bytes = report["bytes"].as_u64().expect("bytes in the report");
@@ -115,6 +117,7 @@ fn main() {
             wall,
             report,
             dest,
+            fill,
             adjacent: bytes as f64 / bare.as_secs_f64(),
             cpu,
             bare_cpu,
@@ -140,6 +143,7 @@ fn main() {
             wall,
             report: r,
             dest,
+            fill,
             adjacent,
             cpu,
             bare_cpu,
@@ -202,6 +206,7 @@ fn main() {
             "      destination: {}",
             dest.split_once(": ").map_or(dest.as_str(), |(_, l)| l)
         );
+        println!("      destination after the resume: {fill}");
         println!(
             "      CPU (user+system): source cr migrate {:.2} s, destination cr serve {:.2} s, in {wall:.2} s of wall on {} cores; the bare stream after it: {bare_cpu:.2} s (both ends) in {bare_s:.2} s",
             cpu.0,
@@ -219,6 +224,8 @@ struct Run {
     report: serde_json::Value,
     /// The destination's log line for it.
     dest: String,
+    /// The destination's lazy fill after the resume (its supervisor's log).
+    fill: String,
     /// The bare stream measured right after it, bytes/s.
     adjacent: f64,
     /// CPU seconds (user + system) of the source's `cr migrate` and of the
@@ -330,6 +337,23 @@ fn enter(host: &LanHost) {
 
 /// Sends `bytes` on one QUIC data stream from host1 to host2; returns the
 /// time from opening the stream until every byte was acknowledged.
+/// The `lazy pages:` line of the container's supervisor on `h`, once the
+/// fill is done (10 s at most).
+fn lazy_fill(h: &common::lan::LanHost) -> String {
+    let log = h.root.join("containers/mem/supervisor.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().rfind(|l| l.starts_with("lazy pages:")) {
+            return line.to_string();
+        }
+        if Instant::now() > deadline {
+            return format!("(no lazy fill in {} after 10 s)", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn bare_stream(lan: &Lan, bytes: u64) -> Duration {
     let (h1, h2) = (&lan.hosts[0], &lan.hosts[1]);
     let server_id = Identity::generate().expect("identity");

@@ -28,6 +28,8 @@ fn round_trip(pages: &str) -> (String, String) {
     let h = TestHost::new();
     h.run_python_until("lazy", PROGRAM, "/root/ready");
     h.ok(&["checkpoint", "lazy"]);
+    let image = only_checkpoint(&h, "lazy").join("pages.img");
+    let stored = fs::read(&image).unwrap_or_default();
     std::thread::sleep(Duration::from_millis(1500));
     let log_path = h.root.join("containers/lazy/supervisor.log");
     let before = fs::read_to_string(&log_path).unwrap_or_default().len();
@@ -42,7 +44,25 @@ fn round_trip(pages: &str) -> (String, String) {
         "no result; console: {}; supervisor: {log}",
         h.ok(&["logs", "lazy"])
     );
+    // The user's checkpoint is restored from, never consumed.
+    assert!(
+        fs::read(&image).unwrap_or_default() == stored,
+        "the restore changed {}",
+        image.display()
+    );
     (file_in(&h, "lazy", "/root/result").trim().to_string(), log)
+}
+
+/// The one checkpoint directory of `name`.
+fn only_checkpoint(h: &TestHost, name: &str) -> std::path::PathBuf {
+    let dir = h.root.join("checkpoints").join(name);
+    let found: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].clone()
 }
 
 #[test]
@@ -54,6 +74,7 @@ fn memory_filled_after_the_resume_survives_fork_mremap_and_dontneed() {
         .find(|l| l.starts_with("lazy pages:"))
         .unwrap_or_else(|| panic!("the restore did not fill pages lazily: {log}"));
     assert!(line.contains(" 0 errors"), "{line}");
+    assert!(line.contains(" 0 KiB of the page store freed"), "{line}");
     assert!(!line.contains("(0 faults"), "no fault was served: {line}");
     // The child was forked while the fill went on: its address space was
     // filled through the fork event's userfaultfd.

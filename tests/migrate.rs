@@ -61,6 +61,9 @@ fn a_container_moves_there_and_back_with_its_address_and_a_client_connected() {
         let (ticks, after) = count(lan.host(to));
         assert!(ticks > 0);
         assert_eq!(after, sum, "the container's memory changed on the way");
+        // The lazy fill freed the staging's pages as it copied them in.
+        let freed = staging_freed(lan.host(to), "echo");
+        assert!(freed > 0, "host{to}: nothing of the staging freed");
         assert_eq!(lan.staging_mounts(from) + lan.staging_mounts(to), 0);
     }
     // A new connection reaches it at the same address.
@@ -97,6 +100,27 @@ fn a_peer_that_is_not_trusted_is_refused_and_nothing_moves() {
     // An unknown peer name is a clear error too.
     let err = lan.h1.fails(&["migrate", "echo", "nowhere"]);
     assert!(err.contains("nowhere"), "{err}");
+}
+
+/// KiB of the page store the lazy fill of `name` on `h` freed as it copied
+/// them in (its supervisor's log line), once the fill is done.
+fn staging_freed(h: &TestHost, name: &str) -> u64 {
+    let log = h.root.join("containers").join(name).join("supervisor.log");
+    let mut line = None;
+    wait_until(Duration::from_secs(10), || {
+        line = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rfind(|l| l.starts_with("lazy pages:"))
+            .map(str::to_string);
+        line.is_some()
+    });
+    let line = line.unwrap_or_else(|| panic!("no lazy fill in {}", log.display()));
+    line.split(" KiB of the page store freed")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no freed figure: {line}"))
 }
 
 /// The echo server runs on host1 with its memory intact, and the client's

@@ -64,6 +64,9 @@ pub fn start_with(container: &Container, restore: Option<(&Path, RestoreOptions)
             if how.frozen {
                 args.push(std::ffi::OsStr::new("--frozen"));
             }
+            if how.discard_pages {
+                args.push(std::ffi::OsStr::new("--discard-pages"));
+            }
             args
         }))
         .stdin(Stdio::null())

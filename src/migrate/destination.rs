@@ -303,6 +303,8 @@ fn serve(
     let how = RestoreOptions {
         pages: PagesMode::Lazy,
         frozen: true,
+        // The staging goes once the container runs.
+        discard_pages: true,
     };
     let name = config.name.clone();
     let restored = fault("restore").and_then(|()| {

@@ -30,6 +30,11 @@
 //! * The server is the container's supervisor: if it dies before the fill
 //!   ends, the kernel unregisters the ranges and pages not yet filled read
 //!   as zero. The fill takes well under a second for a GiB.
+//! * A migration's staging store is the restore's alone
+//!   (`RestoreOptions::discard_pages`): what is copied in is punched out
+//!   of its tmpfs file at once, so the fill holds the memory once, not
+//!   twice. A fork ends that (parent and child then map the same bytes);
+//!   a checkpoint of the user's is never touched.
 //! * Choice: `cr restore --pages lazy|eager` (lazy by default).
 
 use std::collections::{BTreeMap, HashMap};
@@ -163,8 +168,36 @@ impl LazyMap {
 
 /// The page store, mapped and verified, and what is left to fill.
 pub struct LazyPages {
-    store: Arc<Mmap>,
+    store: Store,
     spaces: Vec<Space>,
+}
+
+/// The mapped page store; with its file when what was copied in is freed
+/// from it (`RestoreOptions::discard_pages`).
+pub struct Store {
+    map: Arc<Mmap>,
+    /// Open for writing (a hole can be punched). Dropped at the first fork:
+    /// from then on two address spaces may want the same bytes.
+    discard: Option<File>,
+    /// Bytes freed so far.
+    freed: u64,
+}
+
+impl Store {
+    /// `[off, off + len)` was copied in and nothing else needs it: its
+    /// memory goes (a hole in the tmpfs file). Best effort: if the punch
+    /// fails the bytes just stay until the store is unmapped.
+    fn consumed(&mut self, off: u64, len: u64) {
+        let Some(file) = &self.discard else { return };
+        let (Ok(o), Ok(l)) = (i64::try_from(off), i64::try_from(len)) else {
+            return;
+        };
+        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if nix::fcntl::fallocate(file, flags, o, l).is_ok() {
+            self.freed += len;
+        }
+    }
 }
 
 /// One address space being filled.
@@ -200,14 +233,21 @@ pub fn load(
     image: &LoadedImage,
     husks: &HashMap<i32, PreparedHusk>,
     shared: &SharedObjects<'_>,
+    discard: bool,
     fail: &dyn Fn(i32, RestoreError) -> Error,
-) -> Result<(Arc<Mmap>, HashMap<i32, LazyMap>)> {
+) -> Result<(Store, HashMap<i32, LazyMap>)> {
     let path = cr_formats::layout::pages_path(&image.dir);
-    let file = File::open(&path).map_err(|e| Error::io("opening checkpoint image", &path, e))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(discard)
+        .open(&path)
+        .map_err(|e| Error::io("opening checkpoint image", &path, e))?;
     // SAFETY: the mapping is read-only and private to this process; the
     // image file is cr's own (under the host's state root or a directory
     // the administrator named), and every byte used is checksummed below,
-    // after the mapping was made.
+    // after the mapping was made. With `discard`, this process punches
+    // holes only in ranges it has copied and never reads again
+    // (`Store::consumed`).
     let store = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
         .map_err(|e| Error::io("mapping checkpoint image", &path, e))?;
     let store = Arc::new(store);
@@ -241,6 +281,11 @@ pub fn load(
         let now = defer(&pages, &p.vmas, base, store.len() as u64, map);
         write_pages(husk.pid, &p.vmas, &now).map_err(|e| fail(pid, e))?;
     }
+    let store = Store {
+        map: store,
+        discard: discard.then_some(file),
+        freed: 0,
+    };
     Ok((store, maps))
 }
 
@@ -326,7 +371,7 @@ fn piece<'a>(run: &Pages<'a>, from: u64, to: u64) -> Pages<'a> {
 /// registers its mappings; a process whose userfaultfd cannot be made
 /// gets its pages written now instead.
 pub fn register(
-    store: Arc<Mmap>,
+    store: Store,
     maps: HashMap<i32, LazyMap>,
     tracees: &mut [(i32, Tracee, Vec<Tracee>)],
     husks: &HashMap<i32, PreparedHusk>,
@@ -381,7 +426,7 @@ pub fn register(
                     .map(|(s, (e, src))| Pages {
                         vaddr: *s,
                         nr_pages: (e - s) / PAGE,
-                        data: store.get(*src as usize..(*src + (e - s)) as usize),
+                        data: store.map.get(*src as usize..(*src + (e - s)) as usize),
                     })
                     .collect();
                 write_pages(husk.pid, &p.vmas, &runs).map_err(|e| fail(*pid, e))?;
@@ -433,17 +478,24 @@ impl LazyPages {
                 let stats = self.run(&open);
                 eprintln!(
                     "lazy pages: {pages} pages of {spaces} processes filled in {:.1} ms \
-                     ({} faults served, {} forks, {} errors)",
+                     ({} faults served, {} forks, {} errors; {} KiB of the page store freed as copied)",
                     started.elapsed().as_secs_f64() * 1e3,
                     stats.faults,
                     stats.forks,
-                    stats.errors
+                    stats.errors,
+                    stats.freed >> 10,
                 );
             })?;
         Ok(FillGate(gate))
     }
 
     fn run(mut self, gate: &AtomicBool) -> Stats {
+        let mut stats = self.fill_all(gate);
+        stats.freed = self.store.freed;
+        stats
+    }
+
+    fn fill_all(&mut self, gate: &AtomicBool) -> Stats {
         let mut stats = Stats::default();
         let mut msgs = Vec::new();
         let mut next = 0usize;
@@ -471,9 +523,9 @@ impl LazyPages {
                 }
                 i += 1;
             }
-            let store = Arc::clone(&self.store);
+            let store = &mut self.store;
             self.spaces.retain_mut(|space| {
-                let gone = serve_faults(space, &store, &mut stats).is_err();
+                let gone = serve_faults(space, store, &mut stats).is_err();
                 let done = space.map.is_empty() && space.faults.is_empty();
                 !(gone || done)
             });
@@ -486,7 +538,7 @@ impl LazyPages {
             next = (next + 1) % self.spaces.len();
             let space = &mut self.spaces[next];
             if let Some((s, e, src)) = space.map.first() {
-                if let Fill::Gone(_) = fill(space, &store, s, e.min(s + BATCH), src) {
+                if let Fill::Gone(_) = fill(space, &mut self.store, s, e.min(s + BATCH), src) {
                     // The address space is gone (the process exited).
                     self.spaces.swap_remove(next);
                 }
@@ -503,6 +555,8 @@ impl LazyPages {
             }
             Msg::Fork { ufd } => {
                 stats.forks += 1;
+                // Parent and child now map the same bytes of the store.
+                self.store.discard = None;
                 // SAFETY: the kernel installed `ufd` in this process for the
                 // fork event; nothing else owns it.
                 let uffd = unsafe { OwnedFd::from_raw_fd(ufd) };
@@ -542,6 +596,7 @@ struct Stats {
     faults: u64,
     forks: u64,
     errors: u64,
+    freed: u64,
 }
 
 /// What one copy did.
@@ -559,7 +614,7 @@ enum Fill {
 /// met a changing address space stay for the next round.
 fn serve_faults(
     space: &mut Space,
-    store: &Mmap,
+    store: &mut Store,
     stats: &mut Stats,
 ) -> std::result::Result<(), Errno> {
     let faults = std::mem::take(&mut space.faults);
@@ -602,14 +657,14 @@ fn serve_faults(
 }
 
 /// Copies `[start, end)` of `space` from offset `src` of the store and
-/// forgets it in the map. Pages already there (a fault served them) are
-/// skipped.
-fn fill(space: &mut Space, store: &Mmap, start: u64, end: u64, src: u64) -> Fill {
+/// forgets it in the map (and in a discarded store, frees it). Pages
+/// already there (a fault served them) are skipped.
+fn fill(space: &mut Space, store: &mut Store, start: u64, end: u64, src: u64) -> Fill {
     let mut at = start;
     while at < end {
         let off = (src + (at - start)) as usize;
         let len = end - at;
-        let Some(bytes) = store.get(off..off + len as usize) else {
+        let Some(bytes) = store.map.get(off..off + len as usize) else {
             // The map points past the store: never built that way.
             space.map.remove(at, end);
             return Fill::Gone(Errno::EINVAL);
@@ -617,16 +672,19 @@ fn fill(space: &mut Space, store: &Mmap, start: u64, end: u64, src: u64) -> Fill
         match uffd::copy(space.uffd.as_fd(), at, bytes.as_ptr(), len) {
             Ok(_) => {
                 space.map.remove(at, end);
+                store.consumed(off as u64, len);
                 at = end;
             }
             Err((Errno::EEXIST, n)) => {
                 // The page after the `n` bytes copied is present: skip it.
-                let skip = n + PAGE;
+                let skip = (n + PAGE).min(len);
                 space.map.remove(at, at + skip);
+                store.consumed(off as u64, skip);
                 at += skip;
             }
             Err((Errno::EAGAIN, n)) => {
                 space.map.remove(at, at + n);
+                store.consumed(off as u64, n);
                 return Fill::Again;
             }
             Err((Errno::ENOENT, _)) => {

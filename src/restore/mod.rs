@@ -32,6 +32,11 @@ pub struct RestoreOptions {
     /// Leave every task frozen (cgroup freezer) once rebuilt: `cr thaw`
     /// (or a migration's Resume) lets it run.
     pub frozen: bool,
+    /// The image's page store is this restore's alone (a migration's
+    /// staging): lazy pages are freed from its file as they are copied in,
+    /// so the fill does not hold the memory twice. Never for a checkpoint
+    /// a user may restore again.
+    pub discard_pages: bool,
 }
 
 impl Default for RestoreOptions {
@@ -39,6 +44,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             pages: PagesMode::Lazy,
             frozen: false,
+            discard_pages: false,
         }
     }
 }

@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::inject::{RemoteSyscall, SeizeOptions, Tracee};
 use crate::restore::events;
 use crate::restore::image::LoadedImage;
-use crate::restore::lazy::{self, FillGate, PagesMode};
+use crate::restore::lazy::{self, FillGate};
 use crate::restore::process::{finish, prepare_with};
 use crate::restore::shmem::{self, SharedObjects};
 use crate::restore::timens;
@@ -1026,7 +1026,7 @@ pub fn take_over(
     let mut shared = SharedObjects::new(image, &host_pid);
     let rebuilt = shared
         .open_held()
-        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared, how.pages));
+        .and_then(|()| rebuild_all(image, &mut tracees, &mut shared, how));
     shared.unlink_deleted();
     drop(shared);
     // Dropped once every process runs: the lazy page server's fill begins.
@@ -1110,7 +1110,7 @@ fn rebuild_all(
     image: &LoadedImage,
     tracees: &mut [(i32, Tracee, Vec<Tracee>)],
     shared: &mut SharedObjects<'_>,
-    mode: PagesMode,
+    how: RestoreOptions,
 ) -> Result<Option<FillGate>> {
     let fail = |pid: i32, e: crate::restore::RestoreError| {
         let comm = image
@@ -1132,8 +1132,8 @@ fn rebuild_all(
         crate::restore::ipc::remove_destroyed(init.tgid().as_raw(), &image.ipc)?;
     }
     crate::restore::timing::mark("prepared");
-    let lazy = if lazy::usable(image, mode)? {
-        let (store, maps) = lazy::load(image, &husks, shared, &fail)?;
+    let lazy = if lazy::usable(image, how.pages)? {
+        let (store, maps) = lazy::load(image, &husks, shared, how.discard_pages, &fail)?;
         crate::restore::timing::mark("pages verified");
         let lazy = lazy::register(store, maps, tracees, &husks, image, &fail)?;
         Some(lazy)
