@@ -111,6 +111,7 @@ fn main() {
         let self0 = self_cpu();
         let bare = bare_stream(&lan, bytes);
         let bare_cpu = self_cpu() - self0;
+        let store = fresh_store(bytes);
         runs.push(Run {
             cold,
             rss,
@@ -122,6 +123,7 @@ fn main() {
             cpu,
             bare_cpu,
             bare_s: bare.as_secs_f64(),
+            store,
         });
     }
     let bytes = runs[0].report["bytes"].as_u64().unwrap_or(0);
@@ -148,6 +150,7 @@ fn main() {
             cpu,
             bare_cpu,
             bare_s,
+            store,
         } = run;
         let ms = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let total = ms("total_ms") / 1e3;
@@ -208,6 +211,10 @@ fn main() {
         );
         println!("      destination after the resume: {fill}");
         println!(
+            "      storing the same bytes into a new tmpfs file here, right after: {:.2} s ({:.2} s CPU): the destination does it before the resume, the bare stream does not",
+            store.0, store.1
+        );
+        println!(
             "      CPU (user+system): source cr migrate {:.2} s, destination cr serve {:.2} s, in {wall:.2} s of wall on {} cores; the bare stream after it: {bare_cpu:.2} s (both ends) in {bare_s:.2} s",
             cpu.0,
             cpu.1,
@@ -235,6 +242,9 @@ struct Run {
     /// duration.
     bare_cpu: f64,
     bare_s: f64,
+    /// Seconds (wall, CPU) to write the same bytes into a new file on a
+    /// new tmpfs, right after.
+    store: (f64, f64),
 }
 
 /// CPU seconds (user + system) of this process's waited-for children.
@@ -339,7 +349,7 @@ fn enter(host: &LanHost) {
 /// time from opening the stream until every byte was acknowledged.
 /// The `lazy pages:` line of the container's supervisor on `h`, once the
 /// fill is done (10 s at most).
-fn lazy_fill(h: &common::lan::LanHost) -> String {
+fn lazy_fill(h: &LanHost) -> String {
     let log = h.root.join("containers/mem/supervisor.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -352,6 +362,39 @@ fn lazy_fill(h: &common::lan::LanHost) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Writes `bytes` into a new file on a tmpfs of its own (1 MiB writes)
+/// and returns (wall, CPU of this process) seconds. On a VM whose freed
+/// memory goes back to the host (virtio-balloon free page reporting) the
+/// first touch of a page costs several times a reused one's.
+fn fresh_store(bytes: u64) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("cr-bench-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("store directory");
+    nix::mount::mount(
+        Some("cr-bench"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=2g"),
+    )
+    .expect("mounting the store tmpfs");
+    let data = pattern();
+    let (t, cpu0) = (Instant::now(), self_cpu());
+    let written = File::create(dir.join("pages.img")).and_then(|mut f| {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(data.len() as u64) as usize;
+            f.write_all(&data[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    });
+    let figures = (t.elapsed().as_secs_f64(), self_cpu() - cpu0);
+    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&dir);
+    written.expect("writing the store");
+    figures
 }
 
 fn bare_stream(lan: &Lan, bytes: u64) -> Duration {
