@@ -66,6 +66,14 @@ pub enum Error {
     Format(#[from] cr_formats::FormatError),
     #[error("disk: {0}")]
     Disk(Box<cr_formats::DiskError>),
+    /// A migration's data stream failed; `what` names the stream and the
+    /// peer.
+    #[error("{what}: {source}")]
+    Stream {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -84,6 +92,25 @@ impl Error {
             what: what.into(),
             source,
         }
+    }
+
+    /// A failure of the data stream `what` ("sending the Records stream to
+    /// host2").
+    pub fn stream(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Stream {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether this failure is the peer resetting a data stream: then the
+    /// peer's own reason (a `Failed` on the control stream) is the one to
+    /// report, and on the receiving side it is the echo of another error.
+    pub fn is_peer_reset(&self) -> bool {
+        cr_transport::SessionError::is_reset_in(self)
     }
 }
 
@@ -106,5 +133,42 @@ pub trait SysContext<T> {
 impl<T> SysContext<T> for nix::Result<T> {
     fn sys(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::sys(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cr_transport::SessionError;
+
+    fn reset() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            SessionError::Reset {
+                peer: "host2".into(),
+                what: "data stream",
+                code: 2,
+            },
+        )
+    }
+
+    #[test]
+    fn a_peer_reset_is_found_through_every_wrapper() {
+        let format = |source| cr_formats::FormatError::Io { offset: 7, source };
+        assert!(Error::stream("sending the Records stream to host2", reset()).is_peer_reset());
+        assert!(Error::Format(format(reset())).is_peer_reset());
+        assert!(Error::io("sending", "/x", io::Error::other(format(reset()))).is_peer_reset());
+        // The text alone is not the error.
+        let text = Error::Invalid(reset().to_string());
+        assert!(text.to_string().contains("reset the data stream"));
+        assert!(!text.is_peer_reset());
+        let lost = io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            SessionError::ConnectionLost {
+                peer: "host2".into(),
+                reason: "timed out".into(),
+            },
+        );
+        assert!(!Error::stream("sending", lost).is_peer_reset());
     }
 }

@@ -73,7 +73,7 @@ impl DiskSender {
     ) -> Result<DiskSender> {
         let what = format!("the disk stream to {peer}");
         let blob = BlobWriter::new(tx, wire.compression, wire.gate.clone())
-            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            .map_err(|e| Error::stream(what.as_str(), e))?;
         let mut tar = tar::Builder::new(blob);
         tar.mode(tar::HeaderMode::Deterministic);
         let mut sender = DiskSender {
@@ -119,10 +119,8 @@ impl DiskSender {
         let blob = self
             .tar
             .into_inner()
-            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-        let (_, tx) = blob
-            .finish()
-            .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            .map_err(|e| Error::stream(what.as_str(), e))?;
+        let (_, tx) = blob.finish().map_err(|e| Error::stream(what.as_str(), e))?;
         Ok(tx)
     }
 }

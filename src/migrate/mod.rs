@@ -513,9 +513,9 @@ impl ImageSender {
         let peer = self.peer.clone();
         let wire = self.wire.clone();
         let end = |kind: StreamKind, tx: Wire| -> Result<StreamTotal> {
-            let bytes = tx.finish().map_err(|e| {
-                Error::Invalid(format!("sending the {kind:?} stream to {peer}: {e}"))
-            })?;
+            let bytes = tx
+                .finish()
+                .map_err(|e| Error::stream(format!("sending the {kind:?} stream to {peer}"), e))?;
             Ok(StreamTotal {
                 kind,
                 index: 0,
@@ -569,7 +569,7 @@ fn blob(
     what: &str,
     fill: impl FnOnce(&mut cr_formats::BlobWriter<Wire>) -> Result<()>,
 ) -> Result<Wire> {
-    let framing = |e: cr_formats::FormatError| Error::Invalid(format!("{what}: {e}"));
+    let framing = |e: cr_formats::FormatError| Error::stream(what, e);
     let mut out =
         cr_formats::BlobWriter::new(tx, wire.compression, wire.gate.clone()).map_err(framing)?;
     fill(&mut out)?;
@@ -657,14 +657,14 @@ pub fn send_layer(
 ) -> Result<StreamTotal> {
     let peer = session.peer().name.clone();
     let tx = BlockingSend::open(rt, session, StreamHeader::new(StreamKind::Layer, id, 0))
-        .map_err(|e| Error::Invalid(format!("opening the layer stream to {peer}: {e}")))?;
+        .map_err(|e| Error::stream(format!("opening the layer stream to {peer}"), e))?;
     let tx = wire.wire(StreamKind::Layer, tx, progress.sent.clone());
     let tx = blob(tx, wire, &format!("the layer stream to {peer}"), |out| {
         layer::send(store, image, out)
     })?;
     let bytes = tx
         .finish()
-        .map_err(|e| Error::Invalid(format!("sending the layer stream to {peer}: {e}")))?;
+        .map_err(|e| Error::stream(format!("sending the layer stream to {peer}"), e))?;
     Ok(StreamTotal {
         kind: StreamKind::Layer,
         index: 0,
@@ -739,10 +739,7 @@ pub fn receive_image(
     let (errors, totals): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_err());
     let mut errors: Vec<Error> = errors.into_iter().filter_map(|r| r.err()).collect();
     if !errors.is_empty() {
-        let cause = errors
-            .iter()
-            .position(|e| !e.to_string().contains("reset the data stream"))
-            .unwrap_or(0);
+        let cause = errors.iter().position(|e| !e.is_peer_reset()).unwrap_or(0);
         return Err(errors.swap_remove(cause));
     }
     let totals: Vec<StreamTotal> = totals.into_iter().filter_map(|r| r.ok()).collect();
@@ -803,10 +800,10 @@ fn receive_stream(
         },
     };
     let fail = |what: &str, e: io::Error| {
-        Error::Invalid(format!(
-            "receiving the {:?} stream from {peer}: {what}: {e}",
-            header.kind
-        ))
+        Error::stream(
+            format!("receiving the {:?} stream from {peer}: {what}", header.kind),
+            e,
+        )
     };
     let into_file = |path: PathBuf, input: &mut Capped<BlockingRecv>| -> Result<()> {
         let mut f = File::create(&path).ctx("creating", &path)?;
@@ -866,35 +863,35 @@ fn receive_stream(
 /// only a raw store allows), verified on the way.
 fn receive_pages(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
     let path = cr_formats::layout::pages_path(dir);
-    let fail = |e: String| Error::Invalid(format!("the Pages stream from {peer}: {e}"));
+    let what = format!("the Pages stream from {peer}");
     let mut head = [0u8; cr_formats::STREAM_HEADER_LEN];
     input
         .read_exact(&mut head)
-        .map_err(|e| fail(format!("its header: {e}")))?;
+        .map_err(|e| Error::stream(format!("{what}: its header"), e))?;
     let header = cr_formats::StreamHeader::decode(&head, cr_formats::FORMAT_VERSION)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| Error::stream(what.as_str(), e))?;
     let mut f = File::create(&path).ctx("creating", &path)?;
     if header.codec == cr_formats::Codec::None {
         f.write_all(&head).ctx("writing", &path)?;
-        copy_chunks(input, &mut f).map_err(|e| fail(format!("writing: {e}")))?;
+        copy_chunks(input, &mut f).map_err(|e| Error::stream(format!("{what}: writing"), e))?;
     } else {
         let input = io::Cursor::new(head).chain(input);
         cr_formats::decompress_stream(input, io::BufWriter::with_capacity(1 << 20, f))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| Error::stream(what.as_str(), e))?;
     }
     Ok(())
 }
 
 fn blob_reader<R: Read>(input: R, what: &str, peer: &str) -> Result<cr_formats::BlobReader<R>> {
     cr_formats::BlobReader::new(input)
-        .map_err(|e| Error::Invalid(format!("the {what} stream from {peer}: {e}")))
+        .map_err(|e| Error::stream(format!("the {what} stream from {peer}"), e))
 }
 
 /// Reads a blob stream to its verified trailer (an archive reader may stop
 /// before it).
 fn blob_end<R: Read>(mut blob: cr_formats::BlobReader<R>, what: &str, peer: &str) -> Result<()> {
     io::copy(&mut blob, &mut io::sink())
-        .map_err(|e| Error::Invalid(format!("the {what} stream from {peer}: {e}")))?;
+        .map_err(|e| Error::stream(format!("the {what} stream from {peer}"), e))?;
     Ok(())
 }
 
@@ -906,10 +903,10 @@ fn unpack_rest(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
     archive.set_overwrite(false);
     let entries = archive
         .entries()
-        .map_err(|e| Error::Invalid(format!("the files stream from {peer}: {e}")))?;
+        .map_err(|e| Error::stream(format!("the files stream from {peer}"), e))?;
     for entry in entries {
         let mut entry =
-            entry.map_err(|e| Error::Invalid(format!("the files stream from {peer}: {e}")))?;
+            entry.map_err(|e| Error::stream(format!("the files stream from {peer}"), e))?;
         let path = entry.path().map(|p| p.into_owned()).unwrap_or_default();
         match entry.unpack_in(dir) {
             Ok(true) => {}
@@ -920,10 +917,10 @@ fn unpack_rest(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
                 )))
             }
             Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "the files stream from {peer}: unpacking {}: {e}",
-                    path.display()
-                )))
+                return Err(Error::stream(
+                    format!("the files stream from {peer}: unpacking {}", path.display()),
+                    e,
+                ))
             }
         }
     }

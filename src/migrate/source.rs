@@ -370,7 +370,7 @@ pub fn migrate(
                 Err(e) => {
                     // The peer stopped a stream: the others go now, so that it
                     // stops waiting for them and says why.
-                    let e = if e.to_string().contains("reset the data stream") {
+                    let e = if e.is_peer_reset() {
                         drop(sender);
                         peer_reason(&mut control, peer, e)
                     } else {
@@ -576,7 +576,7 @@ fn query(
 /// report (a corrupt frame, a stream too large, a disk that does not
 /// check).
 fn peer_reason(control: &mut Control, peer: &str, e: Error) -> Error {
-    if !e.to_string().contains("reset the data stream") {
+    if !e.is_peer_reset() {
         return e;
     }
     match control.recv(Duration::from_secs(2), "Failed") {

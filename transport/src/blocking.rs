@@ -321,7 +321,43 @@ pub struct BlockingRecv {
 enum RecvState {
     Open,
     End,
-    Failed(io::ErrorKind, String),
+    /// Every read from now on returns this again.
+    Failed(Failure),
+}
+
+/// How a receive stream failed, kept to be returned by every later read;
+/// a reset stays a [`SessionError::Reset`] inside the `io::Error`, so that
+/// callers can tell it from other failures by type.
+enum Failure {
+    Reset {
+        peer: String,
+        what: &'static str,
+        code: u64,
+    },
+    Other(io::ErrorKind, String),
+}
+
+impl Failure {
+    fn new(e: SessionError) -> Failure {
+        match e {
+            SessionError::Reset { peer, what, code } => Failure::Reset { peer, what, code },
+            e => {
+                let e = session_io_error(e);
+                Failure::Other(e.kind(), e.to_string())
+            }
+        }
+    }
+
+    fn error(&self) -> io::Error {
+        match self {
+            Failure::Reset { peer, what, code } => session_io_error(SessionError::Reset {
+                peer: peer.clone(),
+                what,
+                code: *code,
+            }),
+            Failure::Other(kind, message) => io::Error::new(*kind, message.clone()),
+        }
+    }
 }
 
 impl BlockingRecv {
@@ -361,9 +397,7 @@ impl BlockingRecv {
         loop {
             match &self.state {
                 RecvState::End => return Ok(false),
-                RecvState::Failed(kind, message) => {
-                    return Err(io::Error::new(*kind, message.clone()))
-                }
+                RecvState::Failed(failure) => return Err(failure.error()),
                 RecvState::Open => {}
             }
             match self.rx.blocking_recv() {
@@ -375,18 +409,15 @@ impl BlockingRecv {
                     }
                 }
                 Some(Item::End) => self.state = RecvState::End,
-                Some(Item::Error(e)) => {
-                    let e = session_io_error(e);
-                    self.state = RecvState::Failed(e.kind(), e.to_string());
-                }
+                Some(Item::Error(e)) => self.state = RecvState::Failed(Failure::new(e)),
                 None => {
-                    self.state = RecvState::Failed(
+                    self.state = RecvState::Failed(Failure::Other(
                         io::ErrorKind::BrokenPipe,
                         format!(
                             "stream from peer {}: the runtime stopped before the stream ended",
                             self.peer
                         ),
-                    )
+                    ))
                 }
             }
         }

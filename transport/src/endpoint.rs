@@ -255,6 +255,29 @@ pub enum SessionError {
     },
 }
 
+impl SessionError {
+    /// Whether `e`, or an error it wraps, is the peer resetting or stopping
+    /// a stream ([`SessionError::Reset`]); the blocking adapters carry it
+    /// inside an `io::Error`, which is looked into too.
+    pub fn is_reset_in(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(SessionError::Reset { .. }) = e.downcast_ref::<SessionError>() {
+                return true;
+            }
+            // io::Error's source() skips the error it wraps.
+            let inner = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref());
+            if inner.is_some_and(|inner| SessionError::is_reset_in(inner)) {
+                return true;
+            }
+            at = e.source();
+        }
+        false
+    }
+}
+
 /// A bound QUIC endpoint with this host's identity.
 #[derive(Clone)]
 pub struct Endpoint {

@@ -405,6 +405,8 @@ fn connection_closed_mid_stream_is_an_error_for_the_reader() {
 fn writer_dropped_without_finish_is_an_error_for_the_reader() {
     let err = read_after(|w, _| drop(w)).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    // A reset, by type, not only by kind or text.
+    assert!(SessionError::is_reset_in(&err), "{err}");
 }
 
 #[test]
