@@ -209,6 +209,18 @@ fn main() {
             "      destination: {}",
             dest.split_once(": ").map_or(dest.as_str(), |(_, l)| l)
         );
+        let l = &r["link"];
+        println!(
+            "      QUIC: {} datagrams ({:.0} MiB) sent, {} packets, {} lost ({:.1} MiB), {} congestion events, RTT {:.2} ms, MTU {}",
+            l["udp_datagrams_sent"].as_u64().unwrap_or(0),
+            l["udp_bytes_sent"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
+            l["packets_sent"].as_u64().unwrap_or(0),
+            l["lost_packets"].as_u64().unwrap_or(0),
+            l["lost_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
+            l["congestion_events"].as_u64().unwrap_or(0),
+            l["rtt_ms"].as_f64().unwrap_or(f64::NAN),
+            l["mtu"].as_u64().unwrap_or(0),
+        );
         println!("      destination after the resume: {fill}");
         println!(
             "      storing the same bytes into a new tmpfs file here, right after: {:.2} s ({:.2} s CPU): the destination does it before the resume, the bare stream does not",

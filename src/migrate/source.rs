@@ -83,6 +83,38 @@ pub struct MigrationReport {
     /// `--compress auto`: how many frames the gate compressed and the
     /// speeds it went by.
     pub compression: Option<cr_formats::GateFigures>,
+    /// The QUIC connection to the peer, at the end.
+    pub link: LinkFigures,
+}
+
+/// What the QUIC connection of a migration did (quinn's statistics).
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkFigures {
+    pub udp_datagrams_sent: u64,
+    pub udp_bytes_sent: u64,
+    pub packets_sent: u64,
+    /// Packets declared lost (and their bytes), sent again.
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    pub congestion_events: u64,
+    pub rtt_ms: f64,
+    pub mtu: u16,
+}
+
+impl LinkFigures {
+    fn of(session: &cr_transport::Session) -> LinkFigures {
+        let s = session.connection().stats();
+        LinkFigures {
+            udp_datagrams_sent: s.udp_tx.datagrams,
+            udp_bytes_sent: s.udp_tx.bytes,
+            packets_sent: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            lost_bytes: s.path.lost_bytes,
+            congestion_events: s.path.congestion_events,
+            rtt_ms: s.path.rtt.as_secs_f64() * 1e3,
+            mtu: s.path.current_mtu,
+        }
+    }
 }
 
 struct Phases {
@@ -517,6 +549,7 @@ pub fn migrate(
         }
     }
     drop(staging);
+    let link = LinkFigures::of(&session);
     session.close(0, "done");
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -534,6 +567,7 @@ pub fn migrate(
         phases: phases.list,
         checkpoint: checkpointed,
         compression: wire.gate.as_ref().map(|g| g.figures()),
+        link,
     })
 }
 
