@@ -71,6 +71,8 @@ pub struct NetLock {
 }
 
 const TOOLS: [&str; 2] = ["iptables-restore", "ip6tables-restore"];
+/// What each of [`TOOLS`] restores, printed.
+const SAVE_TOOLS: [&str; 2] = ["iptables-save", "ip6tables-save"];
 
 impl NetLock {
     /// Locks the network namespace of host process `pid`.
@@ -116,9 +118,9 @@ impl NetLock {
         Ok(lock)
     }
 
-    /// The lock a process that is gone left on the network namespace of
-    /// host process `pid`, to lift it ([`NetLock::unlock`] of a namespace
-    /// that is not locked changes nothing).
+    /// The lock a process that is gone may have left on the network
+    /// namespace of host process `pid`, to lift with
+    /// [`NetLock::unlock_left`].
     pub fn left_on(pid: i32) -> Result<NetLock, NetLockError> {
         let netns = File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|source| NetLockError::Netns { pid, source })?;
@@ -140,15 +142,48 @@ impl NetLock {
         first
     }
 
+    /// Lifts the lock in each family where it is (a namespace that was
+    /// never locked, or only in one family, is fine): for what a process
+    /// that is gone may have left.
+    pub fn unlock_left(self) -> Result<(), NetLockError> {
+        let mut first = Ok(());
+        for (restore, save) in TOOLS.into_iter().zip(SAVE_TOOLS) {
+            let head = format!(":{CHAIN} ");
+            let lifted = self
+                .exec(save, "look at", &["-t", "filter"], None)
+                .and_then(|rules| match rules.lines().any(|l| l.starts_with(&head)) {
+                    true => self.run(restore, "unlock", &unlock_rules()),
+                    false => Ok(()),
+                });
+            if let Err(e) = lifted {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Runs `tool --noflush` inside the namespace with `rules` on stdin.
     fn run(&self, tool: &'static str, what: &'static str, rules: &str) -> Result<(), NetLockError> {
+        self.exec(tool, what, &["--noflush", "-w", "10"], Some(rules))
+            .map(drop)
+    }
+
+    /// Runs `tool ARGS` inside the namespace, with `input` on stdin;
+    /// returns its stdout.
+    fn exec(
+        &self,
+        tool: &'static str,
+        what: &'static str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, NetLockError> {
         let ns = self.netns.as_raw_fd();
         let mut cmd = Command::new(tool);
-        cmd.arg("--noflush")
-            .arg("-w")
-            .arg("10")
+        cmd.args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setns(2), which is async-signal-safe; `ns` is an fd the
@@ -164,11 +199,13 @@ impl NetLock {
         let spawn = |source| NetLockError::Spawn { tool, what, source };
         let mut child = cmd.spawn().map_err(spawn)?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(rules.as_bytes()).map_err(spawn)?;
+            stdin
+                .write_all(input.unwrap_or_default().as_bytes())
+                .map_err(spawn)?;
         }
         let out = child.wait_with_output().map_err(spawn)?;
         if out.status.success() {
-            Ok(())
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(NetLockError::Failed {
                 tool,

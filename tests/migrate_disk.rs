@@ -147,6 +147,25 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
         assert_on(&lan, 1, &big, &[("/root/a", "before")], fault);
         assert_eq!(deltas(&lan.h1), chain_before, "{fault}");
     }
+    // The source killed while frozen (no cleanup of its own): host1's agent
+    // thaws the container and folds the disk's snapshots back.
+    lan.serve(2, None);
+    let out = lan
+        .h1
+        .cr_cmd(&["migrate", "dk", "host2"])
+        .env("CR_MIGRATE_FAULT", "source-transfer")
+        .output()
+        .expect("running cr migrate");
+    assert!(!out.status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || lan
+            .serve_log(1)
+            .contains("snapshots of its disk folded back")),
+        "{}",
+        lan.serve_log(1)
+    );
+    assert_on(&lan, 1, &big, &[("/root/a", "before")], "source killed");
+    assert_eq!(deltas(&lan.h1), chain_before, "source killed");
 }
 
 /// The ids of the chain's deltas on host `h`, bottom first.

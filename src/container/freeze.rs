@@ -19,7 +19,7 @@ pub fn thaw(container: &Container) -> Result<()> {
         (Status::Frozen, pid) => {
             let mark = container.dir.join(NETLOCK_MARK);
             if let (true, Some(pid)) = (mark.exists(), pid) {
-                crate::netlock::NetLock::left_on(pid.as_raw())?.unlock()?;
+                crate::netlock::NetLock::left_on(pid.as_raw())?.unlock_left()?;
                 let _ = std::fs::remove_file(&mark);
             }
             Ok(container.cgroup()?.thaw()?)

@@ -157,6 +157,12 @@ impl DiskUndo {
         })
     }
 
+    /// The top delta's id before the migration (None: no disk), for the
+    /// migration's record.
+    pub fn base(&self) -> Option<&str> {
+        self.base.as_deref()
+    }
+
     /// The snapshots stay.
     pub fn keep(mut self) {
         self.base = None;

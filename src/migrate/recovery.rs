@@ -76,6 +76,11 @@ pub struct Record {
     /// container may run on the peer: never thaw it here unasked).
     /// Destination: the container was resumed here (keep it).
     pub decided: bool,
+    /// Source: the top delta of the container's disk before the
+    /// migration's snapshots; a container that goes on here gets them
+    /// folded back into it (`DiskUndo`).
+    #[serde(default)]
+    pub disk_base: Option<String>,
 }
 
 impl Record {
@@ -89,6 +94,7 @@ impl Record {
             started: start_time(pid),
             peer: peer.map(str::to_string),
             decided: false,
+            disk_base: None,
         }
     }
 
@@ -199,7 +205,8 @@ fn settle(
     let line = match (record.role, record.decided, container) {
         (Role::Source, false, Some(c)) => Some(match resume_here(&c) {
             Ok(how) => {
-                format!("migration {id} of {name} was cut short: it runs here again ({how})")
+                let disk = fold_disk(&c, record);
+                format!("migration {id} of {name} was cut short: it runs here again ({how}){disk}")
             }
             Err(e) => format!("migration {id} of {name} was cut short; resuming it here: {e}"),
         }),
@@ -238,7 +245,8 @@ fn settle(
                     };
                     Some(match resume_here(&c) {
                         Ok(done) => format!(
-                            "migration {id} of {name} was in doubt; {peer} {how}: it runs here again ({done})"
+                            "migration {id} of {name} was in doubt; {peer} {how}: it runs here again ({done}){}",
+                            fold_disk(&c, record)
                         ),
                         Err(e) => format!(
                             "migration {id} of {name} was in doubt; {peer} {how}; resuming it here: {e}"
@@ -290,6 +298,23 @@ fn settle(
     line
 }
 
+/// A source container that goes on here: the snapshots the migration took
+/// of its disk are folded back (`DiskUndo` of a `cr migrate` that could not
+/// do it). Returns what to add to the log line.
+fn fold_disk(c: &Container, record: &Record) -> String {
+    let Some(base) = &record.disk_base else {
+        return String::new();
+    };
+    match crate::storage::disk::ContainerDisk::open(c).and_then(|d| d.merge_into(base)) {
+        Ok(0) => String::new(),
+        Ok(n) => format!("; {n} snapshots of its disk folded back"),
+        Err(e) => format!(
+            "; folding its disk's snapshots back failed ({e}): `cr disk merge {} --into {base}` does it",
+            c.name
+        ),
+    }
+}
+
 /// A source's frozen copy goes on here, as [`FrozenContainer::thaw`]
 /// would have done it: its TCP connections out of repair mode while the
 /// network is still locked, then the lock lifted, then the cgroup thawed.
@@ -302,7 +327,7 @@ fn resume_here(c: &Container) -> Result<String> {
     let unlocked = match c.status() {
         Ok((_, Some(init))) => crate::netlock::NetLock::left_on(init.as_raw())
             .map_err(Error::from)
-            .and_then(|l| l.unlock().map_err(Error::from)),
+            .and_then(|l| l.unlock_left().map_err(Error::from)),
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };

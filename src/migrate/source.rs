@@ -326,7 +326,11 @@ pub fn migrate(
     let mut layer_total = None;
     // Dropped before the end (the migration failed), it undoes the disk's
     // snapshots; declared before `frozen`, it drops after the thaw.
-    let disk_undo = match crate::migrate::disk::DiskUndo::new(&container) {
+    let disk_undo = match crate::migrate::disk::DiskUndo::new(&container).and_then(|undo| {
+        // A recovery after this process died folds the snapshots too.
+        record.disk_base = undo.base().map(str::to_string);
+        record.write(host, &id).map(|()| undo)
+    }) {
         Ok(undo) => undo,
         Err(e) => {
             abort(&mut control, format!("reading the disk chain failed: {e}"));
