@@ -10,8 +10,9 @@
 //! ```text
 //!  record (owner dead)              container here      recovery
 //!  Source, before Resume            frozen, netns       TCP repair off, unlock,
-//!                                   locked, TCP in      thaw: it runs here again
-//!                                   repair mode
+//!                                   locked, TCP in      thaw: it runs here again;
+//!                                   repair mode         the disk's snapshots folded
+//!                                                       back (`disk_base`)
 //!  Source, Resume sent (in doubt)   frozen, locked      Query the peer (new session):
 //!                                                         Resumed        -> destroy here
 //!                                                         Failed/Unknown -> thaw here
