@@ -528,3 +528,39 @@ fn a_checkpoint_records_the_disk_and_restore_matches_files_and_memory() {
         "{labels:?}"
     );
 }
+
+#[test]
+fn a_migrations_snapshots_fold_back_but_a_users_snapshot_is_kept() {
+    let h = TestHost::new();
+    h.run("fold", TestImage::Busybox, None, &["--disk", "128M"], SLEEP);
+    let ids = |h: &TestHost| -> Vec<String> {
+        disk_list(h, "fold")
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let host = cr::host::Host::open(&h.root).unwrap();
+    let c = cr::container::Container::open(&host, "fold").unwrap();
+    // What a migration takes: its own snapshot, then the checkpoint's.
+    h.exec("fold", &["sh", "-c", "echo one > /one && sync"]);
+    snapshot(&h, "fold", "before");
+    let first = ids(&h);
+    assert_eq!(first.len(), 2);
+    let base = first[1].clone();
+    h.ok(&["disk", "snapshot", "fold", "--label", "migration"]);
+    h.exec("fold", &["sh", "-c", "echo two > /two && sync"]);
+    h.ok(&["disk", "snapshot", "fold", "--label", "checkpoint"]);
+    assert_eq!(ids(&h).len(), 4);
+    assert_eq!(cr::migrate::disk::fold_back(&c, &base).unwrap(), 2);
+    assert_eq!(ids(&h), first, "folded back to the chain before");
+    assert_eq!(h.exec("fold", &["cat", "/one", "/two"]), "one\ntwo\n");
+    // A snapshot of the user's among them: nothing is folded.
+    h.ok(&["disk", "snapshot", "fold", "--label", "migration"]);
+    h.ok(&["disk", "snapshot", "fold", "--label", "mine"]);
+    let err = cr::migrate::disk::fold_back(&c, &base)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"mine\"") && err.contains("--into"), "{err}");
+    assert_eq!(ids(&h).len(), 4);
+    h.ok(&["destroy", "fold"]);
+}

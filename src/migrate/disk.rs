@@ -174,15 +174,49 @@ impl Drop for DiskUndo {
         let Some(base) = self.base.take() else {
             return;
         };
-        let name = &self.container.name;
-        let folded = ContainerDisk::open(&self.container).and_then(|d| d.merge_into(&base));
-        if let Err(e) = folded {
+        if let Err(e) = fold_back(&self.container, &base) {
             // Nothing is lost: the snapshots hold the same files.
-            eprintln!(
-                "cr migrate: the disk of {name} keeps the migration's snapshots (folding them back failed: {e}); `cr disk merge {name}` folds them"
-            );
+            eprintln!("cr migrate: {e}");
         }
     }
+}
+
+/// Labels of the snapshots a migration takes: its own before the
+/// transfer, the checkpoint's in the frozen window.
+const MIGRATION_LABELS: [&str; 2] = ["migration", "checkpoint"];
+
+/// Folds the deltas a migration added above `base` (the top before it)
+/// back into it, online. Only when every one of them is the migration's
+/// own (by label): a snapshot a user took meanwhile is kept, and the error
+/// says how to fold by hand. Returns how many deltas went.
+pub fn fold_back(container: &Container, base: &str) -> Result<u32> {
+    let name = &container.name;
+    let by_hand = format!("`cr disk merge {name} --into {base}` folds them");
+    let disk = ContainerDisk::open(container)?;
+    let deltas = disk.deltas()?;
+    let above = deltas
+        .iter()
+        .position(|d| d.id == base)
+        .map(|at| &deltas[at + 1..])
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the disk of {name} no longer has delta {base}: the migration's snapshots stay"
+            ))
+        })?;
+    if let Some(other) = above
+        .iter()
+        .find(|d| !MIGRATION_LABELS.contains(&d.label.as_str()))
+    {
+        return Err(Error::Invalid(format!(
+            "the disk of {name} keeps the migration's snapshots: delta {} ({:?}) was not made by it; {by_hand}",
+            other.id, other.label
+        )));
+    }
+    disk.merge_into(base).map_err(|e| {
+        Error::Invalid(format!(
+            "the disk of {name} keeps the migration's snapshots (folding them back failed: {e}); {by_hand}"
+        ))
+    })
 }
 
 fn read_manifest(chain: &Path) -> Result<ChainManifest> {

@@ -306,13 +306,10 @@ fn fold_disk(c: &Container, record: &Record) -> String {
     let Some(base) = &record.disk_base else {
         return String::new();
     };
-    match crate::storage::disk::ContainerDisk::open(c).and_then(|d| d.merge_into(base)) {
+    match crate::migrate::disk::fold_back(c, base) {
         Ok(0) => String::new(),
         Ok(n) => format!("; {n} snapshots of its disk folded back"),
-        Err(e) => format!(
-            "; folding its disk's snapshots back failed ({e}): `cr disk merge {} --into {base}` does it",
-            c.name
-        ),
+        Err(e) => format!("; {e}"),
     }
 }
 
