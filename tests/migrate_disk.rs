@@ -117,12 +117,7 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
     let big = start(&lan);
     let chain_before = deltas(&lan.h1);
     // A byte of the disk stream flipped on the wire.
-    let out = lan
-        .h1
-        .cr_cmd(&["migrate", "dk", "host2"])
-        .env("CR_MIGRATE_FAULT", "corrupt-disk")
-        .output()
-        .expect("running cr migrate");
+    let out = migrate_with_fault(&lan, "corrupt-disk");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -150,12 +145,7 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
     // The source killed while frozen (no cleanup of its own): host1's agent
     // thaws the container and folds the disk's snapshots back.
     lan.serve(2, None);
-    let out = lan
-        .h1
-        .cr_cmd(&["migrate", "dk", "host2"])
-        .env("CR_MIGRATE_FAULT", "source-transfer")
-        .output()
-        .expect("running cr migrate");
+    let out = migrate_with_fault(&lan, "source-transfer");
     assert!(!out.status.success());
     assert!(
         wait_until(Duration::from_secs(5), || lan
@@ -166,6 +156,15 @@ fn a_failed_disk_migration_keeps_the_container_and_its_disk_on_the_source() {
     );
     assert_on(&lan, 1, &big, &[("/root/a", "before")], "source killed");
     assert_eq!(deltas(&lan.h1), chain_before, "source killed");
+}
+
+/// `cr migrate dk host2` on host1 with `CR_MIGRATE_FAULT=fault`.
+fn migrate_with_fault(lan: &Lan, fault: &str) -> std::process::Output {
+    lan.h1
+        .cr_cmd(&["migrate", "dk", "host2"])
+        .env("CR_MIGRATE_FAULT", fault)
+        .output()
+        .expect("running cr migrate")
 }
 
 /// The ids of the chain's deltas on host `h`, bottom first.
