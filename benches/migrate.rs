@@ -367,7 +367,12 @@ fn lazy_fill(h: &LanHost) -> String {
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(line) = text.lines().rfind(|l| l.starts_with("lazy pages:")) {
-            return line.to_string();
+            // With the restore's own phases (in the frozen window).
+            let phases = text
+                .lines()
+                .rfind(|l| l.starts_with("restore phases"))
+                .unwrap_or("(no restore phases)");
+            return format!("{line}\n      destination's {phases}");
         }
         if Instant::now() > deadline {
             return format!("(no lazy fill in {} after 10 s)", log.display());

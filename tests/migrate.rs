@@ -177,7 +177,7 @@ fn every_failure_on_the_destination_leaves_the_container_running_on_the_source()
         assert_eq!(lan.staging_mounts(2), 0, "after {fault}");
     }
     // A byte of a chunk flipped on the wire, after the source's checksums:
-    // the destination refuses the stream (files) or the restore (pages),
+    // the destination refuses the stream (files, pages: checked on arrival),
     // and the container goes on here.
     lan.serve(2, None);
     for (fault, says) in [("corrupt-files", "checksum"), ("corrupt-pages", "checksum")] {

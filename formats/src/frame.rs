@@ -855,3 +855,165 @@ fn le64(b: &[u8]) -> u64 {
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
 }
+
+/// Checks a stream as its bytes go by, in pieces of any size, without
+/// holding a payload: the stream header, every frame header (checksum,
+/// sequence, kind, sizes), every payload's checksum, the trailer and that
+/// nothing follows it. What it accepted is what [`FrameReader`] would
+/// accept, so a file written from it needs no second pass over its
+/// payloads (a migration's page store, checked as it arrives while the
+/// container still runs).
+#[derive(Debug)]
+pub struct StreamCheck {
+    kind: StreamKind,
+    header: Option<StreamHeader>,
+    /// A stream or frame header being gathered.
+    head: Vec<u8>,
+    /// The frame whose payload is going by, its bytes left and their crc.
+    payload: Option<(FrameInfo, u32, u32)>,
+    /// The trailer's payload (kept: it is checked whole).
+    trailer: Vec<u8>,
+    offset: u64,
+    seq: u32,
+    digest: u32,
+    stats: Option<StreamStats>,
+}
+
+impl StreamCheck {
+    /// A check of a stream of `kind`.
+    pub fn new(kind: StreamKind) -> StreamCheck {
+        StreamCheck {
+            kind,
+            header: None,
+            head: Vec::with_capacity(STREAM_HEADER_LEN),
+            payload: None,
+            trailer: Vec::new(),
+            offset: 0,
+            seq: 0,
+            digest: 0,
+            stats: None,
+        }
+    }
+
+    /// Checks the next `bytes` of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            if self.stats.is_some() {
+                return Err(FormatError::TrailingData {
+                    offset: self.offset,
+                });
+            }
+            let taken = match self.payload.take() {
+                Some((info, left, crc)) => self.payload_bytes(info, left, crc, bytes)?,
+                None => self.header_bytes(bytes)?,
+            };
+            self.offset += taken as u64;
+            bytes = &bytes[taken..];
+        }
+        Ok(())
+    }
+
+    /// The stream ended: it must have ended with its trailer.
+    pub fn finish(&self) -> Result<StreamStats> {
+        self.stats.ok_or(FormatError::Truncated {
+            offset: self.offset,
+            expected: if self.header.is_none() {
+                "stream header"
+            } else if self.payload.is_some() {
+                "frame payload"
+            } else {
+                "frame header or trailer"
+            },
+        })
+    }
+
+    fn header_bytes(&mut self, bytes: &[u8]) -> Result<usize> {
+        let want = match self.header {
+            None => STREAM_HEADER_LEN,
+            Some(_) => FRAME_HEADER_LEN,
+        };
+        let n = (want - self.head.len()).min(bytes.len());
+        self.head.extend_from_slice(&bytes[..n]);
+        if self.head.len() < want {
+            return Ok(n);
+        }
+        let head = std::mem::take(&mut self.head);
+        match self.header {
+            None => {
+                let b: &[u8; STREAM_HEADER_LEN] =
+                    head[..].try_into().map_err(|_| FormatError::BadHeader {
+                        what: "stream header",
+                    })?;
+                let header = StreamHeader::decode(b, FORMAT_VERSION)?;
+                if header.kind != self.kind {
+                    return Err(FormatError::BadHeader {
+                        what: "a stream of another kind",
+                    });
+                }
+                self.digest = crc32c::crc32c_append(0, &head);
+                self.header = Some(header);
+            }
+            Some(header) => {
+                let b: &[u8; FRAME_HEADER_LEN] =
+                    head[..].try_into().map_err(|_| FormatError::BadHeader {
+                        what: "frame header",
+                    })?;
+                let at = self.offset + n as u64 - FRAME_HEADER_LEN as u64;
+                let info = decode_frame_header(b, self.seq, at, &header)?;
+                if info.kind != FrameKind::Trailer {
+                    self.digest = crc32c::crc32c_append(self.digest, &head);
+                }
+                self.payload = Some((info, info.stored_len, 0));
+                if info.stored_len == 0 {
+                    // An empty payload ends at once.
+                    let (info, _, crc) = self.payload.take().unwrap_or((info, 0, 0));
+                    self.frame_done(info, crc)?;
+                }
+            }
+        }
+        self.head = Vec::with_capacity(FRAME_HEADER_LEN);
+        Ok(n)
+    }
+
+    fn payload_bytes(
+        &mut self,
+        info: FrameInfo,
+        left: u32,
+        crc: u32,
+        bytes: &[u8],
+    ) -> Result<usize> {
+        let n = (left as usize).min(bytes.len());
+        let crc = crc32c::crc32c_append(crc, &bytes[..n]);
+        if info.kind == FrameKind::Trailer {
+            self.trailer.extend_from_slice(&bytes[..n]);
+        }
+        let left = left - n as u32;
+        if left > 0 {
+            self.payload = Some((info, left, crc));
+        } else {
+            self.frame_done(info, crc)?;
+        }
+        Ok(n)
+    }
+
+    fn frame_done(&mut self, info: FrameInfo, crc: u32) -> Result<()> {
+        if crc != info.checksum {
+            return Err(FormatError::FrameChecksum {
+                seq: info.seq,
+                offset: info.offset,
+                part: FramePart::Payload,
+                kind: info.label(),
+            });
+        }
+        if info.kind == FrameKind::Trailer {
+            self.stats = Some(check_trailer(&self.trailer, &info, self.seq, self.digest)?);
+        } else {
+            self.seq = self.seq.checked_add(1).ok_or(FormatError::BadFrame {
+                seq: u32::MAX,
+                offset: info.offset,
+                what: "more frames than a stream may number".into(),
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -45,8 +45,8 @@ pub use disk::{
 };
 pub use error::{FormatError, FramePart, Result};
 pub use frame::{
-    Codec, Compression, FrameInfo, FrameKind, FrameWriter, StreamHeader, StreamKind, StreamStats,
-    FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
+    Codec, Compression, FrameInfo, FrameKind, FrameWriter, StreamCheck, StreamHeader, StreamKind,
+    StreamStats, FRAME_HEADER_LEN, MAGIC, MAX_FRAME_LEN, STREAM_HEADER_LEN, TRAILER_LEN,
 };
 pub use pages::{
     decompress_stream, encode_chunk, ChunkEncoder, ChunkHeader, EncodedChunk, OwnedPageChunk,

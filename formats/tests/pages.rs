@@ -613,3 +613,80 @@ fn a_compressed_chunk_cannot_be_used_in_place() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A pages stream of 20 chunks of 8 pages.
+fn chunked_stream() -> (Vec<u8>, StreamStats) {
+    let mut out = Vec::new();
+    let mut options = PageWriterOptions::new(1);
+    options.chunk_size = 8 * PAGE_SIZE;
+    let mut w = PageWriter::new(&mut out, options).unwrap();
+    for i in 0..160u64 {
+        let vaddr = 0x10_0000 + i * PAGE_SIZE as u64;
+        w.write_pages(PageOwner::Mm { pid: 3 }, vaddr, &page(vaddr, 3))
+            .unwrap();
+    }
+    let (stream, _) = w.finish().unwrap();
+    (out, stream)
+}
+
+fn check_in_pieces(bytes: &[u8], piece: usize) -> Result<StreamStats> {
+    let mut check = StreamCheck::new(StreamKind::Pages);
+    for part in bytes.chunks(piece) {
+        check.feed(part)?;
+    }
+    check.finish()
+}
+
+#[test]
+fn a_stream_checked_as_it_goes_by_is_accepted_in_pieces_of_any_size() {
+    let (bytes, stream) = chunked_stream();
+    for piece in [1, 7, 24, 4096, 65536, bytes.len()] {
+        let stats = check_in_pieces(&bytes, piece).unwrap();
+        assert_eq!(stats, stream, "pieces of {piece}");
+    }
+}
+
+#[test]
+fn a_stream_checked_as_it_goes_by_refuses_what_a_reader_refuses() {
+    let (bytes, _) = chunked_stream();
+    // A payload byte: its frame's checksum.
+    let mut bad = bytes.clone();
+    bad[STREAM_HEADER_LEN + FRAME_HEADER_LEN + 100] ^= 1;
+    assert!(matches!(
+        check_in_pieces(&bad, 4096),
+        Err(FormatError::FrameChecksum {
+            part: FramePart::Payload,
+            ..
+        })
+    ));
+    assert!(PageReader::new(&bad[..])
+        .and_then(|mut r| {
+            while r.next_chunk()?.is_some() {}
+            Ok(())
+        })
+        .is_err());
+    // A frame header byte.
+    let mut bad = bytes.clone();
+    bad[STREAM_HEADER_LEN + 9] ^= 1;
+    assert!(matches!(
+        check_in_pieces(&bad, 4096),
+        Err(FormatError::FrameChecksum {
+            part: FramePart::Header,
+            ..
+        })
+    ));
+    // Cut short, or followed by more.
+    assert!(matches!(
+        check_in_pieces(&bytes[..bytes.len() - 1], 4096),
+        Err(FormatError::Truncated { .. })
+    ));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        check_in_pieces(&longer, 4096),
+        Err(FormatError::TrailingData { .. })
+    ));
+    // A stream of another kind.
+    let mut records = StreamCheck::new(StreamKind::Records);
+    assert!(records.feed(&bytes[..STREAM_HEADER_LEN]).is_err());
+}

@@ -99,10 +99,9 @@ pub struct SuperviseArgs {
     pub pages: PagesArg,
     #[arg(long)]
     pub frozen: bool,
-    /// The image is a migration's staging: free its pages as they are
-    /// filled in (RestoreOptions::discard_pages).
+    /// The image is a migration's staging (RestoreOptions::staged).
     #[arg(long)]
-    pub discard_pages: bool,
+    pub staged: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,7 +162,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let how = crate::restore::RestoreOptions {
                 pages: args.pages.into(),
                 frozen: args.frozen,
-                discard_pages: args.discard_pages,
+                staged: args.staged,
             };
             let restore = args.restore.as_deref().map(|dir| (dir, how));
             Ok(crate::container::supervisor::run(
@@ -180,7 +179,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let how = crate::restore::RestoreOptions {
                 pages: args.pages.into(),
                 frozen: args.frozen,
-                discard_pages: false,
+                staged: false,
             };
             let (pid, image) =
                 crate::restore::container::restore(&host, &args.name, args.image.as_deref(), how)?;

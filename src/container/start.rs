@@ -64,8 +64,8 @@ pub fn start_with(container: &Container, restore: Option<(&Path, RestoreOptions)
             if how.frozen {
                 args.push(std::ffi::OsStr::new("--frozen"));
             }
-            if how.discard_pages {
-                args.push(std::ffi::OsStr::new("--discard-pages"));
+            if how.staged {
+                args.push(std::ffi::OsStr::new("--staged"));
             }
             args
         }))

@@ -303,8 +303,8 @@ fn serve(
     let how = RestoreOptions {
         pages: PagesMode::Lazy,
         frozen: true,
-        // The staging goes once the container runs.
-        discard_pages: true,
+        // Checked as it arrived; it goes once the container runs.
+        staged: true,
     };
     let name = config.name.clone();
     let restored = fault("restore").and_then(|()| {

@@ -858,9 +858,11 @@ fn receive_stream(
     })
 }
 
-/// Writes the page store as it arrives; chunks the source compressed are
-/// stored raw (the lazy restore serves pages from the mapped file, which
-/// only a raw store allows), verified on the way.
+/// Writes the page store as it arrives, checked frame by frame on the way
+/// (`StreamCheck`: the restore in the frozen window then need not read
+/// every payload again); chunks the source compressed are stored raw (the
+/// lazy restore serves pages from the mapped file, which only a raw store
+/// allows), checked as they are decompressed.
 fn receive_pages(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
     let path = cr_formats::layout::pages_path(dir);
     let what = format!("the Pages stream from {peer}");
@@ -870,16 +872,45 @@ fn receive_pages(input: &mut impl Read, dir: &Path, peer: &str) -> Result<()> {
         .map_err(|e| Error::stream(format!("{what}: its header"), e))?;
     let header = cr_formats::StreamHeader::decode(&head, cr_formats::FORMAT_VERSION)
         .map_err(|e| Error::stream(what.as_str(), e))?;
-    let mut f = File::create(&path).ctx("creating", &path)?;
+    let f = File::create(&path).ctx("creating", &path)?;
     if header.codec == cr_formats::Codec::None {
-        f.write_all(&head).ctx("writing", &path)?;
-        copy_chunks(input, &mut f).map_err(|e| Error::stream(format!("{what}: writing"), e))?;
+        let mut out = Checked {
+            check: cr_formats::StreamCheck::new(cr_formats::StreamKind::Pages),
+            out: f,
+        };
+        out.write_all(&head)
+            .map_err(|e| Error::stream(format!("{what}: writing"), e))?;
+        copy_chunks(input, &mut out).map_err(|e| Error::stream(format!("{what}: writing"), e))?;
+        out.check
+            .finish()
+            .map_err(|e| Error::stream(what.as_str(), e))?;
     } else {
         let input = io::Cursor::new(head).chain(input);
         cr_formats::decompress_stream(input, io::BufWriter::with_capacity(1 << 20, f))
             .map_err(|e| Error::stream(what.as_str(), e))?;
     }
     Ok(())
+}
+
+/// A file written through a [`cr_formats::StreamCheck`]: a byte is written
+/// only after the check accepted it.
+struct Checked {
+    check: cr_formats::StreamCheck,
+    out: File,
+}
+
+impl Write for Checked {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.check
+            .feed(data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.out.write_all(data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn blob_reader<R: Read>(input: R, what: &str, peer: &str) -> Result<cr_formats::BlobReader<R>> {

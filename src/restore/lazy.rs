@@ -30,8 +30,10 @@
 //! * The server is the container's supervisor: if it dies before the fill
 //!   ends, the kernel unregisters the ranges and pages not yet filled read
 //!   as zero. The fill takes well under a second for a GiB.
-//! * A migration's staging store is the restore's alone
-//!   (`RestoreOptions::discard_pages`): what is copied in is punched out
+//! * A migration's staging store (`RestoreOptions::staged`) was checked
+//!   frame by frame as it arrived, so only its frame headers and chunk
+//!   indexes are looked at here, and it is not read in whole before the
+//!   resume. It is the restore's alone: what is copied in is punched out
 //!   of its tmpfs file at once, so the fill holds the memory once, not
 //!   twice. A fork ends that (parent and child then map the same bytes);
 //!   a checkpoint of the user's is never touched.
@@ -173,7 +175,7 @@ pub struct LazyPages {
 }
 
 /// The mapped page store; with its file when what was copied in is freed
-/// from it (`RestoreOptions::discard_pages`).
+/// from it (`RestoreOptions::staged`).
 pub struct Store {
     map: Arc<Mmap>,
     /// Open for writing (a hole can be punched). Dropped at the first fork:
@@ -233,29 +235,43 @@ pub fn load(
     image: &LoadedImage,
     husks: &HashMap<i32, PreparedHusk>,
     shared: &SharedObjects<'_>,
-    discard: bool,
+    staged: bool,
     fail: &dyn Fn(i32, RestoreError) -> Error,
 ) -> Result<(Store, HashMap<i32, LazyMap>)> {
+    let discard = staged;
     let path = cr_formats::layout::pages_path(&image.dir);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(discard)
         .open(&path)
         .map_err(|e| Error::io("opening checkpoint image", &path, e))?;
+    // A staged store is not read whole here: its pages come in as the fill
+    // copies them, after the resume.
+    let mut options = memmap2::MmapOptions::new();
+    if !staged {
+        options.populate();
+    }
     // SAFETY: the mapping is read-only and private to this process; the
     // image file is cr's own (under the host's state root or a directory
     // the administrator named), and every byte used is checksummed below,
-    // after the mapping was made. With `discard`, this process punches
+    // after the mapping was made (a staged store: as it arrived, by `cr
+    // serve`, into its own tmpfs). With `discard`, this process punches
     // holes only in ranges it has copied and never reads again
     // (`Store::consumed`).
-    let store = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+    let store = unsafe { options.map(&file) }
         .map_err(|e| Error::io("mapping checkpoint image", &path, e))?;
     let store = Arc::new(store);
     let bad = |e: cr_formats::FormatError| {
         Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
     };
     let slice = PageSlice::open(&store[..]).map_err(bad)?;
-    let chunks = verify_on_two_threads(&slice).map_err(bad)?;
+    let chunks = if staged {
+        // Every payload was checked as it arrived.
+        slice.chunks_checked_before(0..slice.len())
+    } else {
+        verify_on_two_threads(&slice)
+    }
+    .map_err(bad)?;
     let base = store.as_ptr() as u64;
     let mut overlay = PageOverlay::default();
     let mut maps: HashMap<i32, LazyMap> = HashMap::new();

@@ -32,11 +32,14 @@ pub struct RestoreOptions {
     /// Leave every task frozen (cgroup freezer) once rebuilt: `cr thaw`
     /// (or a migration's Resume) lets it run.
     pub frozen: bool,
-    /// The image's page store is this restore's alone (a migration's
-    /// staging): lazy pages are freed from its file as they are copied in,
-    /// so the fill does not hold the memory twice. Never for a checkpoint
-    /// a user may restore again.
-    pub discard_pages: bool,
+    /// The image is a migration's staging (`cr serve`'s own tmpfs): its
+    /// page store was checked frame by frame as it arrived
+    /// (`cr_formats::StreamCheck`), so its payloads are not checked again
+    /// in the frozen window; and it is this restore's alone, so lazy pages
+    /// are freed from its file as they are copied in and the fill does not
+    /// hold the memory twice. Never for a checkpoint a user may restore
+    /// again.
+    pub staged: bool,
 }
 
 impl Default for RestoreOptions {
@@ -44,7 +47,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             pages: PagesMode::Lazy,
             frozen: false,
-            discard_pages: false,
+            staged: false,
         }
     }
 }

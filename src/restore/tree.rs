@@ -1133,7 +1133,7 @@ fn rebuild_all(
     }
     crate::restore::timing::mark("prepared");
     let lazy = if lazy::usable(image, how.pages)? {
-        let (store, maps) = lazy::load(image, &husks, shared, how.discard_pages, &fail)?;
+        let (store, maps) = lazy::load(image, &husks, shared, how.staged, &fail)?;
         crate::restore::timing::mark("pages verified");
         let lazy = lazy::register(store, maps, tracees, &husks, image, &fail)?;
         Some(lazy)

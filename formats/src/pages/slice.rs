@@ -12,6 +12,10 @@
 //!                                       data borrowed from `bytes`
 //! ```
 //!
+//! A store whose payloads were checked as it was written (a migration's,
+//! by [`crate::StreamCheck`]) can skip the second half:
+//! [`PageSlice::chunks_checked_before`] checks the chunk indexes only.
+//!
 //! The checks are exactly those of [`super::PageReader`], split so that the
 //! expensive half (a checksum over every payload byte) can run on several
 //! threads. A chunk is handed out only by [`PageSlice::verify`], so no page
@@ -142,6 +146,18 @@ impl<'a> PageSlice<'a> {
     /// `frames` and returns their chunks in stream order, their data
     /// borrowed from the slice.
     pub fn verify(&self, frames: Range<usize>) -> Result<Vec<PageChunk<'a>>> {
+        self.chunks(frames, true)
+    }
+
+    /// [`Self::verify`] without the payload checksums, for a store whose
+    /// every payload was checked as it was written ([`crate::StreamCheck`]
+    /// over the same bytes, by the process that wrote the file): the chunk
+    /// indexes are still checked.
+    pub fn chunks_checked_before(&self, frames: Range<usize>) -> Result<Vec<PageChunk<'a>>> {
+        self.chunks(frames, false)
+    }
+
+    fn chunks(&self, frames: Range<usize>, payloads: bool) -> Result<Vec<PageChunk<'a>>> {
         let infos = self
             .frames
             .get(frames.clone())
@@ -158,7 +174,7 @@ impl<'a> PageSlice<'a> {
                 .bytes
                 .get(at..at + info.stored_len as usize)
                 .unwrap_or_default();
-            if checksum(payload) != info.checksum {
+            if payloads && checksum(payload) != info.checksum {
                 return Err(FormatError::FrameChecksum {
                     seq: info.seq,
                     offset: info.offset,
