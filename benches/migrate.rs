@@ -196,6 +196,24 @@ fn main() {
             ms("stream_ms"),
             ms("cleanup_ms"),
         );
+        let frozen_phases: Vec<String> = ck["frozen_phases"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|p| {
+                        format!(
+                            "{} {:.1}",
+                            p["name"].as_str().unwrap_or("?"),
+                            p["ms"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "      source's frozen dump (ms): {}",
+            frozen_phases.join(", ")
+        );
         let z = &r["compression"];
         println!(
             "      compression (--compress auto): {} frames compressed, {} raw; zstd {:.2} GB/s, link {:.2} GB/s, ratio {:.2}",
