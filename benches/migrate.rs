@@ -383,7 +383,7 @@ fn lazy_fill(h: &LanHost) -> String {
     let log = h.root.join("containers/mem/supervisor.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = fs::read_to_string(&log).unwrap_or_default();
         if let Some(line) = text.lines().rfind(|l| l.starts_with("lazy pages:")) {
             // With the restore's own phases (in the frozen window).
             let phases = text
@@ -405,7 +405,7 @@ fn lazy_fill(h: &LanHost) -> String {
 /// first touch of a page costs several times a reused one's.
 fn fresh_store(bytes: u64) -> (f64, f64) {
     let dir = std::env::temp_dir().join(format!("cr-bench-store-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("store directory");
+    fs::create_dir_all(&dir).expect("store directory");
     nix::mount::mount(
         Some("cr-bench"),
         &dir,
@@ -427,7 +427,7 @@ fn fresh_store(bytes: u64) -> (f64, f64) {
     });
     let figures = (t.elapsed().as_secs_f64(), self_cpu() - cpu0);
     let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir(&dir);
+    let _ = fs::remove_dir(&dir);
     written.expect("writing the store");
     figures
 }

@@ -146,9 +146,9 @@ impl NetLock {
     /// never locked, or only in one family, is fine): for what a process
     /// that is gone may have left.
     pub fn unlock_left(self) -> Result<(), NetLockError> {
+        let head = format!(":{CHAIN} ");
         let mut first = Ok(());
         for (restore, save) in TOOLS.into_iter().zip(SAVE_TOOLS) {
-            let head = format!(":{CHAIN} ");
             let lifted = self
                 .exec(save, "look at", &["-t", "filter"], None)
                 .and_then(|rules| match rules.lines().any(|l| l.starts_with(&head)) {

@@ -963,11 +963,11 @@ impl StreamCheck {
                 if info.kind != FrameKind::Trailer {
                     self.digest = crc32c::crc32c_append(self.digest, &head);
                 }
-                self.payload = Some((info, info.stored_len, 0));
                 if info.stored_len == 0 {
-                    // An empty payload ends at once.
-                    let (info, _, crc) = self.payload.take().unwrap_or((info, 0, 0));
-                    self.frame_done(info, crc)?;
+                    // An empty payload ends at once (its crc32c is 0).
+                    self.frame_done(info, 0)?;
+                } else {
+                    self.payload = Some((info, info.stored_len, 0));
                 }
             }
         }

@@ -591,10 +591,11 @@ fn run(
         // What the pre-copy wrote into a stream crosses now, while the
         // container runs, not in the frozen window.
         let at = Instant::now();
-        let drained = pages
-            .flush_chunk()
-            .map_err(Error::from)
-            .and_then(|()| sink.out.drain().ctx("sending the pre-copy to", &sink.name));
+        let drained = pages.flush_chunk().map_err(Error::from).and_then(|()| {
+            sink.out
+                .drain()
+                .map_err(|e| Error::stream(format!("sending the pre-copy to {}", sink.name), e))
+        });
         if let Err(e) = drained {
             drop(pages);
             let _ = fs::remove_dir_all(&partial);

@@ -297,7 +297,21 @@ pub fn migrate(
         "freeze, checkpoint"
     });
 
+    // Dropped before the end (the migration failed), it undoes the disk's
+    // snapshots; declared before `frozen`, it drops after the thaw.
+    let disk_undo = match crate::migrate::disk::DiskUndo::new(&container) {
+        Ok(undo) => undo,
+        Err(e) => {
+            let _ = control.send(&Message::Abort(Abort {
+                migration: id,
+                reason: format!("reading the disk chain failed: {e}"),
+            }));
+            return Err(before_resume(name, e));
+        }
+    };
     let mut record = Record::new(name, Role::Source, Some(peer));
+    // A recovery after this process died folds the snapshots too.
+    record.disk_base = disk_undo.base().map(str::to_string);
     record.write(host, &id)?;
     let abort = |control: &mut Control, reason: String| {
         let _ = control.send(&Message::Abort(Abort {
@@ -324,20 +338,6 @@ pub fn migrate(
         streams.push(crate::migrate::LAYER_STREAM);
     }
     let mut layer_total = None;
-    // Dropped before the end (the migration failed), it undoes the disk's
-    // snapshots; declared before `frozen`, it drops after the thaw.
-    let disk_undo = match crate::migrate::disk::DiskUndo::new(&container).and_then(|undo| {
-        // A recovery after this process died folds the snapshots too.
-        record.disk_base = undo.base().map(str::to_string);
-        record.write(host, &id).map(|()| undo)
-    }) {
-        Ok(undo) => undo,
-        Err(e) => {
-            abort(&mut control, format!("reading the disk chain failed: {e}"));
-            Record::remove(host, &id);
-            return Err(before_resume(name, e));
-        }
-    };
     let wire = crate::migrate::WireOptions::new(opts.compress);
     let sender = control
         .send(&Message::StreamsOpen(cr_transport::protocol::StreamsOpen {

@@ -177,7 +177,7 @@ pub struct LazyPages {
 /// The mapped page store; with its file when what was copied in is freed
 /// from it (`RestoreOptions::staged`).
 pub struct Store {
-    map: Arc<Mmap>,
+    map: Mmap,
     /// Open for writing (a hole can be punched). Dropped at the first fork:
     /// from then on two address spaces may want the same bytes.
     discard: Option<File>,
@@ -238,11 +238,10 @@ pub fn load(
     staged: bool,
     fail: &dyn Fn(i32, RestoreError) -> Error,
 ) -> Result<(Store, HashMap<i32, LazyMap>)> {
-    let discard = staged;
     let path = cr_formats::layout::pages_path(&image.dir);
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(discard)
+        .write(staged)
         .open(&path)
         .map_err(|e| Error::io("opening checkpoint image", &path, e))?;
     // A staged store is not read whole here: its pages come in as the fill
@@ -255,12 +254,11 @@ pub fn load(
     // image file is cr's own (under the host's state root or a directory
     // the administrator named), and every byte used is checksummed below,
     // after the mapping was made (a staged store: as it arrived, by `cr
-    // serve`, into its own tmpfs). With `discard`, this process punches
+    // serve`, into its own tmpfs). Staged, this process punches
     // holes only in ranges it has copied and never reads again
     // (`Store::consumed`).
     let store = unsafe { options.map(&file) }
         .map_err(|e| Error::io("mapping checkpoint image", &path, e))?;
-    let store = Arc::new(store);
     let bad = |e: cr_formats::FormatError| {
         Error::Invalid(format!("checkpoint image {}: {e}", path.display()))
     };
@@ -299,7 +297,7 @@ pub fn load(
     }
     let store = Store {
         map: store,
-        discard: discard.then_some(file),
+        discard: staged.then_some(file),
         freed: 0,
     };
     Ok((store, maps))
@@ -506,12 +504,6 @@ impl LazyPages {
     }
 
     fn run(mut self, gate: &AtomicBool) -> Stats {
-        let mut stats = self.fill_all(gate);
-        stats.freed = self.store.freed;
-        stats
-    }
-
-    fn fill_all(&mut self, gate: &AtomicBool) -> Stats {
         let mut stats = Stats::default();
         let mut msgs = Vec::new();
         let mut next = 0usize;
@@ -560,6 +552,7 @@ impl LazyPages {
                 }
             }
         }
+        stats.freed = self.store.freed;
         stats
     }
 
